@@ -1,0 +1,59 @@
+"""poolq's application factory: Flask, the database and Celery, built once."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from celery import Celery
+from flask import Flask
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
+from app.celery import celery_init_app
+from app.config import Settings
+from app.db import make_engine, make_session_factory
+from app.db.request import init_request_sessions
+from app.errors import register_error_handlers
+from app.served import ServedModels
+
+
+@dataclass
+class Poolq:
+    """What routes and tasks need, hung on `app.extensions["poolq"]`."""
+
+    settings: Settings
+    served: ServedModels
+    db_engine: Engine
+    session_factory: sessionmaker[Session]
+    celery: Celery
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    settings = settings or Settings.from_env()
+    settings.home.mkdir(parents=True, exist_ok=True)
+    app = Flask("poolq")
+    app.config["MAX_CONTENT_LENGTH"] = settings.max_request_bytes
+    app.json.sort_keys = False
+
+    db_engine = make_engine(settings.database_url)
+    celery = celery_init_app(app, settings)
+    poolq = Poolq(
+        settings=settings,
+        served=ServedModels.load(settings.models),
+        db_engine=db_engine,
+        session_factory=make_session_factory(db_engine),
+        celery=celery,
+    )
+    app.extensions["poolq"] = poolq
+    celery.poolq = poolq  # the task base class reaches settings and sessions here
+    init_request_sessions(app)
+    register_error_handlers(app)
+
+    from app.jobs.routes import bp as jobs_bp
+    from app.system.routes import bp as system_bp
+
+    app.register_blueprint(system_bp)
+    app.register_blueprint(jobs_bp)
+    logging.getLogger(__name__).debug("poolq app created for %d model(s)", len(settings.models))
+    return app

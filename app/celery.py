@@ -1,0 +1,60 @@
+"""Celery, configured from poolq's settings (Flask's `celery_init_app` pattern)."""
+
+from __future__ import annotations
+
+from celery import Celery
+from flask import Flask
+
+from app.config import Settings
+
+MAINTENANCE_QUEUE = "poolq.maintenance"
+SWEEP_JOBS = "poolq.sweep_jobs"
+
+
+def broker_options(settings: Settings) -> dict:
+    if settings.embedded_broker:
+        # The embedded broker is a folder of message files shared by the API
+        # and worker processes. Polling it often keeps a lone job's latency low.
+        folder = settings.broker_folder
+        for sub in ("queue", "control", "processed"):
+            (folder / sub).mkdir(parents=True, exist_ok=True)
+        return {
+            "data_folder_in": str(folder / "queue"),
+            "data_folder_out": str(folder / "queue"),
+            "control_folder": str(folder / "control"),
+            "processed_folder": str(folder / "processed"),
+            "polling_interval": 0.05,
+        }
+    # Redis: a message not acked within this window is delivered again. Keep
+    # it above the longest job so a slow job is not run twice.
+    return {"visibility_timeout": max(3600, settings.running_timeout_s)}
+
+
+def celery_init_app(app: Flask, settings: Settings) -> Celery:
+    celery = Celery(app.name)
+    celery.conf.update(
+        broker_url=settings.broker_url,
+        broker_transport_options=broker_options(settings),
+        broker_connection_retry_on_startup=True,
+        task_serializer="json",
+        accept_content=["json"],
+        result_serializer="json",
+        task_ignore_result=True,
+        result_backend=None,
+        # At-least-once delivery: ack after the job's final write, and give the
+        # message back if the worker process dies mid-task.
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=4,
+        task_default_queue=MAINTENANCE_QUEUE,
+        # Flower shows sent/received/started events with the job id and model.
+        worker_send_task_events=True,
+        task_send_sent_event=True,
+        worker_hijack_root_logger=False,
+        beat_schedule={
+            "sweep-jobs": {"task": SWEEP_JOBS, "schedule": 30.0, "options": {"queue": MAINTENANCE_QUEUE}},
+        },
+    )
+    celery.set_default()
+    app.extensions["celery"] = celery
+    return celery

@@ -1,0 +1,107 @@
+"""`poolq`: the command line. Heavy imports happen inside commands.
+
+`worker --gpu N` must set CUDA_VISIBLE_DEVICES before anything imports
+torch, so nothing at module level here may import torch (or models.engine).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import click
+
+from app.config import Settings, SettingsError, parse_models
+
+MODEL_HELP = "NAME=SOURCE[?revision=R&dtype=D&task=T], repeatable; SOURCE is a local directory or a hub id."
+
+
+def _settings(models: tuple[str, ...] = (), **overrides) -> Settings:
+    try:
+        settings = Settings.from_env(**{k: v for k, v in overrides.items() if v is not None})
+        if models:
+            settings = settings.with_models(parse_models(models))
+    except SettingsError as exc:
+        raise click.UsageError(str(exc)) from None
+    return settings
+
+
+@click.group()
+@click.option("--log-level", default="INFO", show_default=True, envvar="POOLQ_LOG_LEVEL")
+def cli(log_level: str) -> None:
+    """poolq: transformer pooling models (classify, NER, scoring) as a job service."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+@cli.command()
+@click.option("--model", "models", multiple=True, help=MODEL_HELP)
+@click.option("--host", default=None, help="Address the API binds (default 127.0.0.1).")
+@click.option("--port", type=int, default=None, help="Port the API binds (default 8000).")
+@click.option("--threads", type=int, default=None, help="Worker task threads.")
+@click.option("--example/--no-example", default=False, help="Submit one example job once ready and print it.")
+def up(models, host, port, threads, example) -> None:
+    """Run API + worker + beat on this machine, with no external services by default."""
+    from app.embedded import run_embedded
+
+    settings = _settings(models, host=host, port=port, worker_threads=threads)
+    sys.exit(run_embedded(settings, example=example))
+
+
+@cli.command()
+@click.option("--model", "models", multiple=True, help=MODEL_HELP)
+@click.option("--host", default=None)
+@click.option("--port", type=int, default=None)
+@click.option("--workers", type=int, default=2, show_default=True, help="gunicorn worker processes.")
+@click.option("--threads", type=int, default=32, show_default=True, help="Threads per gunicorn worker.")
+def api(models, host, port, workers, threads) -> None:
+    """Serve the HTTP API with gunicorn (never imports torch)."""
+    from app.server import serve
+
+    settings = _settings(models, host=host, port=port)
+    serve(settings, workers=workers, threads=threads)
+
+
+@cli.command()
+@click.option("--model", "models", multiple=True, help=MODEL_HELP)
+@click.option("--gpu", type=int, default=None, help="Pin this process to one GPU (sets CUDA_VISIBLE_DEVICES).")
+@click.option("--threads", type=int, default=None, help="Celery task threads (default POOLQ_WORKER_THREADS or 8).")
+@click.option("--beat/--no-beat", default=False, help="Also run Celery beat (exactly one per deployment).")
+@click.option("--preload/--no-preload", default=True, help="Load every model before taking jobs.")
+def worker(models, gpu, threads, beat, preload) -> None:
+    """Run a Celery worker that drains pool.<model> queues through the engine."""
+    if gpu is not None:
+        os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)  # before torch is first imported
+    settings = _settings(models, worker_threads=threads)
+    from workers.main import run_worker
+
+    run_worker(settings, beat=beat, preload=preload, name_suffix=f"gpu{gpu}" if gpu is not None else None)
+
+
+@cli.command()
+def migrate() -> None:
+    """Bring the database schema to the latest revision."""
+    from app.db.migrate import upgrade
+
+    settings = _settings()
+    upgrade(settings.database_url)
+    click.echo(f"database at head: {settings.database_url.split('@')[-1]}")
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True})
+@click.option("--port", type=int, default=5555, show_default=True)
+@click.pass_context
+def flower(ctx, port) -> None:
+    """Start Flower (Celery monitoring) against poolq's broker."""
+    from app import create_app
+
+    celery = create_app(_settings()).extensions["celery"]
+    celery.start(argv=["flower", f"--port={port}", *ctx.args])
+
+
+def main() -> None:
+    cli(prog_name="poolq")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""poolq's settings: one typed object, built from the environment in one place.
+
+Nothing reads `os.environ` at import time; `Settings.from_env()` is called by
+the entry points (CLI, wsgi, Celery app) and the object is injected from there.
+The defaults give the embedded mode: a SQLite file and a filesystem broker
+under POOLQ_HOME, so `poolq up` needs no external service.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from urllib.parse import parse_qsl
+
+MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+MODEL_OPTIONS = ("revision", "dtype", "task")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+
+class SettingsError(ValueError):
+    """A setting has a value poolq cannot use."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One served model: `NAME=SOURCE[?revision=R&dtype=D&task=T]`."""
+
+    name: str
+    source: str
+    revision: str | None = None
+    dtype: str = "auto"
+    task: str | None = None
+
+    @classmethod
+    def parse(cls, item: str) -> ModelSpec:
+        name, sep, rest = item.strip().partition("=")
+        if not sep or not rest:
+            raise SettingsError(f"model {item!r}: expected NAME=SOURCE (a local directory or a hub id)")
+        if not MODEL_NAME_RE.match(name):
+            raise SettingsError(f"model name {name!r}: use letters, digits, '.', '_' or '-' (at most 64)")
+        source, _, query = rest.partition("?")
+        options = dict(parse_qsl(query, keep_blank_values=False, strict_parsing=bool(query)))
+        unknown = set(options) - set(MODEL_OPTIONS)
+        if unknown:
+            raise SettingsError(f"model {name!r}: unknown option(s) {sorted(unknown)}; known: {MODEL_OPTIONS}")
+        dtype = options.get("dtype", "auto")
+        if dtype not in DTYPES:
+            raise SettingsError(f"model {name!r}: dtype {dtype!r} is not one of {DTYPES}")
+        return cls(name=name, source=source, revision=options.get("revision"), dtype=dtype, task=options.get("task"))
+
+    @property
+    def queue(self) -> str:
+        return f"pool.{self.name}"
+
+    def to_item(self) -> str:
+        query = "&".join(f"{k}={v}" for k, v in (("revision", self.revision), ("task", self.task)) if v)
+        if self.dtype != "auto":
+            query = f"{query}&dtype={self.dtype}" if query else f"dtype={self.dtype}"
+        return f"{self.name}={self.source}" + (f"?{query}" if query else "")
+
+
+def parse_models(items: list[str] | tuple[str, ...]) -> tuple[ModelSpec, ...]:
+    specs = tuple(ModelSpec.parse(item) for item in items if item.strip())
+    names = [s.name for s in specs]
+    duplicated = {n for n in names if names.count(n) > 1}
+    if duplicated:
+        raise SettingsError(f"model name(s) given twice: {sorted(duplicated)}")
+    return specs
+
+
+@dataclass(frozen=True)
+class Settings:
+    home: Path
+    database_url: str
+    broker_url: str
+    models: tuple[ModelSpec, ...] = ()
+    device: str | None = None
+    max_batch_tokens: int | None = None
+    max_batch_seqs: int | None = None
+    max_wait_ms: float | None = None
+    worker_threads: int = 8
+    host: str = "127.0.0.1"
+    port: int = 8000
+    allow_pickle_weights: bool = False
+    trust_remote_code: bool = False
+    # A queued job whose message may have been lost (crash between commit and
+    # send) is sent again after this long; duplicates are harmless no-ops.
+    requeue_after_s: int = 900
+    # A running job whose worker vanished is re-queued after this long.
+    running_timeout_s: int = 3600
+    max_request_bytes: int = 32 * 1024 * 1024
+    max_items_per_request: int = 100_000
+    extra: Mapping[str, str] = field(default_factory=dict, repr=False)
+
+    @property
+    def embedded_database(self) -> bool:
+        return self.database_url.startswith("sqlite")
+
+    @property
+    def embedded_broker(self) -> bool:
+        return self.broker_url.startswith("filesystem://")
+
+    @property
+    def broker_folder(self) -> Path:
+        return self.home / "broker"
+
+    def with_models(self, specs: tuple[ModelSpec, ...]) -> Settings:
+        return replace(self, models=specs)
+
+    def model(self, name: str) -> ModelSpec | None:
+        return next((m for m in self.models if m.name == name), None)
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> Settings:
+        env = os.environ if environ is None else environ
+        home = Path(env.get("POOLQ_HOME", "~/.poolq")).expanduser()
+        settings = cls(
+            home=home,
+            database_url=_database_url(env.get("POOLQ_DATABASE_URL") or env.get("DATABASE_URL"), home),
+            broker_url=env.get("POOLQ_BROKER_URL") or env.get("REDIS_URL") or "filesystem://",
+            models=parse_models(env.get("POOLQ_MODELS", "").split(",")),
+            device=env.get("POOLQ_DEVICE") or None,
+            max_batch_tokens=_int(env, "POOLQ_MAX_BATCH_TOKENS"),
+            max_batch_seqs=_int(env, "POOLQ_MAX_BATCH_SEQS"),
+            max_wait_ms=_float(env, "POOLQ_MAX_WAIT_MS"),
+            worker_threads=_int(env, "POOLQ_WORKER_THREADS") or 8,
+            host=env.get("POOLQ_HOST", "127.0.0.1"),
+            port=_int(env, "POOLQ_PORT") or 8000,
+            allow_pickle_weights=_bool(env, "POOLQ_ALLOW_PICKLE_WEIGHTS"),
+            trust_remote_code=_bool(env, "POOLQ_TRUST_REMOTE_CODE"),
+            requeue_after_s=_int(env, "POOLQ_REQUEUE_AFTER_S") or 900,
+            running_timeout_s=_int(env, "POOLQ_RUNNING_TIMEOUT_S") or 3600,
+            max_request_bytes=_int(env, "POOLQ_MAX_REQUEST_BYTES") or 32 * 1024 * 1024,
+            max_items_per_request=_int(env, "POOLQ_MAX_ITEMS_PER_REQUEST") or 100_000,
+        )
+        return replace(settings, **overrides) if overrides else settings
+
+
+def _database_url(url: str | None, home: Path) -> str:
+    if not url:
+        return f"sqlite:///{home / 'poolq.db'}"
+    # Plain postgres URLs select psycopg2 in SQLAlchemy; poolq ships psycopg 3.
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix):]
+    return url
+
+
+def _int(env: Mapping[str, str], key: str) -> int | None:
+    raw = env.get(key)
+    if raw in (None, ""):
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise SettingsError(f"{key}={raw!r} is not an integer") from None
+
+
+def _float(env: Mapping[str, str], key: str) -> float | None:
+    raw = env.get(key)
+    if raw in (None, ""):
+        return None
+    try:
+        return float(raw)
+    except ValueError:
+        raise SettingsError(f"{key}={raw!r} is not a number") from None
+
+
+def _bool(env: Mapping[str, str], key: str) -> bool:
+    return env.get(key, "").strip().lower() in ("1", "true", "yes", "on")

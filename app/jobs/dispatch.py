@@ -1,0 +1,39 @@
+"""Sending jobs to the workers. Always after the job's row is committed."""
+
+from __future__ import annotations
+
+import logging
+
+from celery import Celery
+
+from app.jobs.records import Job
+
+log = logging.getLogger(__name__)
+
+RUN_JOB = "poolq.run_job"
+
+
+def queue_for(model: str) -> str:
+    return f"pool.{model}"
+
+
+def send_job(celery: Celery, job: Job) -> bool:
+    """Publish `run_job(job_id)`; False when the broker cannot take it.
+
+    The job id and model travel as arguments so Flower shows them. A refused
+    send is not an error for the client: the job is committed, and the
+    sweeper sends it once the broker is back.
+    """
+    try:
+        celery.send_task(
+            RUN_JOB,
+            args=[str(job.id)],
+            kwargs={"model": job.model, "task": job.task},
+            queue=queue_for(job.model),
+            retry=True,
+            retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5},
+        )
+        return True
+    except Exception:  # kombu raises OperationalError and friends; all mean "not sent"
+        log.warning("broker refused job %s; the sweeper will resend it", job.id, exc_info=True)
+        return False

@@ -1,0 +1,65 @@
+"""ORM rows for jobs and their results."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from typing import Any
+
+from sqlalchemy import CheckConstraint, ForeignKey, Index, String
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+
+from app.db.base import Base, JSONDocument, utcnow
+
+JOB_STATUSES = ("queued", "running", "succeeded", "failed", "cancelled")
+FINISHED_STATUSES = ("succeeded", "failed", "cancelled")
+
+
+class Job(Base):
+    __tablename__ = "jobs"
+    __table_args__ = (
+        CheckConstraint(
+            "status IN ('queued', 'running', 'succeeded', 'failed', 'cancelled')", name="status_known"
+        ),
+        # The sweeper and the reaper scan by status and age.
+        Index("ix_jobs_status_created_at", "status", "created_at"),
+    )
+
+    # uuid4: unguessable, so a job id is safe to hand out as a capability.
+    id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
+    task: Mapped[str] = mapped_column(String(32))
+    model: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default="queued")
+    # The validated request, as the engine will run it.
+    request: Mapped[dict[str, Any]] = mapped_column(JSONDocument)
+    num_inputs: Mapped[int]
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSONDocument, default=None)
+    prompt_tokens: Mapped[int | None] = mapped_column(default=None)
+    # Each claim increments it; only the latest claimer may finish the job.
+    attempts: Mapped[int] = mapped_column(default=0)
+    worker: Mapped[str | None] = mapped_column(String(255), default=None)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # NULL while no broker message is known to be out for the job.
+    enqueued_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    started_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    finished_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+
+    result: Mapped[JobResult | None] = relationship(
+        back_populates="job", cascade="all, delete-orphan", passive_deletes=True, lazy="raise"
+    )
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED_STATUSES
+
+
+class JobResult(Base):
+    """A finished job's response body, kept apart so listing jobs stays cheap."""
+
+    __tablename__ = "job_results"
+
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), primary_key=True)
+    body: Mapped[dict[str, Any]] = mapped_column(JSONDocument)
+    created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+
+    job: Mapped[Job] = relationship(back_populates="result")

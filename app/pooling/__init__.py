@@ -1,0 +1,1 @@
+"""vLLM's pooling protocol: request models and response bodies."""

@@ -1,0 +1,54 @@
+"""Liveness, readiness and the served models."""
+
+from __future__ import annotations
+
+import time
+
+from flask import Blueprint, current_app, jsonify
+from sqlalchemy import text
+
+from app.db.request import db_session
+
+bp = Blueprint("system", __name__)
+
+
+@bp.get("/health")
+def health():
+    # vLLM answers 200 with an empty body; a small JSON body is as good for probes.
+    return jsonify({"status": "ok"})
+
+
+@bp.get("/ready")
+def ready():
+    poolq = current_app.extensions["poolq"]
+    checks = {"database": _check_database(), "broker": _check_broker(poolq.celery)}
+    ok = all(v == "ok" for v in checks.values())
+    response = jsonify({"status": "ready" if ok else "unavailable", "checks": checks})
+    response.status_code = 200 if ok else 503
+    if not ok:
+        response.headers["Retry-After"] = "5"
+    return response
+
+
+@bp.get("/v1/models")
+def list_models():
+    poolq = current_app.extensions["poolq"]
+    created = int(time.time())
+    return jsonify({"object": "list", "data": [m.describe(created) for m in poolq.served]})
+
+
+def _check_database() -> str:
+    try:
+        db_session().execute(text("SELECT 1"))
+        return "ok"
+    except Exception as exc:
+        return f"error: {type(exc).__name__}"
+
+
+def _check_broker(celery) -> str:
+    try:
+        with celery.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, timeout=2)
+        return "ok"
+    except Exception as exc:
+        return f"error: {type(exc).__name__}"

@@ -1,0 +1,1 @@
+"""Alembic migrations; shipped as a package so `poolq migrate` finds them when installed."""

@@ -1,0 +1,128 @@
+"""A real poolq deployment for functional tests: HTTP API + Celery worker process.
+
+The API runs in a thread of the test process behind werkzeug's HTTP server
+(so tests speak real HTTP); the worker is a separate `poolq worker` process
+consuming from real Redis and writing to real Postgres.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import requests
+from werkzeug.serving import make_server
+
+from app import create_app
+from app.config import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def served_models(model_dir):
+    import tiny_models
+
+    return {
+        "tiny": tiny_models.build_bert_classifier(model_dir / "tiny", num_labels=3,
+                                                  id2label={0: "neg", 1: "neu", 2: "pos"}),
+    }
+
+
+@pytest.fixture(scope="session")
+def deployment_env(tmp_path_factory, pg_url, redis_url, served_models):
+    home = tmp_path_factory.mktemp("poolq-home")
+    return {
+        "POOLQ_HOME": str(home),
+        "POOLQ_DATABASE_URL": pg_url,
+        "POOLQ_BROKER_URL": redis_url,
+        "POOLQ_MODELS": ",".join(f"{name}={path}" for name, path in served_models.items()),
+        "POOLQ_WORKER_THREADS": "8",
+        "POOLQ_MAX_WAIT_MS": "2",
+    }
+
+
+@pytest.fixture(scope="session")
+def settings(deployment_env):
+    return Settings.from_env(deployment_env)
+
+
+@pytest.fixture(scope="session")
+def api_url(settings):
+    app = create_app(settings)
+    server = make_server("127.0.0.1", free_port(), app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_port}"
+    server.shutdown()
+
+
+@pytest.fixture(scope="session")
+def worker_process(deployment_env, api_url, tmp_path_factory):
+    """`poolq worker` as a child process, ready once it logs that it consumes."""
+    log_path = tmp_path_factory.mktemp("logs") / "worker.log"
+    env = {**os.environ, **deployment_env}
+    log = open(log_path, "w")
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], env=env, cwd=REPO,
+                            stdout=log, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker exited with {proc.returncode}:\n{log_path.read_text()}")
+        if "ready." in log_path.read_text():
+            break
+        time.sleep(0.2)
+    else:
+        proc.kill()
+        raise RuntimeError(f"worker did not start:\n{log_path.read_text()}")
+    yield proc
+    proc.terminate()
+    try:
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+    log.close()
+
+
+@pytest.fixture
+def client(api_url):
+    return Client(api_url)
+
+
+class Client:
+    def __init__(self, base: str):
+        self.base = base
+        self.http = requests.Session()
+
+    def post(self, path: str, **kwargs) -> requests.Response:
+        return self.http.post(self.base + path, timeout=30, **kwargs)
+
+    def get(self, path: str, **kwargs) -> requests.Response:
+        return self.http.get(self.base + path, timeout=30, **kwargs)
+
+    def wait_job(self, job_id: str, timeout: float = 60) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            job = self.get(f"/v1/jobs/{job_id}").json()
+            if job["status"] not in ("queued", "running"):
+                return job
+            time.sleep(0.05)
+        raise AssertionError(f"job {job_id} still {job['status']} after {timeout} s")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "functional: goes over HTTP to a real worker")
+
+

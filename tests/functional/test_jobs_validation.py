@@ -1,0 +1,94 @@
+"""Bad input gets vLLM's error shape and a 4xx, and nothing is written."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+from sqlalchemy import create_engine, func, select
+
+from app.jobs.records import Job
+
+
+def assert_error(response, status: int, type_: str | None = None, param: str | None = None, contains: str = ""):
+    assert response.status_code == status, response.text
+    body = response.json()
+    error = body["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["code"] == status
+    if type_ is not None:
+        assert error["type"] == type_
+    if param is not None:
+        assert error["param"] == param
+    assert contains in error["message"]
+    return error
+
+
+@pytest.fixture
+def job_count(pg_url):
+    engine = create_engine(pg_url)
+
+    def count() -> int:
+        with engine.connect() as conn:
+            return conn.scalar(select(func.count()).select_from(Job))
+
+    yield count
+    engine.dispose()
+
+
+BAD_BODIES = [
+    ({"task": "classify", "model": "nope", "input": "x"}, 404, "NotFoundError", None, "The model `nope` does not exist."),
+    ({"task": "translate", "model": "tiny", "input": "x"}, 400, "BadRequestError", "task", "Unsupported task: 'translate'"),
+    ({"model": "tiny", "input": "x"}, 400, "BadRequestError", "task", "Unsupported task: None"),
+    ({"task": "classify", "model": "tiny", "input": []}, 400, "BadRequestError", "input", "You must pass at least one prompt"),
+    ({"task": "classify", "model": "tiny", "input": ["a", 3]}, 400, "Bad Request", None, "validation error"),
+    ({"task": "classify", "model": "tiny", "input": [None]}, 400, "Bad Request", None, "validation error"),
+    ({"task": "classify", "model": "tiny"}, 400, "Bad Request", "body.input", "missing"),
+    ({"task": "classify", "model": "tiny", "input": "x", "use_activation": "yes"}, 400, "Bad Request",
+     "body.use_activation", "bool"),
+    ({"task": "classify", "model": "tiny", "input": "x", "truncate_prompt_tokens": -2}, 400, "Bad Request",
+     "body.truncate_prompt_tokens", "greater than or equal to -1"),
+    ({"task": "classify", "model": "tiny", "input": "x", "truncate_prompt_tokens": 100000}, 400, "BadRequestError",
+     "truncate_prompt_tokens", "Please request a smaller truncation size."),
+    (["not", "an", "object"], 400, "BadRequestError", None, "JSON object"),
+]
+
+
+@pytest.mark.parametrize("body,status,type_,param,contains", BAD_BODIES)
+def test_bad_submissions_are_rejected_and_write_nothing(client, job_count, body, status, type_, param, contains):
+    before = job_count()
+    assert_error(client.post("/v1/jobs", json=body), status, type_, param, contains)
+    assert job_count() == before
+
+
+def test_malformed_json(client, job_count):
+    before = job_count()
+    response = client.post("/v1/jobs", data=b'{"task": "classify", ', headers={"Content-Type": "application/json"})
+    assert_error(response, 400, "Bad Request", contains="json_invalid")
+    assert job_count() == before
+
+
+@pytest.mark.parametrize("content_type", ["text/plain", "application/x-www-form-urlencoded", None])
+def test_wrong_content_type(client, content_type):
+    headers = {"Content-Type": content_type} if content_type else {}
+    response = client.post("/v1/jobs", data=b'{"task": "classify", "input": "x"}', headers=headers)
+    assert_error(response, 400, "Bad Request", contains="Only 'application/json' is allowed")
+
+
+def test_unknown_job_is_404(client):
+    assert_error(client.get(f"/v1/jobs/{uuid.uuid4()}"), 404, "NotFoundError")
+    assert_error(client.get("/v1/jobs/not-a-uuid"), 404, "NotFoundError")
+
+
+def test_unknown_route_is_404_in_both_shapes(client):
+    response = client.get("/v1/nothing-here")
+    assert response.status_code == 404
+    assert response.json()["detail"] == "Not Found"
+    assert response.json()["error"]["code"] == 404
+
+
+def test_oversize_body_is_413(client, settings):
+    big = "x" * (settings.max_request_bytes + 10)
+    response = client.post("/v1/jobs", data=big, headers={"Content-Type": "application/json"})
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == 413

@@ -1,0 +1,1 @@
+"""Celery workers: thin tasks over app services and the models/ engine."""

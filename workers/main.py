@@ -1,0 +1,42 @@
+"""Starting a worker process: preload engines, then hand over to Celery."""
+
+from __future__ import annotations
+
+import logging
+import socket
+
+from app import create_app
+from app.celery import MAINTENANCE_QUEUE
+from app.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+def run_worker(settings: Settings, beat: bool = False, preload: bool = True, name_suffix: str | None = None) -> None:
+    if not settings.models:
+        raise SystemExit("no model to serve: pass --model NAME=SOURCE or set POOLQ_MODELS")
+    flask_app = create_app(settings)
+    celery = flask_app.extensions["celery"]
+    import workers.tasks  # noqa: F401  (registers the tasks with this app)
+    from workers.engines import engine_registry
+
+    if preload:
+        # Load weights before consuming, so the first job does not pay for it
+        # and a broken model fails the worker at start, not job by job.
+        engine_registry(settings).preload()
+    queues = [spec.queue for spec in settings.models] + [MAINTENANCE_QUEUE]
+    name = f"poolq-{name_suffix or 'worker'}@{socket.gethostname()}"
+    argv = [
+        "worker",
+        "--pool=threads",
+        f"--concurrency={settings.worker_threads}",
+        f"--queues={','.join(queues)}",
+        f"--hostname={name}",
+        "--without-mingle",
+        "--without-gossip",
+        "--loglevel=INFO",
+    ]
+    if beat:
+        argv += ["--beat", f"--schedule={settings.home / 'celerybeat-schedule'}"]
+    log.info("worker %s consuming %s", name, ", ".join(queues))
+    celery.worker_main(argv)

@@ -1,0 +1,47 @@
+"""`run_job`: claim, run through the engine, store result and status in one commit."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from celery import shared_task
+from sqlalchemy.exc import OperationalError
+
+from app.errors import error_body
+from app.jobs import services
+from app.jobs.dispatch import RUN_JOB
+from workers import execution
+from workers.base import PoolqTask
+from workers.engines import engine_registry
+
+log = logging.getLogger(__name__)
+
+
+@shared_task(bind=True, base=PoolqTask, name=RUN_JOB, acks_late=True, reject_on_worker_lost=True,
+             ignore_result=True, autoretry_for=(OperationalError,), retry_backoff=True, max_retries=8)
+def run_job(self: PoolqTask, job_id: str, model: str | None = None, task: str | None = None) -> None:
+    # `model` and `task` ride along only so Flower can show them; the row is the truth.
+    key = uuid.UUID(job_id)
+    with self.unit_of_work() as session:
+        claimed = services.claim(session, key, worker=self.request.hostname or "worker")
+    if claimed is None:
+        log.info("job %s is already finished; redelivery ignored", job_id)
+        return
+    try:
+        engine = engine_registry(self.poolq.settings).get(claimed.model)
+        body, prompt_tokens = execution.run(engine, claimed)
+    except ValueError as exc:  # PoolingInputError is a ValueError: the client's input, a 400
+        error = error_body(str(exc), "BadRequestError", getattr(exc, "parameter", None), 400)["error"]
+        with self.unit_of_work() as session:
+            services.fail(session, claimed, error)
+        return
+    except Exception as exc:
+        log.exception("job %s failed in the engine", job_id)
+        error = error_body(f"The engine failed on this job: {type(exc).__name__}", "InternalServerError", None, 500)
+        with self.unit_of_work() as session:
+            services.fail(session, claimed, error["error"])
+        return
+    with self.unit_of_work() as session:
+        if not services.complete(session, claimed, body, prompt_tokens):
+            log.info("job %s finished elsewhere (attempt %d lost the race)", job_id, claimed.attempt)
