@@ -13,8 +13,8 @@ import shutil
 
 import torch
 from transformers import (AutoTokenizer, BertConfig, BertForSequenceClassification,
-                          BertForTokenClassification, Qwen2Config, Qwen2ForCausalLM,
-                          Qwen2ForSequenceClassification)
+                          BertForTokenClassification, Qwen3Config, Qwen3ForCausalLM,
+                          Qwen3ForSequenceClassification)
 
 # initializer_range 0.2 (not 0.02) so outputs are far from uniform and a
 # wrong pooling position or activation shows up as a clear difference.
@@ -80,24 +80,27 @@ def _decoder_tokenizer():
     tok = _tokenizer()
     # BERT's tokenizer adds [CLS] ... [SEP]; a decoder is fine with that, and
     # pad stays [PAD]=0 so the model's pad_token_id matches the tokenizer's.
+    # Qwen3, not Qwen2: transformers 5 ignores tokenizer_config's class for
+    # model_type qwen2 (it forces Qwen2Tokenizer, which would turn the
+    # WordPiece vocab into characters) but trusts it for qwen3.
     return tok
 
 
-def build_qwen2_classifier(path, num_labels=2, id2label=None, seed=0):
-    """Qwen2ForSequenceClassification: a decoder classifier pooled at the last real token."""
+def build_qwen3_classifier(path, num_labels=2, id2label=None, seed=0):
+    """Qwen3ForSequenceClassification: a decoder classifier pooled at the last real token."""
     torch.manual_seed(seed)
     tok = _decoder_tokenizer()
-    cfg = Qwen2Config(vocab_size=tok.vocab_size, num_labels=num_labels,
+    cfg = Qwen3Config(vocab_size=tok.vocab_size, num_labels=num_labels,
                       pad_token_id=tok.pad_token_id, **_labels(num_labels, id2label), **_QWEN_SHAPE)
-    return _save(Qwen2ForSequenceClassification(cfg).eval(), path, tok)
+    return _save(Qwen3ForSequenceClassification(cfg).eval(), path, tok)
 
 
 def build_causal_lm(path, seed=0):
-    """Qwen2ForCausalLM, for `classifier_from_token` conversion to a reranker."""
+    """Qwen3ForCausalLM, for `classifier_from_token` conversion to a reranker."""
     torch.manual_seed(seed)
     tok = _decoder_tokenizer()
-    cfg = Qwen2Config(vocab_size=tok.vocab_size, pad_token_id=tok.pad_token_id, **_QWEN_SHAPE)
-    return _save(Qwen2ForCausalLM(cfg).eval(), path, tok)
+    cfg = Qwen3Config(vocab_size=tok.vocab_size, pad_token_id=tok.pad_token_id, **_QWEN_SHAPE)
+    return _save(Qwen3ForCausalLM(cfg).eval(), path, tok)
 
 
 def copy_tokenizer(path) -> pathlib.Path:
@@ -109,3 +112,7 @@ def copy_tokenizer(path) -> pathlib.Path:
         if src.exists():
             shutil.copy(src, path / name)
     return path
+
+
+# The name the brief uses; the decoder is Qwen3 (see _decoder_tokenizer).
+build_qwen2_classifier = build_qwen3_classifier

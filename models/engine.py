@@ -1,0 +1,212 @@
+"""PoolingEngine: the offline API (classify / encode / score), mirroring vLLM's LLM.
+
+Thread model: any number of caller threads tokenize and validate on their own
+thread (large requests fan out to a small tokenizer pool), submit sequences
+to the engine's single batcher, and block on futures; batches form across all
+callers. Activation and entity aggregation run back on the caller's thread.
+"""
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Iterable
+
+import torch
+
+from . import inputs as inp
+from .activations import Calibrated, activation_name_for, get_activation
+from .batcher import Batcher
+from .catalog import describe
+from .collate import padded_len
+from .entities import STRATEGIES, aggregate
+from .loader import load
+from .scoring import build_score_prompts
+from .templates import load_template
+from .types import ClassificationOutput, Encoded, PoolingInputError, PoolingOutput, ScoringOutput
+
+# Prompts per tokenizer call: big enough for the Rust batch encoder to use
+# its threads, small enough that the device starts on the first chunk while
+# later ones are still being tokenized.
+CHUNK = 512
+
+
+def batch_defaults(device: torch.device) -> tuple[int, int, float]:
+    """(token budget, max sequences, max wait ms) per device kind."""
+    if device.type == "cuda":
+        return 16384, 256, 2.0  # TEI's default budget; vLLM's LLM uses 16384 on H100
+    # On CPU a bigger batch buys little (no launch overhead to amortize) and
+    # pads more; keep batches small so latency stays low.
+    return 4096, 128, 2.0
+
+
+class PoolingEngine:
+    def __init__(self, model: str, revision: str | None = None, dtype: Any = "auto", device: Any = None,
+                 max_batch_tokens: int | None = None, max_batch_seqs: int | None = None,
+                 max_wait_ms: float | None = None, allow_pickle: bool = False, trust_remote_code: bool = False,
+                 task: str | None = None, pooling_type: str | None = None,
+                 hf_overrides: dict[str, Any] | None = None, score_template: str | None = None,
+                 logit_mean: float | None = None, logit_sigma: float | None = None,
+                 max_model_len: int | None = None):
+        self.card = describe(str(model), revision=revision, hf_overrides=hf_overrides, task=task,
+                             max_model_len=max_model_len)
+        loaded = load(self.card, revision=revision, dtype=dtype, device=device, allow_pickle=allow_pickle,
+                      trust_remote_code=trust_remote_code, pooling_type=pooling_type, hf_overrides=hf_overrides)
+        self.device, self.dtype, self.pooling_type = loaded.device, loaded.dtype, loaded.pooling_type
+        self.tokenizer = loaded.tokenizer
+        self.max_model_len = self.card.max_model_len
+        self.supported_tasks = tuple(t for t, ok in (("classify", loaded.supports_seq),
+                                                     ("token_classify", loaded.supports_token)) if ok)
+        self._tokenizers = inp.ThreadTokenizers(loaded.tokenizer)
+        self._activation = Calibrated(get_activation(activation_name_for(self.card.config)),
+                                      logit_mean, logit_sigma)
+        self._template = load_template(score_template)
+        self._vocab_size = int(self.card.config.get("vocab_size") or len(self.tokenizer))
+        pad_id = self.card.config.get("pad_token_id")
+        pad_id = pad_id if pad_id is not None else (self.tokenizer.pad_token_id or 0)
+        tokens, seqs, wait = batch_defaults(self.device)
+        self._batcher = Batcher(
+            loaded.runner, self.device,
+            # One sequence of max_model_len must always fit in a batch.
+            max_batch_tokens=max(max_batch_tokens or tokens, padded_len(self.max_model_len, self.max_model_len)),
+            max_batch_seqs=max_batch_seqs or seqs,
+            max_wait_ms=wait if max_wait_ms is None else max_wait_ms,
+            max_len=self.max_model_len, pad_id=int(pad_id))
+        self._pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1),
+                                        thread_name_prefix="poolq-tokenize")
+
+    # -- public API --------------------------------------------------------
+    def classify(self, prompts, use_activation=None, truncate_prompt_tokens=None, truncation_side=None,
+                 add_special_tokens=True) -> list[ClassificationOutput]:
+        self._require_task("classify")
+        encoded, logits = self._run_prompts(prompts, False, truncate_prompt_tokens, truncation_side,
+                                            add_special_tokens)
+        probs = self._activation(torch.stack(logits), use_activation)
+        labels = probs.argmax(dim=-1).tolist()
+        return [ClassificationOutput(probs=p, label=self.card.id2label.get(k), num_prompt_tokens=len(e.input_ids))
+                for p, k, e in zip(probs.tolist(), labels, encoded)]
+
+    def encode(self, prompts, pooling_task="classify", use_activation=None, truncate_prompt_tokens=None,
+               truncation_side=None, add_special_tokens=True, aggregation=None) -> list[PoolingOutput]:
+        if pooling_task not in ("classify", "token_classify"):
+            raise PoolingInputError(f"Unsupported task: {pooling_task!r} Supported tasks: "
+                                    f"{self.supported_tasks}", "task")
+        self._require_task(pooling_task)
+        if pooling_task == "classify":
+            if aggregation is not None:
+                raise PoolingInputError("aggregation applies to token_classify only", "aggregation")
+            return [PoolingOutput(data=o.probs, num_prompt_tokens=o.num_prompt_tokens)
+                    for o in self.classify(prompts, use_activation, truncate_prompt_tokens, truncation_side,
+                                           add_special_tokens)]
+        if aggregation is not None and aggregation not in STRATEGIES:
+            raise PoolingInputError(f"aggregation must be one of {STRATEGIES}", "aggregation")
+        encoded, logits = self._run_prompts(prompts, True, truncate_prompt_tokens, truncation_side,
+                                            add_special_tokens, with_offsets=aggregation is not None)
+        lengths = [t.shape[0] for t in logits]
+        flat = torch.cat(logits)
+        data = self._activation(flat, use_activation).split(lengths)
+        scores = torch.softmax(self._activation.calibrate(flat), -1).split(lengths) if aggregation else None
+        outs = []
+        for i, (e, d) in enumerate(zip(encoded, data)):
+            entities = None
+            if aggregation is not None:
+                entities = aggregate(aggregation, scores[i].numpy(), e.input_ids, e.offsets, e.special_mask,
+                                     e.text, self.tokenizer, self.card.id2label)
+            outs.append(PoolingOutput(data=d.tolist(), num_prompt_tokens=len(e.input_ids), entities=entities))
+        return outs
+
+    def score(self, data_1, data_2, /, use_activation=None, max_tokens_per_query=0, max_tokens_per_doc=0,
+              chat_template_kwargs=None, truncate_prompt_tokens=None) -> list[ScoringOutput]:
+        if not self.card.supports_score:
+            if self.card.task == "classify":
+                raise PoolingInputError("Scoring API is only enabled for num_labels == 1.")
+            raise PoolingInputError("This model does not support the Scoring API.")
+        limit = inp.resolve_truncation(truncate_prompt_tokens, self.max_model_len)
+        tok = self._tokenizers.get()
+        encoded = build_score_prompts(
+            tok, data_1, data_2, template=self._template, use_sep_token=self._use_sep_token,
+            max_tokens_per_query=max_tokens_per_query, max_tokens_per_doc=max_tokens_per_doc,
+            chat_template_kwargs=chat_template_kwargs, limit=limit, max_model_len=self.max_model_len)
+        for e in encoded:
+            inp.check_length(len(e.input_ids), self.max_model_len)
+        logits = self._gather(self._submit([encoded], token=False))
+        scores = self._activation(torch.stack(logits), use_activation)[:, 0].tolist()
+        return [ScoringOutput(score=s, num_prompt_tokens=len(e.input_ids)) for s, e in zip(scores, encoded)]
+
+    def close(self) -> None:
+        self._batcher.close()
+        self._pool.shutdown(wait=False)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # -- internals ---------------------------------------------------------
+    @property
+    def _use_sep_token(self) -> bool:
+        # Converted LLM rerankers concatenate query and document (vLLM sets
+        # use_sep_token False for them); encoders use the tokenizer's pair encoding.
+        return not self.card.is_converted and bool(self.card.config.get("use_sep_token", True))
+
+    def _require_task(self, task: str) -> None:
+        if task == self.card.task and task in self.supported_tasks:
+            return
+        if task not in self.supported_tasks:
+            raise PoolingInputError(f"Unsupported task: {task!r} Supported tasks: {self.supported_tasks}", "task")
+        raise PoolingInputError(f"Try switching the model's pooling_task via --pooler-config.task {task}.", "task")
+
+    def _run_prompts(self, prompts, token, truncate_prompt_tokens, truncation_side, add_special_tokens,
+                     with_offsets=False) -> tuple[list[Encoded], list[torch.Tensor]]:
+        items = inp.normalize_prompts(prompts)
+        limit = inp.resolve_truncation(truncate_prompt_tokens, self.max_model_len)
+        if truncation_side not in (None, "left", "right"):
+            raise PoolingInputError("truncation_side must be 'left' or 'right'", "truncation_side")
+        args = (limit, truncation_side, add_special_tokens, with_offsets)
+        chunks = [items[i:i + CHUNK] for i in range(0, len(items), CHUNK)]
+        if len(chunks) == 1:
+            encoded_chunks: Iterable[list[Encoded]] = [self._encode_chunk(chunks[0], *args)]
+        else:
+            # Tokenize chunks in parallel and submit each as soon as it is ready, in order.
+            encoded_chunks = (f.result() for f in [self._pool.submit(self._encode_chunk, c, *args) for c in chunks])
+        futures, encoded = self._submit(encoded_chunks, token, collect=True)
+        return encoded, self._gather(futures)
+
+    def _encode_chunk(self, prompts, limit, side, add_special_tokens, with_offsets) -> list[Encoded]:
+        tok = self._tokenizers.get(side)
+        texts = [p for p in prompts if isinstance(p, str)]
+        by_text = iter(inp.tokenize(tok, texts, limit=limit, max_model_len=self.max_model_len,
+                                    add_special_tokens=add_special_tokens, with_offsets=with_offsets)
+                       if texts else [])
+        out = []
+        for p in prompts:
+            if isinstance(p, str):
+                e = next(by_text)
+            else:
+                inp.check_vocab(p, self._vocab_size)
+                ids = inp.truncate_ids(p, limit, side or self._tokenizers.default_side)
+                mask = tok.get_special_tokens_mask(ids, already_has_special_tokens=True) if with_offsets else None
+                e = Encoded(input_ids=ids, special_mask=mask)
+            inp.check_length(len(e.input_ids), self.max_model_len)
+            out.append(e)
+        return out
+
+    def _submit(self, encoded_chunks, token, collect=False):
+        futures, encoded = [], []
+        try:
+            for chunk in encoded_chunks:
+                encoded.extend(chunk)
+                futures.append(self._batcher.submit(inp.to_tensors(chunk), token))
+        except BaseException:
+            # A later chunk failed validation: drop the work already queued.
+            for f in futures:
+                f.cancel()
+            raise
+        return (futures, encoded) if collect else futures
+
+    @staticmethod
+    def _gather(futures) -> list[torch.Tensor]:
+        out: list[torch.Tensor] = []
+        for f in futures:
+            out.extend(f.result())
+        return out
