@@ -79,6 +79,26 @@ def worker(models, gpu, threads, beat, preload) -> None:
 
 
 @cli.command()
+def beat() -> None:
+    """Run Celery beat: the job sweeper and other schedules (exactly one per deployment)."""
+    from app import create_app
+
+    settings = _settings()
+    celery = create_app(settings).extensions["celery"]
+    celery.start(argv=["beat", f"--schedule={settings.home / 'celerybeat-schedule'}", "--loglevel=INFO"])
+
+
+@cli.command("demo-model")
+@click.argument("target", type=click.Path(file_okay=False))
+def demo_model(target) -> None:
+    """Build the offline demo classifier into TARGET (no hub needed)."""
+    from models.demo import DEMO_DESCRIPTION, materialize_demo_model
+
+    path = materialize_demo_model(target)
+    click.echo(f"{path}: {DEMO_DESCRIPTION}")
+
+
+@cli.command()
 def migrate() -> None:
     """Bring the database schema to the latest revision."""
     from app.db.migrate import upgrade

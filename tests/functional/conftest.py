@@ -8,7 +8,6 @@ consuming from real Redis and writing to real Postgres.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -21,14 +20,9 @@ from werkzeug.serving import make_server
 
 from app import create_app
 from app.config import Settings
+from tests_support import free_port
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")
