@@ -10,6 +10,11 @@ import pytest
 # directory would shadow the engine package `models` as a namespace package;
 # the repository root first makes `import models` find the real one.
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+if getattr(sys.modules.get("models"), "__file__", None) is None:
+    # Another conftest imported `models.catalog` through the namespace shadow
+    # first; drop only the package entry (submodules stay, so classes keep
+    # their identity) and let the next import find models/__init__.py.
+    sys.modules.pop("models", None)
 
 import tiny_models  # noqa: E402  (on sys.path via tests/conftest.py)
 
