@@ -1,0 +1,155 @@
+"""Batching invariance, concurrency, error isolation and the collator."""
+from __future__ import annotations
+
+import random
+import subprocess
+import sys
+import threading
+import time
+
+import pytest
+import torch
+
+from engine_cases import TEXTS
+from models.batcher import Batcher
+from models.collate import collate, padded_len, plan_batches
+
+TOL = 1e-5
+
+
+def _texts(n, seed=0):
+    rng = random.Random(seed)
+    words = ["alpha", "beta", "gamma", "delta", "river", "stone", "quickly", "under", "berlin", "x"]
+    return [" ".join(rng.choice(words) for _ in range(rng.randint(1, 90))) for _ in range(n)]
+
+
+@pytest.mark.parametrize("name", ["bert", "qwen"])
+def test_alone_equals_mixed(request, model_dirs, engine_factory, name):
+    alone = request.getfixturevalue(name)
+    # Tiny budget: the mixed run is cut into many batches of varied shapes.
+    mixed = engine_factory(model_dirs[name], max_batch_tokens=256, max_batch_seqs=5)
+    texts = _texts(40)
+    singles = [alone.classify(t, use_activation=False)[0].probs for t in texts]
+    together = [o.probs for o in mixed.classify(texts, use_activation=False)]
+    assert torch.tensor(together) == pytest.approx(torch.tensor(singles), abs=TOL)
+
+
+def test_token_outputs_invariant_to_batching(ner, model_dirs, engine_factory):
+    mixed = engine_factory(model_dirs["ner"], max_batch_tokens=256, max_batch_seqs=7)
+    texts = _texts(20, seed=1)
+    together = mixed.encode(texts, pooling_task="token_classify")
+    for text, out in zip(texts, together):
+        single = ner.encode(text, pooling_task="token_classify")[0]
+        assert torch.tensor(out.data) == pytest.approx(torch.tensor(single.data), abs=TOL)
+
+
+def test_concurrent_callers_get_their_own_results(bert, model_dirs, engine_factory):
+    shared = engine_factory(model_dirs["bert"], max_batch_tokens=1024, max_wait_ms=5)
+    jobs = [_texts(random.Random(i).randint(1, 12), seed=100 + i) for i in range(24)]
+    expected = [[o.probs for o in bert.classify(j)] for j in jobs]
+    results: dict[int, list] = {}
+    barrier = threading.Barrier(len(jobs))
+
+    def call(i):
+        barrier.wait()
+        results[i] = [o.probs for o in shared.classify(jobs[i])]
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    for i, want in enumerate(expected):
+        assert torch.tensor(results[i]) == pytest.approx(torch.tensor(want), abs=TOL)
+
+
+def test_large_request_spans_chunks(bert):
+    texts = _texts(1100, seed=3)  # > 2 tokenizer chunks, submitted as they are ready
+    outs = bert.classify(texts)
+    assert len(outs) == 1100
+    assert outs[700].probs == pytest.approx(bert.classify(texts[700])[0].probs, abs=TOL)
+
+
+def test_mixed_tasks_share_batches(model_dirs, engine_factory):
+    engine = engine_factory(model_dirs["qwen"], task="token_classify")
+    seq_engine = engine_factory(model_dirs["qwen"])
+    # The same runner pools some rows and returns all tokens of others.
+    fut_seq = engine._batcher.submit([(torch.tensor([101, 2000, 102]), None)], token=False)
+    fut_tok = engine._batcher.submit([(torch.tensor([101, 2000, 2001, 102]), None)], token=True)
+    assert fut_tok.result()[0].shape == (4, 2)
+    assert fut_seq.result()[0].tolist() == pytest.approx(
+        seq_engine.classify([[101, 2000, 102]], use_activation=False)[0].probs, abs=TOL)
+
+
+class _FlakyRunner:
+    """Fails any batch holding token id 666; otherwise returns the row sums."""
+
+    def __call__(self, b):
+        if (b.input_ids == 666).any():
+            raise RuntimeError("poisoned sequence")
+        return (b.input_ids * b.attention_mask).sum(1, keepdim=True).float(), None
+
+
+def test_one_bad_request_never_fails_the_others():
+    batcher = Batcher(_FlakyRunner(), torch.device("cpu"), 512, 64, 20.0, 128)
+    try:
+        good = [batcher.submit([(torch.tensor([i, 1, 1]), None)], token=False) for i in range(10)]
+        bad = batcher.submit([(torch.tensor([666, 1]), None), (torch.tensor([5]), None)], token=False)
+        more = [batcher.submit([(torch.tensor([i, 2]), None)], token=False) for i in range(10)]
+        with pytest.raises(RuntimeError, match="poisoned"):
+            bad.result(10)
+        assert [f.result(10)[0].item() for f in good] == [i + 2 for i in range(10)]
+        assert [f.result(10)[0].item() for f in more] == [i + 2 for i in range(10)]
+    finally:
+        batcher.close()
+
+
+def test_lone_request_waits_at_most_max_wait():
+    batcher = Batcher(_FlakyRunner(), torch.device("cpu"), 4096, 64, 5.0, 128)
+    try:
+        batcher.submit([(torch.tensor([1]), None)], token=False).result(10)  # warm
+        start = time.perf_counter()
+        batcher.submit([(torch.tensor([1, 2]), None)], token=False).result(10)
+        assert time.perf_counter() - start < 0.25
+    finally:
+        batcher.close()
+
+
+def test_plan_batches_respects_budget():
+    class It:
+        def __init__(self, n):
+            self.length = n
+
+    items = [It(n) for n in sorted(random.Random(0).randint(1, 120) for _ in range(300))]
+    batches = plan_batches(items, max_tokens=512, max_seqs=16, max_len=128)
+    assert sum(len(b) for b in batches) == 300
+    for b in batches:
+        assert len(b) <= 16
+        assert len(b) == 1 or len(b) * padded_len(b[-1].length, 128) <= 512
+
+
+def test_collate_pads_right_to_multiple_of_8():
+    class It:
+        def __init__(self, ids, token=False):
+            self.ids, self.type_ids, self.length, self.token = torch.tensor(ids), None, len(ids), token
+
+    b = collate([It([5, 6, 7]), It([8] * 9, token=True)], torch.device("cpu"), 512, pad_id=1)
+    assert b.input_ids.shape == (2, 16)
+    assert b.input_ids[0, :4].tolist() == [5, 6, 7, 1] and b.attention_mask[0].sum() == 3
+    assert b.seq_rows.tolist() == [0] and b.token_rows.tolist() == [1]
+    assert padded_len(126, 128) == 128 and padded_len(127, 126) == 127
+
+
+def test_models_package_does_not_import_torch():
+    code = ("import sys, models, models.catalog; from models import PoolingInputError; "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=str(__import__("pathlib").Path(__file__).parents[2]))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_gpu_bf16_close_to_cpu_fp32(model_dirs, engine_factory, bert):
+    gpu = engine_factory(model_dirs["bert"], device="cuda")
+    assert gpu.dtype == torch.bfloat16
+    got = torch.tensor([o.probs for o in gpu.classify(TEXTS)])
+    want = torch.tensor([o.probs for o in bert.classify(TEXTS)])
+    assert got == pytest.approx(want, abs=3e-2)
