@@ -53,6 +53,13 @@ class ModelCard:
         return self.task == "classify" and self.num_labels == 1
 
     @property
+    def supported_tasks(self) -> tuple[str, ...]:
+        """Pooling tasks the model can run; only `task` is active (vLLM §1.1)."""
+        if "ForTokenClassification" in self.architecture:
+            return ("token_classify",)
+        return POOLING_TASKS
+
+    @property
     def tasks(self) -> tuple[str, ...]:
         """The job tasks (and vLLM routes) this model serves."""
         if self.supports_score:

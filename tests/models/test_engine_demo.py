@@ -1,0 +1,16 @@
+"""The hub-free demo model: real MiniLM weights, a centroid sentiment head."""
+from __future__ import annotations
+
+from models import DEMO_DESCRIPTION, materialize_demo_model
+
+
+def test_demo_model_builds_once_and_classifies(tmp_path, engine_factory):
+    path = materialize_demo_model(tmp_path / "demo")
+    mtime = (path / "model.safetensors").stat().st_mtime
+    assert materialize_demo_model(tmp_path / "demo") == path
+    assert (path / "model.safetensors").stat().st_mtime == mtime  # reused, not rebuilt
+    engine = engine_factory(path)
+    assert engine.card.labels == ["negative", "positive"]
+    outs = engine.classify(["I really loved this film, great acting", "customer support ignored me for weeks"])
+    assert [o.label for o in outs] == ["positive", "negative"]
+    assert DEMO_DESCRIPTION
