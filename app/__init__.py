@@ -15,6 +15,7 @@ from app.config import Settings
 from app.db import make_engine, make_session_factory
 from app.db.request import init_request_sessions
 from app.errors import register_error_handlers
+from app.jobs.events import job_events
 from app.served import ServedModels
 
 
@@ -27,6 +28,7 @@ class Poolq:
     db_engine: Engine
     session_factory: sessionmaker[Session]
     celery: Celery
+    events: object  # app.jobs.events: wakes synchronous requests when their job finishes
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -44,6 +46,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         db_engine=db_engine,
         session_factory=make_session_factory(db_engine),
         celery=celery,
+        events=job_events(settings.broker_url),
     )
     app.extensions["poolq"] = poolq
     celery.poolq = poolq  # the task base class reaches settings and sessions here
@@ -51,9 +54,11 @@ def create_app(settings: Settings | None = None) -> Flask:
     register_error_handlers(app)
 
     from app.jobs.routes import bp as jobs_bp
+    from app.pooling.routes import bp as pooling_bp
     from app.system.routes import bp as system_bp
 
     app.register_blueprint(system_bp)
     app.register_blueprint(jobs_bp)
+    app.register_blueprint(pooling_bp)
     logging.getLogger(__name__).debug("poolq app created for %d model(s)", len(settings.models))
     return app

@@ -92,6 +92,9 @@ class Settings:
     # A running job whose worker vanished is re-queued after this long.
     running_timeout_s: int = 3600
     max_request_bytes: int = 32 * 1024 * 1024
+    # How long a synchronous pooling request waits for its job before it
+    # answers 202 with the job's location instead.
+    sync_timeout_s: float = 30.0
     max_items_per_request: int = 100_000
     extra: Mapping[str, str] = field(default_factory=dict, repr=False)
 
@@ -134,6 +137,7 @@ class Settings:
             requeue_after_s=_int(env, "POOLQ_REQUEUE_AFTER_S") or 900,
             running_timeout_s=_int(env, "POOLQ_RUNNING_TIMEOUT_S") or 3600,
             max_request_bytes=_int(env, "POOLQ_MAX_REQUEST_BYTES") or 32 * 1024 * 1024,
+            sync_timeout_s=_float(env, "POOLQ_SYNC_TIMEOUT_S") or 30.0,
             max_items_per_request=_int(env, "POOLQ_MAX_ITEMS_PER_REQUEST") or 100_000,
         )
         return replace(settings, **overrides) if overrides else settings

@@ -19,16 +19,17 @@ log = logging.getLogger(__name__)
 
 class APIError(Exception):
     def __init__(self, status: int, message: str, type: str | None = None, param: str | None = None,
-                 headers: dict[str, str] | None = None):
+                 headers: dict[str, str] | None = None, extra: dict[str, Any] | None = None):
         super().__init__(message)
         self.status = status
         self.message = message
         self.type = type or _default_type(status)
         self.param = param
         self.headers = headers or {}
+        self.extra = extra or {}
 
     def body(self) -> dict[str, Any]:
-        return error_body(self.message, self.type, self.param, self.status)
+        return {**error_body(self.message, self.type, self.param, self.status), **self.extra}
 
 
 def error_body(message: str, type: str, param: str | None, code: int) -> dict[str, Any]:

@@ -1,31 +1,23 @@
-"""`/v1/jobs`: submit and poll."""
+"""`/v1/jobs`: submit any pooling task as a job, and poll it."""
 
 from __future__ import annotations
 
-from flask import Blueprint, current_app, jsonify, url_for
+from flask import Blueprint, current_app, jsonify, request
 
 from app.db.request import db_session
 from app.http import json_body
-from app.jobs import dispatch, services
+from app.jobs import services
+from app.jobs.submission import accepted, submit
 
 bp = Blueprint("jobs", __name__)
 
 
 @bp.post("/v1/jobs")
 def submit_job():
-    body = json_body()
     poolq = current_app.extensions["poolq"]
-    model, request = services.parse_job_request(body, poolq.served, poolq.settings.max_items_per_request)
-    session = db_session()
-    job = services.create_job(session, model, request)
-    session.commit()
-    if not dispatch.send_job(poolq.celery, job):
-        services.mark_unsent(session, job.id)
-        session.commit()
-    response = jsonify(services.job_resource(job, None))
-    response.status_code = 202
-    response.headers["Location"] = url_for("jobs.get_job", job_id=str(job.id))
-    return response
+    model, job_request = services.parse_job_request(
+        json_body(), poolq.served, poolq.settings.max_items_per_request, request.headers.get("X-Request-Id"))
+    return accepted(submit(model, job_request))
 
 
 @bp.get("/v1/jobs/<job_id>")

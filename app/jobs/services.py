@@ -12,61 +12,48 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import ValidationError
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app.db.base import as_utc, utcnow
-from app.errors import APIError, bad_request, not_found, validation_error
-from app.jobs.records import Job, JobResult
-from app.jobs.schemas import JOB_REQUESTS
-from app.pooling.protocol import as_prompt_list, prompt_count, random_request_id
+from app.errors import bad_request, not_found
+from app.jobs.records import FINISHED_STATUSES, Job, JobResult
+from app.pooling.requests import TASK_ENDPOINTS, parse
 from app.served import ServedModel, ServedModels
 
 
-def parse_job_request(body: Any, served: ServedModels, max_items: int) -> tuple[ServedModel, dict[str, Any]]:
-    """Validate a submission fully before anything is written."""
+def parse_job_request(body: Any, served: ServedModels, max_items: int,
+                      header_request_id: str | None = None) -> tuple[ServedModel, dict[str, Any]]:
+    """A native job: the body of the vLLM route its task maps to, plus `task`."""
+    task = body.get("task") if isinstance(body, dict) else None
     if not isinstance(body, dict):
         raise bad_request("The request body must be a JSON object.")
-    task = body.get("task")
-    if task not in JOB_REQUESTS:
-        raise bad_request(f"Unsupported task: {task!r} Supported tasks: {tuple(JOB_REQUESTS)}", param="task")
-    try:
-        request = JOB_REQUESTS[task].model_validate(body)
-    except ValidationError as exc:
-        raise validation_error(exc) from None
-    model = served.resolve(request.model)
+    if task not in TASK_ENDPOINTS:
+        raise bad_request(f"Unsupported task: {task!r} Supported tasks: {tuple(TASK_ENDPOINTS)}", param="task")
+    model, request = parse(TASK_ENDPOINTS[task], body, served, max_items, header_request_id, task=task)
     if task not in model.card.tasks:
-        raise bad_request(
-            f"Unsupported task: {task!r} Supported tasks: {model.card.tasks}", param="task"
-        )
-    count = prompt_count(request.input)
-    if count == 0:
-        raise bad_request("You must pass at least one prompt", param="input")
-    if count > max_items:
-        raise APIError(413, f"Too many inputs: {count} (at most {max_items} per request).", param="input")
-    limit = request.truncate_prompt_tokens
-    if limit is not None and limit > model.card.max_model_len:
-        raise bad_request(
-            "truncate_prompt_tokens value is greater than max_model_len. Please request a smaller truncation size.",
-            param="truncate_prompt_tokens",
-        )
-    stored = request.model_dump(exclude_unset=False)
-    stored = {k: v for k, v in stored.items() if k in type(request).model_fields}
-    stored["model"] = model.name
-    stored["input"] = as_prompt_list(request.input)
-    stored["request_id"] = request.request_id or random_request_id()
-    return model, stored
+        raise bad_request(f"Unsupported task: {task!r} Supported tasks: {model.card.tasks}", param="task")
+    return model, request
 
 
-def create_job(session: Session, model: ServedModel, request: dict[str, Any]) -> Job:
+def count_inputs(request: dict[str, Any]) -> int:
+    if "input" in request:
+        return len(request["input"])
+    if "messages" in request:
+        return 1
+    if "documents" in request:
+        return len(request["documents"])
+    return max(len(request["data_1"]), len(request["data_2"]))
+
+
+def create_job(session: Session, model: ServedModel, request: dict[str, Any], job_id: uuid.UUID | None = None) -> Job:
     job = Job(
-        id=uuid.uuid4(),
+        id=job_id or uuid.uuid4(),
         task=request["task"],
         model=model.name,
         status="queued",
         request=request,
-        num_inputs=len(request["input"]),
+        num_inputs=count_inputs(request),
         created_at=utcnow(),
         # Optimistic: the send follows the commit; `mark_unsent` undoes this
         # when the broker refuses, and the sweeper covers a crash in between.
@@ -86,6 +73,11 @@ def get_job(session: Session, job_id: str, with_result: bool = True) -> Job:
     if job is None:
         raise not_found(f"Job {job_id!r} does not exist.")
     return job
+
+
+def job_finished(session: Session, job_id: uuid.UUID) -> bool:
+    status = session.scalar(select(Job.status).where(Job.id == job_id))
+    return status is None or status in FINISHED_STATUSES
 
 
 def job_result_body(session: Session, job: Job) -> dict[str, Any] | None:

@@ -7,12 +7,14 @@ client written for vLLM can send what it sends there.
 from __future__ import annotations
 
 import secrets
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 TokenIds = list[StrictInt]
 PromptInput = StrictStr | list[StrictStr] | TokenIds | list[TokenIds]
+PoolingTask = Literal["embed", "classify", "token_embed", "token_classify", "plugin", "embed&token_classify"]
+Aggregation = Literal["none", "simple", "first", "average", "max"]
 
 
 def random_request_id() -> str:
@@ -29,14 +31,100 @@ class PoolingBase(BaseModel):
     truncation_side: Literal["left", "right"] | None = None
     request_id: StrictStr | None = Field(default=None, max_length=128)
     priority: StrictInt = 0
+    use_activation: StrictBool | None = None
 
 
-class ClassifyRequest(PoolingBase):
-    """`POST /classify`, completion form."""
-
+class CompletionMixin(BaseModel):
     input: PromptInput
     add_special_tokens: StrictBool = True
-    use_activation: StrictBool | None = None
+
+
+class ChatMixin(BaseModel):
+    messages: list[dict[str, Any]]
+    add_generation_prompt: StrictBool = False
+    continue_final_message: StrictBool = False
+    add_special_tokens: StrictBool = False
+    chat_template: StrictStr | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
+
+
+class ClassifyRequest(PoolingBase, CompletionMixin):
+    """`POST /classify`, completion form."""
+
+
+class ClassifyChatRequest(PoolingBase, ChatMixin):
+    """`POST /classify`, chat form: one conversation, one result."""
+
+
+class PoolingFields(BaseModel):
+    task: PoolingTask | None = None
+    encoding_format: Literal["float", "base64", "bytes", "bytes_only"] = "float"
+    embed_dtype: Literal["float32", "float16", "bfloat16", "fp8_e4m3", "fp8_e5m2"] = "float32"
+    endianness: Literal["native", "big", "little"] = "native"
+    dimensions: StrictInt | None = None
+    # poolq's extension: entity groups for token_classify, as transformers'
+    # token-classification pipeline names its strategies.
+    aggregation_strategy: Aggregation | None = None
+
+
+class PoolingRequest(PoolingBase, CompletionMixin, PoolingFields):
+    """`POST /pooling`, completion form."""
+
+
+class PoolingChatRequest(PoolingBase, ChatMixin, PoolingFields):
+    """`POST /pooling`, chat form."""
+
+
+class ScoreContent(BaseModel):
+    """A multimodal score input (`ScoreMultiModalParam`); poolq serves text models only."""
+
+    content: list[dict[str, Any]]
+
+
+ScoreInput = StrictStr | ScoreContent
+ScoreSide = ScoreInput | list[ScoreInput]
+
+
+class ScoringBase(PoolingBase):
+    max_tokens_per_query: StrictInt = 0
+    max_tokens_per_doc: StrictInt = 0
+    instruction: StrictStr | None = None
+    chat_template_kwargs: dict[str, Any] | None = None
+
+
+class ScoreQueriesDocuments(ScoringBase):
+    queries: ScoreSide
+    documents: ScoreSide
+
+
+class ScoreQueriesItems(ScoringBase):
+    queries: ScoreSide
+    items: ScoreSide
+
+
+class ScoreData(ScoringBase):
+    data_1: ScoreSide
+    data_2: ScoreSide
+
+
+class ScoreText(ScoringBase):
+    text_1: ScoreSide
+    text_2: ScoreSide
+
+
+# The four body shapes of /score, tried in vLLM's order; each names its sides.
+SCORE_SHAPES: tuple[tuple[type[ScoringBase], str, str], ...] = (
+    (ScoreQueriesDocuments, "queries", "documents"),
+    (ScoreQueriesItems, "queries", "items"),
+    (ScoreData, "data_1", "data_2"),
+    (ScoreText, "text_1", "text_2"),
+)
+
+
+class RerankRequest(ScoringBase):
+    query: ScoreInput
+    documents: ScoreSide
+    top_n: Annotated[StrictInt, Field(ge=0)] = 0
 
 
 def prompt_count(value: PromptInput) -> int:

@@ -22,7 +22,7 @@ def load_compose() -> dict:
 
 def test_compose_file_matches_the_compose_spec():
     schema = json.loads((ROOT / "tests/data/compose-spec.json").read_text())
-    jsonschema.validate(load_compose(), schema)
+    jsonschema.Draft201909Validator(schema).validate(load_compose())
 
 
 def test_compose_has_the_production_shape():

@@ -35,13 +35,14 @@ def run_job(self: PoolqTask, job_id: str, model: str | None = None, task: str | 
         error = error_body(str(exc), "BadRequestError", getattr(exc, "parameter", None), 400)["error"]
         with self.unit_of_work() as session:
             services.fail(session, claimed, error)
-        return
     except Exception as exc:
         log.exception("job %s failed in the engine", job_id)
         error = error_body(f"The engine failed on this job: {type(exc).__name__}", "InternalServerError", None, 500)
         with self.unit_of_work() as session:
             services.fail(session, claimed, error["error"])
-        return
-    with self.unit_of_work() as session:
-        if not services.complete(session, claimed, body, prompt_tokens):
-            log.info("job %s finished elsewhere (attempt %d lost the race)", job_id, claimed.attempt)
+    else:
+        with self.unit_of_work() as session:
+            if not services.complete(session, claimed, body, prompt_tokens):
+                log.info("job %s finished elsewhere (attempt %d lost the race)", job_id, claimed.attempt)
+    # After the commit: wake a synchronous request waiting for this job.
+    self.poolq.events.publish(job_id)

@@ -1,0 +1,66 @@
+"""vLLM's pooling routes over the job queue, synchronous unless asked otherwise.
+
+Each request becomes a job. By default the request waits for it up to
+POOLQ_SYNC_TIMEOUT_S and answers what vLLM would; past the bound, or at once
+with `Prefer: respond-async`, it answers 202 with the job's Location, and
+`GET /v1/jobs/{id}` later carries the same body as `result`.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+from flask import Blueprint, current_app, jsonify, request
+
+from app.db.request import db_session
+from app.errors import error_body
+from app.http import json_body
+from app.jobs import services
+from app.jobs.submission import accepted, is_finished, prefers_async, submit
+from app.pooling.requests import parse
+
+bp = Blueprint("pooling", __name__)
+
+ROUTES = {
+    "/classify": "classify",
+    "/pooling": "pooling",
+    "/score": "score",
+    "/v1/score": "score",
+    "/rerank": "rerank",
+    "/v1/rerank": "rerank",
+    "/v2/rerank": "rerank",
+}
+
+
+def handle(endpoint: str):
+    poolq = current_app.extensions["poolq"]
+    model, job_request = parse(endpoint, json_body(), poolq.served, poolq.settings.max_items_per_request,
+                               request.headers.get("X-Request-Id"))
+    job_id = uuid.uuid4()
+    if prefers_async():
+        return accepted(submit(model, job_request, job_id), applied_async=True)
+    with poolq.events.expect(job_id) as wait:
+        job = submit(model, job_request, job_id)
+        done = wait(poolq.settings.sync_timeout_s, lambda: is_finished(job_id))
+    if not done:
+        return accepted(job)
+    session = db_session()
+    job = services.get_job(session, str(job_id))
+    if job.status == "succeeded":
+        return jsonify(services.job_result_body(session, job))
+    error = job.error or error_body(f"The job was {job.status}.", "JobCancelled", None, 409)["error"]
+    response = jsonify({"error": error})
+    response.status_code = int(error.get("code") or 500)
+    return response
+
+
+def _view(endpoint: str):
+    def view():
+        return handle(endpoint)
+
+    return view
+
+
+for _rule, _endpoint in ROUTES.items():
+    bp.add_url_rule(_rule, endpoint=_rule.strip("/").replace("/", "_"), view_func=_view(_endpoint),
+                    methods=["POST"])
