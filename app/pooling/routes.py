@@ -45,6 +45,7 @@ def handle(endpoint: str):
     if not done:
         return accepted(job)
     session = db_session()
+    session.expire_all()  # the submit left a `queued` copy of the row in this session
     job = services.get_job(session, str(job_id))
     if job.status == "succeeded":
         return jsonify(services.job_result_body(session, job))

@@ -29,10 +29,28 @@ REPO = Path(__file__).resolve().parents[2]
 def served_models(model_dir):
     import tiny_models
 
+    tiny = tiny_models.build_bert_classifier(model_dir / "tiny", num_labels=3,
+                                             id2label={0: "neg", 1: "neu", 2: "pos"})
+    add_chat_template(tiny)
     return {
-        "tiny": tiny_models.build_bert_classifier(model_dir / "tiny", num_labels=3,
-                                                  id2label={0: "neg", 1: "neu", 2: "pos"}),
+        "tiny": tiny,
+        "ce": tiny_models.build_bert_cross_encoder(model_dir / "ce"),
+        "ner": tiny_models.build_bert_token_classifier(model_dir / "ner"),
     }
+
+
+# A minimal chat template, so the chat forms of /classify and /pooling can run.
+CHAT_TEMPLATE = ("{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+                 "{% if add_generation_prompt %}assistant:{% endif %}")
+
+
+def add_chat_template(path) -> None:
+    import json
+
+    config_path = path / "tokenizer_config.json"
+    config = json.loads(config_path.read_text())
+    config["chat_template"] = CHAT_TEMPLATE
+    config_path.write_text(json.dumps(config))
 
 
 @pytest.fixture(scope="session")
