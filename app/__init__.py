@@ -15,6 +15,7 @@ from app.config import Settings
 from app.db import make_engine, make_session_factory
 from app.db.request import init_request_sessions
 from app.errors import register_error_handlers
+from app.jobs.admission import Admission
 from app.jobs.events import job_events
 from app.served import ServedModels
 
@@ -29,6 +30,7 @@ class Poolq:
     session_factory: sessionmaker[Session]
     celery: Celery
     events: object  # app.jobs.events: wakes synchronous requests when their job finishes
+    admission: Admission
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -47,6 +49,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         session_factory=make_session_factory(db_engine),
         celery=celery,
         events=job_events(settings.broker_url),
+        admission=Admission(settings.max_queued_jobs),
     )
     app.extensions["poolq"] = poolq
     celery.poolq = poolq  # the task base class reaches settings and sessions here

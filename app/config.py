@@ -95,6 +95,8 @@ class Settings:
     # How long a synchronous pooling request waits for its job before it
     # answers 202 with the job's location instead.
     sync_timeout_s: float = 30.0
+    # Queued jobs per model past which submissions get 503 (0: no limit).
+    max_queued_jobs: int = 0
     max_items_per_request: int = 100_000
     extra: Mapping[str, str] = field(default_factory=dict, repr=False)
 
@@ -138,6 +140,7 @@ class Settings:
             running_timeout_s=_int(env, "POOLQ_RUNNING_TIMEOUT_S") or 3600,
             max_request_bytes=_int(env, "POOLQ_MAX_REQUEST_BYTES") or 32 * 1024 * 1024,
             sync_timeout_s=_float(env, "POOLQ_SYNC_TIMEOUT_S") or 30.0,
+            max_queued_jobs=_int(env, "POOLQ_MAX_QUEUED_JOBS") or 0,
             max_items_per_request=_int(env, "POOLQ_MAX_ITEMS_PER_REQUEST") or 100_000,
         )
         return replace(settings, **overrides) if overrides else settings

@@ -12,6 +12,7 @@ from typing import Any
 
 from flask import Flask, jsonify
 from pydantic import ValidationError
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,17 @@ def _short(value: Any) -> Any:
     return value if len(text) <= 200 else text[:200] + "..."
 
 
+def _service_unavailable(message: str, retry_after: int = 5):
+    response = jsonify(error_body(message, "ServiceUnavailable", None, 503))
+    response.status_code = 503
+    response.headers["Retry-After"] = str(retry_after)
+    return response
+
+
+def service_unavailable(message: str, retry_after: int = 5) -> APIError:
+    return APIError(503, message, "ServiceUnavailable", headers={"Retry-After": str(retry_after)})
+
+
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(APIError)
     def _api_error(exc: APIError):
@@ -91,6 +103,15 @@ def register_error_handlers(app: Flask) -> None:
         response = jsonify(body)
         response.status_code = code
         return response
+
+    @app.errorhandler(DBAPIError)
+    def _database_unavailable(exc: DBAPIError):
+        # The system of record is unreachable or refusing: nothing was
+        # accepted, so the client should retry, not treat it as a bug.
+        if not isinstance(exc, (OperationalError, InterfaceError)) and not exc.connection_invalidated:
+            return _unexpected(exc)
+        log.warning("database unavailable: %s", exc.__class__.__name__)
+        return _service_unavailable("The database is unavailable; retry shortly.")
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):

@@ -20,6 +20,7 @@ def submit(model: ServedModel, job_request: dict, job_id: uuid.UUID | None = Non
     """Commit the job, then send it to its model's queue."""
     poolq = current_app.extensions["poolq"]
     session = db_session()
+    poolq.admission.check(session, model.name)
     job = services.create_job(session, model, job_request, job_id)
     session.commit()
     if not dispatch.send_job(poolq.celery, job):

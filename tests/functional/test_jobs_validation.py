@@ -92,3 +92,50 @@ def test_oversize_body_is_413(client, settings):
     response = client.post("/v1/jobs", data=big, headers={"Content-Type": "application/json"})
     assert response.status_code == 413
     assert response.json()["error"]["code"] == 413
+
+
+def test_too_many_items_is_413(deployment_env):
+    from app import create_app
+    from app.config import Settings
+
+    client = create_app(Settings.from_env({**deployment_env, "POOLQ_MAX_ITEMS_PER_REQUEST": "3"})).test_client()
+    response = client.post("/v1/jobs", json={"task": "classify", "model": "tiny", "input": ["a"] * 4})
+    assert response.status_code == 413 and response.json["error"]["param"] == "input"
+    response = client.post("/rerank", json={"model": "ce", "query": "q", "documents": ["d"] * 4})
+    assert response.status_code == 413 and response.json["error"]["param"] == "documents"
+
+
+def test_backlog_past_the_limit_is_503_with_retry_after(deployment_env, job_count, pg_url):
+    from sqlalchemy import create_engine, delete, insert
+
+    from app import create_app
+    from app.config import Settings
+    from app.db.base import utcnow
+
+    backlog_id = uuid.uuid4()  # a queued job no message was sent for: the backlog
+    engine = create_engine(pg_url)
+    with engine.begin() as conn:
+        conn.execute(insert(Job).values(id=backlog_id, task="classify", model="tiny", status="queued",
+                                        request={"input": ["x"]}, num_inputs=1, attempts=0, created_at=utcnow()))
+    try:
+        before = job_count()
+        client = create_app(Settings.from_env({**deployment_env, "POOLQ_MAX_QUEUED_JOBS": "1"})).test_client()
+        response = client.post("/v1/jobs", json={"task": "classify", "model": "tiny", "input": "x"})
+        assert response.status_code == 503
+        assert response.headers["Retry-After"] and response.json["error"]["type"] == "ServiceUnavailable"
+        assert job_count() == before
+    finally:
+        with engine.begin() as conn:
+            conn.execute(delete(Job).where(Job.id == backlog_id))
+        engine.dispose()
+
+
+def test_database_down_is_503_not_500(tmp_path, redis_url, served_models):
+    from app import create_app
+    from app.config import Settings
+
+    settings = Settings.from_env({"POOLQ_HOME": str(tmp_path), "POOLQ_BROKER_URL": redis_url,
+                                  "POOLQ_DATABASE_URL": "postgresql+psycopg://postgres@127.0.0.1:1/none",
+                                  "POOLQ_MODELS": f"tiny={served_models['tiny']}"})
+    response = create_app(settings).test_client().post("/v1/jobs", json={"task": "classify", "input": "x"})
+    assert response.status_code == 503 and response.headers["Retry-After"]
