@@ -48,7 +48,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         db_engine=db_engine,
         session_factory=make_session_factory(db_engine),
         celery=celery,
-        events=job_events(settings.broker_url),
+        events=job_events(settings.broker_url, settings.namespace),
         admission=Admission(settings.max_queued_jobs),
     )
     app.extensions["poolq"] = poolq

@@ -7,7 +7,6 @@ from flask import Flask
 
 from app.config import Settings
 
-MAINTENANCE_QUEUE = "poolq.maintenance"
 SWEEP_JOBS = "poolq.sweep_jobs"
 
 
@@ -46,13 +45,13 @@ def celery_init_app(app: Flask, settings: Settings) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=4,
-        task_default_queue=MAINTENANCE_QUEUE,
+        task_default_queue=settings.maintenance_queue,
         # Flower shows sent/received/started events with the job id and model.
         worker_send_task_events=True,
         task_send_sent_event=True,
         worker_hijack_root_logger=False,
         beat_schedule={
-            "sweep-jobs": {"task": SWEEP_JOBS, "schedule": 30.0, "options": {"queue": MAINTENANCE_QUEUE}},
+            "sweep-jobs": {"task": SWEEP_JOBS, "schedule": 30.0, "options": {"queue": settings.maintenance_queue}},
         },
     )
     celery.set_default()

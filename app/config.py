@@ -51,10 +51,6 @@ class ModelSpec:
             raise SettingsError(f"model {name!r}: dtype {dtype!r} is not one of {DTYPES}")
         return cls(name=name, source=source, revision=options.get("revision"), dtype=dtype, task=options.get("task"))
 
-    @property
-    def queue(self) -> str:
-        return f"pool.{self.name}"
-
     def to_item(self) -> str:
         query = "&".join(f"{k}={v}" for k, v in (("revision", self.revision), ("task", self.task)) if v)
         if self.dtype != "auto":
@@ -97,6 +93,9 @@ class Settings:
     sync_timeout_s: float = 30.0
     # Queued jobs per model past which submissions get 503 (0: no limit).
     max_queued_jobs: int = 0
+    # Prefixes every queue and channel name, so several deployments (or test
+    # runs) can share one Redis without taking each other's messages.
+    namespace: str = ""
     max_items_per_request: int = 100_000
     extra: Mapping[str, str] = field(default_factory=dict, repr=False)
 
@@ -114,6 +113,14 @@ class Settings:
 
     def with_models(self, specs: tuple[ModelSpec, ...]) -> Settings:
         return replace(self, models=specs)
+
+    def queue_for(self, model: str) -> str:
+        """The broker queue of a model's jobs: `pool.<model>`."""
+        return f"{self.namespace}pool.{model}"
+
+    @property
+    def maintenance_queue(self) -> str:
+        return f"{self.namespace}poolq.maintenance"
 
     def model(self, name: str) -> ModelSpec | None:
         return next((m for m in self.models if m.name == name), None)
@@ -141,6 +148,7 @@ class Settings:
             max_request_bytes=_int(env, "POOLQ_MAX_REQUEST_BYTES") or 32 * 1024 * 1024,
             sync_timeout_s=_float(env, "POOLQ_SYNC_TIMEOUT_S") or 30.0,
             max_queued_jobs=_int(env, "POOLQ_MAX_QUEUED_JOBS") or 0,
+            namespace=env.get("POOLQ_NAMESPACE", ""),
             max_items_per_request=_int(env, "POOLQ_MAX_ITEMS_PER_REQUEST") or 100_000,
         )
         return replace(settings, **overrides) if overrides else settings

@@ -1,7 +1,9 @@
 """Shared fixtures: real Postgres and Redis, tiny local models, a real worker.
 
 Postgres: a fresh database per test session, built by `alembic upgrade head`.
-Redis: one logical database (POOLQ_TEST_REDIS_DB, default 9), flushed first.
+Redis: one logical database (POOLQ_TEST_REDIS_DB, default 9); each session
+uses its own namespace for queues and channels, so concurrent runs never
+take each other's messages (see `namespace`).
 Set POOLQ_TEST_PG (a server URL without database) or POOLQ_TEST_REDIS to
 point elsewhere.
 """
@@ -43,9 +45,12 @@ def redis_url():
 
     client = redis.Redis.from_url(REDIS_URL)
     client.ping()
-    client.flushdb()
     yield REDIS_URL
-    client.flushdb()
+
+
+@pytest.fixture(scope="session")
+def namespace():
+    return f"test{secrets.token_hex(4)}."
 
 
 @pytest.fixture(scope="session")

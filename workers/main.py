@@ -6,7 +6,6 @@ import logging
 import socket
 
 from app import create_app
-from app.celery import MAINTENANCE_QUEUE
 from app.config import Settings
 
 log = logging.getLogger(__name__)
@@ -24,7 +23,7 @@ def run_worker(settings: Settings, beat: bool = False, preload: bool = True, nam
         # Load weights before consuming, so the first job does not pay for it
         # and a broken model fails the worker at start, not job by job.
         engine_registry(settings).preload()
-    queues = [spec.queue for spec in settings.models] + [MAINTENANCE_QUEUE]
+    queues = [settings.queue_for(spec.name) for spec in settings.models] + [settings.maintenance_queue]
     name = f"poolq-{name_suffix or 'worker'}@{socket.gethostname()}"
     argv = [
         "worker",

@@ -13,10 +13,6 @@ log = logging.getLogger(__name__)
 RUN_JOB = "poolq.run_job"
 
 
-def queue_for(model: str) -> str:
-    return f"pool.{model}"
-
-
 def send_job(celery: Celery, job: Job) -> bool:
     """Publish `run_job(job_id)`; False when the broker cannot take it.
 
@@ -29,7 +25,7 @@ def send_job(celery: Celery, job: Job) -> bool:
             RUN_JOB,
             args=[str(job.id)],
             kwargs={"model": job.model, "task": job.task},
-            queue=queue_for(job.model),
+            queue=celery.poolq.settings.queue_for(job.model),
             retry=True,
             retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5},
         )

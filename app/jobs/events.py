@@ -19,7 +19,7 @@ from contextlib import contextmanager
 
 log = logging.getLogger(__name__)
 
-CHANNEL = "poolq:jobs:finished"
+CHANNEL = "poolq:jobs:finished"  # prefixed with the deployment's namespace
 
 
 class PolledJobEvents:
@@ -49,8 +49,9 @@ class RedisJobEvents:
     # A waiter re-reads the job this often even without a notification.
     RECHECK_S = 0.5
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, namespace: str = ""):
         self._url = url
+        self._channel = f"{namespace}{CHANNEL}"
         self._waiters: dict[str, threading.Event] = {}
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
@@ -63,7 +64,7 @@ class RedisJobEvents:
                 import redis
 
                 self._publisher = redis.Redis.from_url(self._url, socket_timeout=2)
-            self._publisher.publish(CHANNEL, str(job_id))
+            self._publisher.publish(self._channel, str(job_id))
         except Exception:  # waiters fall back to re-reading the job
             log.warning("could not publish completion of job %s", job_id, exc_info=True)
 
@@ -108,7 +109,7 @@ class RedisJobEvents:
         while True:
             try:
                 pubsub = redis.Redis.from_url(self._url).pubsub(ignore_subscribe_messages=True)
-                pubsub.subscribe(CHANNEL)
+                pubsub.subscribe(self._channel)
                 self._subscribed.set()
                 for message in pubsub.listen():
                     data = message.get("data")
@@ -121,7 +122,7 @@ class RedisJobEvents:
                 time.sleep(1.0)
 
 
-def job_events(broker_url: str):
+def job_events(broker_url: str, namespace: str = ""):
     if broker_url.startswith(("redis://", "rediss://", "unix://")):
-        return RedisJobEvents(broker_url)
+        return RedisJobEvents(broker_url, namespace)
     return PolledJobEvents()

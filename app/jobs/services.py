@@ -28,7 +28,7 @@ def parse_job_request(body: Any, served: ServedModels, max_items: int,
     task = body.get("task") if isinstance(body, dict) else None
     if not isinstance(body, dict):
         raise bad_request("The request body must be a JSON object.")
-    if task not in TASK_ENDPOINTS:
+    if not isinstance(task, str) or task not in TASK_ENDPOINTS:
         raise bad_request(f"Unsupported task: {task!r} Supported tasks: {tuple(TASK_ENDPOINTS)}", param="task")
     model, request = parse(TASK_ENDPOINTS[task], body, served, max_items, header_request_id, task=task)
     if task not in model.card.tasks:

@@ -54,7 +54,7 @@ def add_chat_template(path) -> None:
 
 
 @pytest.fixture(scope="session")
-def deployment_env(tmp_path_factory, pg_url, redis_url, served_models):
+def deployment_env(tmp_path_factory, pg_url, redis_url, served_models, namespace):
     home = tmp_path_factory.mktemp("poolq-home")
     return {
         "POOLQ_HOME": str(home),
@@ -63,6 +63,7 @@ def deployment_env(tmp_path_factory, pg_url, redis_url, served_models):
         "POOLQ_MODELS": ",".join(f"{name}={path}" for name, path in served_models.items()),
         "POOLQ_WORKER_THREADS": "8",
         "POOLQ_MAX_WAIT_MS": "2",
+        "POOLQ_NAMESPACE": namespace,
     }
 
 

@@ -121,7 +121,7 @@ def test_redelivered_task_for_a_finished_job_changes_nothing(client, worker_proc
     job = submit(client, {"task": "classify", "model": "tiny", "input": "once"})
     first = client.wait_job(job["id"])
     celery = create_app(settings).extensions["celery"]
-    celery.send_task(RUN_JOB, args=[job["id"]], kwargs={"model": "tiny", "task": "classify"}, queue="pool.tiny")
+    celery.send_task(RUN_JOB, args=[job["id"]], kwargs={"model": "tiny", "task": "classify"}, queue=settings.queue_for("tiny"))
     # a later job on the same queue completes after the duplicate was consumed
     client.wait_job(submit(client, {"task": "classify", "model": "tiny", "input": "after"})["id"])
     time.sleep(1.0)  # the duplicate may run on another thread than "after"

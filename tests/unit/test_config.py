@@ -31,7 +31,8 @@ def test_models_from_environment():
         ModelSpec("a", "/models/a"),
         ModelSpec("b", "org/model", revision="v2", dtype="bfloat16", task="token_classify"),
     )
-    assert settings.models[1].queue == "pool.b"
+    assert settings.queue_for("b") == "pool.b"
+    assert Settings.from_env({"POOLQ_NAMESPACE": "blue."}).queue_for("b") == "blue.pool.b"
 
 
 @pytest.mark.parametrize("item", ["b=org/model?revision=v2&dtype=bfloat16", "a=/x", "c=/y?task=classify"])
