@@ -67,6 +67,8 @@ class Batcher:
         self._pending_tokens = 0
         self._cond = threading.Condition()
         self._ready: queue.Queue = queue.Queue(maxsize=2)
+        # Written by the collator thread only; read for benchmarks and metrics.
+        self.stats = {"batches": 0, "sequences": 0, "real_tokens": 0, "padded_tokens": 0}
         self._closed = False
         self._collator = threading.Thread(target=self._collate_loop, name="poolq-collator", daemon=True)
         self._worker = threading.Thread(target=self._device_loop, name="poolq-device", daemon=True)
@@ -128,7 +130,17 @@ class Batcher:
                 continue
             window.sort(key=attrgetter("length"))
             for items in plan_batches(window, self.max_tokens, self.max_seqs, self.max_len):
-                self._ready.put((items, self._to_device(items)))
+                batch = self._to_device(items)
+                self._count(items, batch)
+                self._ready.put((items, batch))  # blocks while two batches wait: back-pressure
+
+    def _count(self, items: list[Item], batch) -> None:
+        if isinstance(batch, Exception):
+            return
+        self.stats["batches"] += 1
+        self.stats["sequences"] += len(items)
+        self.stats["real_tokens"] += sum(it.length for it in items)
+        self.stats["padded_tokens"] += batch.input_ids.numel()
 
     def _to_device(self, items: list[Item]):
         try:
@@ -143,7 +155,12 @@ class Batcher:
             if job is None:
                 return
             items, batch = job
-            self._run(items, batch)
+            try:
+                self._run(items, batch)
+            except Exception as exc:  # a bug in delivery must not kill the thread and hang every caller
+                log.exception("pooling batch delivery failed")
+                for item in items:
+                    _fail(item.request, exc)
 
     def _run(self, items: list[Item], batch) -> None:
         try:

