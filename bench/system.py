@@ -20,7 +20,7 @@ creates a fresh Postgres database, runs the migrations, flushes one Redis db, st
     source .device/setup.sh && python bench/system.py    # GPU: minilm, N=100000, C=200
 Options (each also as an environment variable, upper case with '_'): --shapes, --small-shape,
 --bulk-n, --latency-n, --clients, --per-client, --small-clients, --small-k, --noop-k,
---api-workers, --api-threads, --worker-threads, --client-procs, --skip.
+--api-workers, --api-threads, --worker-threads, --client-procs, --bulk-poll-s, --skip.
 Writes $OUT/system.json (OUT default /tmp) and prints a markdown table.
 Postgres: the server of DATABASE_URL (default postgresql://postgres@127.0.0.1:5432);
 Redis: REDIS_URL (default redis://127.0.0.1:6379/11, a scratch db: it is flushed).
@@ -81,11 +81,11 @@ def options() -> argparse.Namespace:
                    help="comma list of shapes for engine/bulk/interactive: tiny, minilm, bert-base")
     p.add_argument("--small-shape", default=env("small_shape", "tiny"), help="model shape for the small-job rate")
     p.add_argument("--bulk-n", type=int, default=env("bulk_n", None),
-                   help="texts in the bulk job (default GPU 100000; CPU tiny 5000, minilm 1000, bert-base 300)")
+                   help="texts in the bulk job (default GPU 100000; CPU tiny 5000, minilm 400, bert-base 150)")
     p.add_argument("--latency-n", type=int, default=int(env("latency_n", 200)), help="sequential one-text requests")
     p.add_argument("--clients", type=int, default=int(env("clients", 200 if GPU else 32)),
                    help="concurrent interactive clients")
-    p.add_argument("--per-client", type=int, default=int(env("per_client", 10 if GPU else 8)),
+    p.add_argument("--per-client", type=int, default=int(env("per_client", 10 if GPU else 4)),
                    help="requests per interactive client")
     p.add_argument("--small-clients", type=int, default=int(env("small_clients", 200 if GPU else 64)))
     p.add_argument("--small-k", type=int, default=int(env("small_k", 10000 if GPU else 1500)),
@@ -97,6 +97,8 @@ def options() -> argparse.Namespace:
     p.add_argument("--worker-threads", type=int, default=int(env("worker_threads", 32)))
     p.add_argument("--client-procs", type=int, default=int(env("client_procs", 4 if GPU else 1)),
                    help="load-generator processes (threads are split over them)")
+    p.add_argument("--bulk-poll-s", type=float, default=float(env("bulk_poll_s", 0.2)),
+                   help="longest pause between polls of the bulk job (each poll of a running job reads its row)")
     p.add_argument("--skip", default=env("skip", ""), help="comma list of phases to skip: engine,noop,bulk,"
                    "latency,concurrent,small")
     a = p.parse_args()
@@ -113,7 +115,7 @@ def bulk_n(a: argparse.Namespace, shape: str) -> int:
         return int(a.bulk_n)
     if GPU:
         return 100_000
-    return {"tiny": 5000, "minilm": 1000, "bert-base": 300}[shape]
+    return {"tiny": 5000, "minilm": 400, "bert-base": 150}[shape]
 
 
 # ---------------------------------------------------------------- inputs and models
@@ -199,31 +201,37 @@ class CpuMeter:
         self.groups: dict[str, int] = {}
         self.db_name: str | None = None
 
-    def snapshot(self) -> dict[str, float]:
-        out = {"bench": 0.0, "postgres": 0.0, "redis": 0.0, **{k: 0.0 for k in self.groups}}
+    def snapshot(self) -> dict[tuple[str, int], float]:
+        """CPU seconds so far, per (component, pid)."""
+        out: dict[tuple[str, int], float] = {}
         by_pgid = {v: k for k, v in self.groups.items()}
         me = os.getpid()
         for entry in os.listdir("/proc"):
             if not entry.isdigit():
                 continue
-            st = _stat(int(entry))
+            pid = int(entry)
+            st = _stat(pid)
             if st is None:
                 continue
             comm, pgrp, cpu = st
-            if int(entry) == me:
-                out["bench"] += cpu
+            if pid == me:
+                out["bench", pid] = cpu
             elif pgrp in by_pgid:
-                out[by_pgid[pgrp]] += cpu
+                out[by_pgid[pgrp], pid] = cpu
             elif comm in ("postgres", "postmaster"):
-                if self.db_name and self.db_name.encode() in _cmdline(int(entry)):
-                    out["postgres"] += cpu
+                if self.db_name and self.db_name.encode() in _cmdline(pid):
+                    out["postgres", pid] = cpu
             elif comm.startswith("redis-server"):
-                out["redis"] += cpu
+                out["redis", pid] = cpu
         return out
 
     @staticmethod
-    def delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
-        return {k: round(after.get(k, 0.0) - before.get(k, 0.0), 2) for k in after}
+    def delta(before: dict, after: dict) -> dict[str, float]:
+        """CPU used between two snapshots by component; a process that exited in between is not counted."""
+        total = {"bench": 0.0, "postgres": 0.0, "redis": 0.0}
+        for (component, pid), cpu in after.items():
+            total[component] = total.get(component, 0.0) + cpu - before.get((component, pid), 0.0)
+        return {k: round(v, 2) for k, v in total.items()}
 
 
 # ---------------------------------------------------------------- processes
@@ -428,7 +436,8 @@ def wait_job(api: Api, job_id: str, poll_max: float) -> tuple[dict, int, float]:
     raise RuntimeError(f"job {job_id} did not finish")
 
 
-def bulk(api: Api, model: str, texts: list[str], n: int, engine_rate: float | None, meter: CpuMeter) -> dict:
+def bulk(api: Api, model: str, texts: list[str], n: int, engine_rate: float | None, meter: CpuMeter,
+         poll_s: float) -> dict:
     body = json.dumps({"task": "classify", "model": model, "input": texts[:n]}).encode()
     before = meter.snapshot()
     t0 = time.time()
@@ -436,7 +445,7 @@ def bulk(api: Api, model: str, texts: list[str], n: int, engine_rate: float | No
     t_accepted = time.time()
     if status != 202:
         raise RuntimeError(f"bulk submit {status}: {str(job)[:300]}")
-    job, polls, slowest = wait_job(api, job["id"], poll_max=0.1)
+    job, polls, slowest = wait_job(api, job["id"], poll_max=poll_s)
     t1 = time.time()
     cpu = CpuMeter.delta(before, meter.snapshot())
     if job["status"] != "succeeded" or len(job["result"]["data"]) != n:
@@ -572,7 +581,7 @@ def main() -> int:
             engine_rate = res.get("engine", {}).get("texts_per_s")
             if "bulk" not in a.skip:
                 log(f"# bulk: {s}, n={bulk_n(a, s)}")
-                res["bulk"] = bulk(api, s, texts, bulk_n(a, s), engine_rate, meter)
+                res["bulk"] = bulk(api, s, texts, bulk_n(a, s), engine_rate, meter, a.bulk_poll_s)
                 res["bulk"]["loadavg_1m"] = loadavg()  # other load on this machine skews figures
                 print(json.dumps({"phase": "bulk", "shape": s, **res["bulk"]}), flush=True)
             if "latency" not in a.skip:
