@@ -114,7 +114,7 @@ class PoolingEngine:
             outs.append(PoolingOutput(data=d.tolist(), num_prompt_tokens=len(e.input_ids), entities=entities))
         return outs
 
-    def score(self, data_1, data_2, /, use_activation=None, max_tokens_per_query=0, max_tokens_per_doc=0,
+    def score(self, data_1, data_2, use_activation=None, max_tokens_per_query=0, max_tokens_per_doc=0,
               chat_template_kwargs=None, truncate_prompt_tokens=None) -> list[ScoringOutput]:
         if not self.card.supports_score:
             if self.card.task == "classify":
