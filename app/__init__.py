@@ -18,6 +18,7 @@ from app.errors import register_error_handlers
 from app.jobs.admission import Admission
 from app.jobs.events import job_events
 from app.served import ServedModels
+from app.tenants.auth import init_auth
 
 
 @dataclass
@@ -49,12 +50,13 @@ def create_app(settings: Settings | None = None) -> Flask:
         session_factory=make_session_factory(db_engine),
         celery=celery,
         events=job_events(settings.broker_url, settings.namespace),
-        admission=Admission(settings.max_queued_jobs),
+        admission=Admission(settings.max_queued_jobs, settings.tenant_max_queued_jobs),
     )
     app.extensions["poolq"] = poolq
     celery.poolq = poolq  # the task base class reaches settings and sessions here
     init_request_sessions(app)
     register_error_handlers(app)
+    init_auth(app, settings.auth_required)
 
     from app.jobs.routes import bp as jobs_bp
     from app.openapi import bp as openapi_bp

@@ -8,6 +8,7 @@ from flask import Flask
 from app.config import Settings
 
 SWEEP_JOBS = "poolq.sweep_jobs"
+EXPIRE_JOBS = "poolq.expire_jobs"
 
 
 def broker_options(settings: Settings) -> dict:
@@ -52,6 +53,7 @@ def celery_init_app(app: Flask, settings: Settings) -> Celery:
         worker_hijack_root_logger=False,
         beat_schedule={
             "sweep-jobs": {"task": SWEEP_JOBS, "schedule": 30.0, "options": {"queue": settings.maintenance_queue}},
+            "expire-jobs": {"task": EXPIRE_JOBS, "schedule": 3600.0, "options": {"queue": settings.maintenance_queue}},
         },
     )
     celery.set_default()

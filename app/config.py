@@ -96,6 +96,15 @@ class Settings:
     # Prefixes every queue and channel name, so several deployments (or test
     # runs) can share one Redis without taking each other's messages.
     namespace: str = ""
+    # "required": every API call needs a key; "off": everyone is the default
+    # tenant. Default: off for the embedded SQLite mode, required otherwise.
+    auth: str = "required"
+    # Queued jobs per tenant past which submissions get 429 (0: no limit);
+    # a tenant's own max_queued_jobs overrides it.
+    tenant_max_queued_jobs: int = 0
+    # Finished jobs (and their results) are deleted this long after they
+    # finish (0: kept forever).
+    job_retention_s: int = 7 * 24 * 3600
     max_items_per_request: int = 100_000
     extra: Mapping[str, str] = field(default_factory=dict, repr=False)
 
@@ -106,6 +115,10 @@ class Settings:
     @property
     def embedded_broker(self) -> bool:
         return self.broker_url.startswith("filesystem://")
+
+    @property
+    def auth_required(self) -> bool:
+        return self.auth == "required"
 
     @property
     def broker_folder(self) -> Path:
@@ -149,8 +162,11 @@ class Settings:
             sync_timeout_s=_float(env, "POOLQ_SYNC_TIMEOUT_S") or 30.0,
             max_queued_jobs=_int(env, "POOLQ_MAX_QUEUED_JOBS") or 0,
             namespace=env.get("POOLQ_NAMESPACE", ""),
+            tenant_max_queued_jobs=_int(env, "POOLQ_TENANT_MAX_QUEUED_JOBS") or 0,
+            job_retention_s=_int(env, "POOLQ_JOB_RETENTION_S") if env.get("POOLQ_JOB_RETENTION_S") else 7 * 24 * 3600,
             max_items_per_request=_int(env, "POOLQ_MAX_ITEMS_PER_REQUEST") or 100_000,
         )
+        settings = replace(settings, auth=_auth_mode(env.get("POOLQ_AUTH"), settings.embedded_database))
         return replace(settings, **overrides) if overrides else settings
 
 
@@ -162,6 +178,15 @@ def _database_url(url: str | None, home: Path) -> str:
         if url.startswith(prefix):
             return "postgresql+psycopg://" + url[len(prefix):]
     return url
+
+
+def _auth_mode(raw: str | None, embedded: bool) -> str:
+    if not raw:
+        return "off" if embedded else "required"
+    mode = raw.strip().lower()
+    if mode not in ("required", "off"):
+        raise SettingsError(f"POOLQ_AUTH={raw!r}: use 'required' or 'off'")
+    return mode
 
 
 def _int(env: Mapping[str, str], key: str) -> int | None:

@@ -110,6 +110,9 @@ def _banner(settings: Settings, url: str) -> None:
     names = ", ".join(spec.name for spec in settings.models)
     mode = "embedded (SQLite + filesystem broker)" if settings.embedded_database else "external services"
     click.echo(f"poolq: API listening on {url} ({mode}); serving {names}")
+    if not settings.auth_required:
+        click.echo("poolq: WARNING: AUTHENTICATION IS OFF. Anyone who can reach this port can submit and read "
+                   "every job. Set POOLQ_AUTH=required and create keys with `poolq keys create` to turn it on.")
     click.echo(f"poolq: submit a job:  curl -s {url}/v1/jobs -H 'Content-Type: application/json' "
                f"-d '{{\"task\": \"classify\", \"model\": \"{settings.models[0].name}\", \"input\": \"hello\"}}'")
 

@@ -17,6 +17,7 @@ from flask import Blueprint, jsonify, url_for
 from pydantic import BaseModel, create_model
 from pydantic.json_schema import models_json_schema
 
+from app.jobs.options import JobOptions
 from app.pooling import protocol as p
 from app.pooling import schemas as s
 
@@ -34,8 +35,10 @@ JOB_SHAPES: dict[str, tuple[type[BaseModel], ...]] = {
 
 
 def _job_model(cls: type[BaseModel], task: str) -> type[BaseModel]:
+    # The route's body, plus `task` and poolq's job-level fields (metadata, webhook).
+    options = {name: (field.annotation, field) for name, field in JobOptions.model_fields.items()}
     return create_model(f"{cls.__name__}Job", __base__=cls, __doc__=f"`{cls.__name__}` as a `{task}` job.",
-                        task=(Literal[task], ...))  # type: ignore[valid-type]
+                        task=(Literal[task], ...), **options)  # type: ignore[valid-type]
 
 
 def ref(name: str) -> dict[str, str]:
@@ -77,6 +80,20 @@ REQUEST_ID = {"name": "X-Request-Id", "in": "header", "required": False, "schema
               "description": "Becomes the response id (after the route's prefix); wins over the body's `request_id`."}
 
 
+IDEMPOTENCY_KEY = {"name": "Idempotency-Key", "in": "header", "required": False,
+                   "schema": {"type": "string", "maxLength": 255},
+                   "description": "The same key and body return the same job; another body with it is a 409."}
+LIST_PARAMETERS = [
+    *({"name": name, "in": "query", "required": False, "schema": {"type": "string"}, "description": text}
+      for name, text in (("status", "queued, running, succeeded, failed or cancelled"), ("model", "Model name."),
+                         ("task", "classify, token_classify, score or rerank"),
+                         ("after", "The `next_cursor` of the previous page."))),
+    *({"name": name, "in": "query", "required": False, "schema": {"type": "number"}, "description": text}
+      for name, text in (("created_after", "Unix time, inclusive."), ("created_before", "Unix time, exclusive."))),
+    {"name": "limit", "in": "query", "required": False, "schema": {"type": "integer", "minimum": 1, "maximum": 1000}},
+]
+
+
 def _json(schema_name: str, description: str, **extra: Any) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": ref(schema_name)}}, **extra}
 
@@ -93,17 +110,19 @@ ACCEPTED = _json("JobResource", "Accepted: the job is queued or running; poll it
 ERRORS = {
     "400": "Invalid request, with vLLM's message (also a job failed on its input, e.g. an over-length prompt).",
     "404": "Unknown model, or a route the model does not serve (vLLM mounts none: `detail` is set).",
-    "409": "The job was cancelled before it finished.",
+    "401": "Missing or invalid API key (`Authorization: Bearer <key>`).",
+    "409": "The job was cancelled before it finished, or the state or Idempotency-Key conflicts.",
     "413": "The body or the number of inputs is over the limit.",
     "500": "The engine failed on this job.",
     "501": "The model supports the task but serves another (vLLM's NotImplementedError).",
+    "429": "The caller's tenant has too many queued jobs; retry after `Retry-After`.",
     "503": "No model is served, or the service cannot take work now.",
 }
 
 
 def _errors(*codes: str) -> dict[str, Any]:
-    return {code: _json("ErrorResponse", ERRORS[code], **({"headers": RETRY_AFTER} if code == "503" else {}))
-            for code in codes}
+    return {code: _json("ErrorResponse", ERRORS[code], **({"headers": RETRY_AFTER} if code in ("429", "503") else {}))
+            for code in ("401", *codes)}
 
 
 # (path, operationId, body schema, 200 schema, summary, status codes beyond 400/404/413/503)
@@ -134,7 +153,7 @@ def _pooling_paths() -> dict[str, Any]:
             "parameters": [PREFER, REQUEST_ID],
             "requestBody": _body(body),
             "responses": {"200": _json(response, "The vLLM response body."), "202": ACCEPTED,
-                          **_errors("400", "404", "409", "413", "500", *extra, "503")},
+                          **_errors("400", "404", "409", "413", "429", "500", *extra, "503")},
         }}
     return paths
 
@@ -144,25 +163,41 @@ def _other_paths() -> dict[str, Any]:
     return {
         "/v1/jobs": {"post": {
             "tags": ["jobs"], "operationId": "submitJob", "summary": "Submit any pooling task as a job.",
-            "parameters": [REQUEST_ID], "requestBody": _body("JobRequest"),
-            "responses": {"202": ACCEPTED, **_errors("400", "404", "413", "503")},
+            "parameters": [REQUEST_ID, IDEMPOTENCY_KEY], "requestBody": _body("JobRequest"),
+            "responses": {"202": ACCEPTED, **_errors("400", "404", "409", "413", "429", "503")},
+        }, "get": {
+            "tags": ["jobs"], "operationId": "listJobs", "summary": "The caller's jobs, newest first.",
+            "parameters": LIST_PARAMETERS,
+            "responses": {"200": _json("JobList", "A page of jobs (without results)."), **_errors("400")},
         }},
         "/v1/jobs/{job_id}": {"get": {
             "tags": ["jobs"], "operationId": "getJob", "summary": "A job, with its result once succeeded.",
             "parameters": [job_id],
             "responses": {"200": _json("JobResource", "The job."), **_errors("404")},
+        }, "delete": {
+            "tags": ["jobs"], "operationId": "deleteJob", "summary": "Delete a finished job and its results.",
+            "parameters": [job_id],
+            "responses": {"200": _json("JobDeleted", "Deleted."), **_errors("404", "409")},
         }},
-        "/health": {"get": {"tags": ["system"], "operationId": "health", "summary": "Liveness.",
+        "/v1/jobs/{job_id}/cancel": {"post": {
+            "tags": ["jobs"], "operationId": "cancelJob", "summary": "Cancel a queued or running job.",
+            "parameters": [job_id],
+            "responses": {"200": _json("JobResource", "The cancelled job."), **_errors("404", "409")},
+        }},
+        "/health": {"get": {"tags": ["system"], "operationId": "health", "summary": "Liveness.", "security": [],
                             "responses": {"200": _json("Health", "Alive.")}}},
         "/ready": {"get": {"tags": ["system"], "operationId": "ready", "summary": "Readiness: database and broker.",
+                           "security": [],
                            "responses": {"200": _json("Readiness", "Ready."),
                                          "503": _json("Readiness", "Not ready.", headers=RETRY_AFTER)}}},
         "/v1/models": {"get": {"tags": ["system"], "operationId": "listModels", "summary": "The served models.",
-                               "responses": {"200": _json("ModelList", "The served models.")}}},
+                               "responses": {"200": _json("ModelList", "The served models."), **_errors()}}},
         "/openapi.json": {"get": {"tags": ["system"], "operationId": "openapi", "summary": "This document.",
+                                  "security": [],
                                   "responses": {"200": {"description": "OpenAPI 3.1.", "content": {
                                       "application/json": {"schema": {"type": "object"}}}}}}},
         "/docs": {"get": {"tags": ["system"], "operationId": "docs", "summary": "Interactive docs (Swagger UI).",
+                          "security": [],
                           "responses": {"200": {"description": "An HTML page.", "content": {
                               "text/html": {"schema": {"type": "string"}}}}}}},
     }
@@ -182,7 +217,10 @@ def _document() -> dict[str, Any]:
                  {"name": "jobs", "description": "poolq's native jobs."},
                  {"name": "system", "description": "Health, readiness, models, this document."}],
         "paths": {**_pooling_paths(), **_other_paths()},
-        "components": {"schemas": _components()},
+        "components": {"schemas": _components(), "securitySchemes": {
+            "bearer": {"type": "http", "scheme": "bearer",
+                       "description": "An API key from `poolq keys create` (not needed when POOLQ_AUTH=off)."}}},
+        "security": [{"bearer": []}],
     }
 
 

@@ -2,7 +2,10 @@
 
 from app.db.base import Base
 from app.jobs.records import Job, JobResult
+from app.tenants.records import ApiKey, Tenant
+from app.webhooks.records import DisabledEndpoint, WebhookAttempt, WebhookDelivery
 
 metadata = Base.metadata
 
-__all__ = ["Job", "JobResult", "metadata"]
+__all__ = ["ApiKey", "DisabledEndpoint", "Job", "JobResult", "Tenant", "WebhookAttempt", "WebhookDelivery",
+           "metadata"]

@@ -2,12 +2,17 @@
 
 Input problems raise ValueError (the engine's PoolingInputError is one), which
 the task turns into a failed job with a 400 in vLLM's error shape.
+
+Large jobs run in chunks; between chunks the job is checked for
+cancellation, so a cancelled job stops within one chunk of work. A chunk is
+big enough to fill many micro-batches, so chunking costs little throughput.
 """
 
 from __future__ import annotations
 
 import base64
 import sys
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from app.jobs.services import ClaimedJob
@@ -31,26 +36,43 @@ def _prompts(engine, req: dict[str, Any]) -> tuple[list, bool]:
     return [prompt], req.get("add_special_tokens", False)
 
 
+CHUNK = 2048
+
+
+class JobCancelled(Exception):
+    """The job was cancelled while it ran; nothing is to be written."""
+
+
+def _chunked(run: Callable[[Sequence], list], items: Sequence, cancelled: Callable[[], bool]) -> list:
+    outputs: list = []
+    for start in range(0, len(items), CHUNK):
+        if start and cancelled():
+            raise JobCancelled()
+        outputs.extend(run(items[start:start + CHUNK]))
+    return outputs
+
+
 def _common(req: dict[str, Any]) -> dict[str, Any]:
     return {"use_activation": req.get("use_activation"),
             "truncate_prompt_tokens": req.get("truncate_prompt_tokens"),
             "truncation_side": req.get("truncation_side")}
 
 
-def run_classify(engine, job: ClaimedJob) -> dict[str, Any]:
+def run_classify(engine, job: ClaimedJob, cancelled) -> dict[str, Any]:
     req = job.request
     prompts, special = _prompts(engine, req)
-    outputs = engine.classify(prompts, add_special_tokens=special, **_common(req))
+    outputs = _chunked(lambda part: engine.classify(part, add_special_tokens=special, **_common(req)),
+                       prompts, cancelled)
     return responses.classification(req["request_id"], job.model, outputs)
 
 
-def run_pooling(engine, job: ClaimedJob) -> dict[str, Any]:
+def run_pooling(engine, job: ClaimedJob, cancelled) -> dict[str, Any]:
     req = job.request
     prompts, special = _prompts(engine, req)
-    aggregation = req.get("aggregation_strategy")
-    outputs = engine.encode(prompts, pooling_task=req["task"], add_special_tokens=special,
-                            aggregation=aggregation if req["task"] == "token_classify" else None,
-                            **_common(req))
+    aggregation = req.get("aggregation_strategy") if req["task"] == "token_classify" else None
+    outputs = _chunked(lambda part: engine.encode(part, pooling_task=req["task"], add_special_tokens=special,
+                                                  aggregation=aggregation, **_common(req)),
+                       prompts, cancelled)
     if req.get("encoding_format") == "base64":
         encoded = [encode_base64(out.data, req.get("embed_dtype", "float32"), req.get("endianness", "native"))
                    for out in outputs]
@@ -67,24 +89,28 @@ def _score_kwargs(req: dict[str, Any]) -> dict[str, Any]:
             "chat_template_kwargs": req.get("chat_template_kwargs")}
 
 
-def run_score(engine, job: ClaimedJob) -> dict[str, Any]:
+def run_score(engine, job: ClaimedJob, cancelled) -> dict[str, Any]:
     req = job.request
-    outputs = engine.score(req["data_1"], req["data_2"], **_score_kwargs(req))
+    data_1, data_2 = req["data_1"], req["data_2"]
+    pairs = list(zip(data_1 * len(data_2) if len(data_1) == 1 else data_1, data_2))
+    outputs = _chunked(lambda part: engine.score([q for q, _ in part], [d for _, d in part], **_score_kwargs(req)),
+                       pairs, cancelled)
     return responses.score(req["request_id"], job.model, outputs)
 
 
-def run_rerank(engine, job: ClaimedJob) -> dict[str, Any]:
+def run_rerank(engine, job: ClaimedJob, cancelled) -> dict[str, Any]:
     req = job.request
-    outputs = engine.score([req["query"]], req["documents"], **_score_kwargs(req))
+    outputs = _chunked(lambda part: engine.score([req["query"]], list(part), **_score_kwargs(req)),
+                       req["documents"], cancelled)
     return responses.rerank(req["request_id"], job.model, req["documents"], outputs, req.get("top_n", 0))
 
 
 RUNNERS = {"classify": run_classify, "pooling": run_pooling, "score": run_score, "rerank": run_rerank}
 
 
-def run(engine, job: ClaimedJob) -> tuple[dict[str, Any], int]:
-    """The response body and the prompt tokens it used."""
-    body = RUNNERS[job.request.get("endpoint", "classify")](engine, job)
+def run(engine, job: ClaimedJob, cancelled: Callable[[], bool]) -> tuple[dict[str, Any], int]:
+    """The response body and the prompt tokens it used; JobCancelled if cancelled meanwhile."""
+    body = RUNNERS[job.request.get("endpoint", "classify")](engine, job, cancelled)
     return body, body["usage"]["prompt_tokens"]
 
 

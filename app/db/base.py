@@ -19,6 +19,10 @@ NAMING_CONVENTION = {
 
 # JSONB on Postgres (indexable, compact); plain JSON on the embedded SQLite.
 JSONDocument = JSON().with_variant(JSONB(), "postgresql")
+# Plain JSON everywhere, for stored requests and responses: Postgres' JSONB
+# refuses "\u0000" inside strings, which vLLM (and so poolq) accepts as text,
+# and JSON keeps the response's key order as the engine wrote it.
+JSONVerbatim = JSON()
 
 
 class Base(DeclarativeBase):

@@ -1,41 +1,57 @@
-"""Admission control: past a backlog of queued jobs per model, answer 503.
+"""Admission control: backlogs past their limits are refused before any write.
 
-vLLM rejects with 503 past `--max-num-queued-reqs`; poolq does the same per
-model so a flood on one model cannot bury the others. The count is cached
-for a moment per process: exactness does not matter, a cheap check does.
+- A model's backlog past POOLQ_MAX_QUEUED_JOBS: 503 (the system cannot take
+  work; vLLM answers the same past `--max-num-queued-reqs`).
+- A tenant's backlog past its limit: 429 (that caller must slow down), so one
+  tenant cannot bury the others.
+Counts are cached for a moment per process: a cheap check beats an exact one.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+import uuid
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from app.errors import service_unavailable
+from app.errors import APIError, service_unavailable
 from app.jobs.records import Job
+from app.tenants.records import Tenant
 
 
 class Admission:
-    def __init__(self, max_queued_jobs: int, ttl_s: float = 1.0):
-        self._limit = max_queued_jobs
+    def __init__(self, max_queued_jobs: int, tenant_max_queued_jobs: int = 0, ttl_s: float = 1.0):
+        self._model_limit = max_queued_jobs
+        self._tenant_default = tenant_max_queued_jobs
         self._ttl = ttl_s
-        self._counts: dict[str, tuple[float, int]] = {}
+        self._cache: dict[tuple, tuple[float, int]] = {}
         self._lock = threading.Lock()
 
-    def check(self, session: Session, model: str) -> None:
-        if self._limit <= 0:
-            return
+    def check(self, session: Session, model: str, tenant_id: uuid.UUID) -> None:
+        if self._model_limit > 0:
+            queued = self._cached(("model", model), lambda: session.scalar(
+                select(func.count()).select_from(Job).where(Job.status == "queued", Job.model == model)))
+            if queued >= self._model_limit:
+                raise service_unavailable(
+                    f"Model `{model}` has {queued} queued jobs (limit {self._model_limit}); retry later.")
+        limit = self._cached(("limit", tenant_id), lambda: session.scalar(
+            select(Tenant.max_queued_jobs).where(Tenant.id == tenant_id)) or self._tenant_default)
+        if limit > 0:
+            queued = self._cached(("tenant", tenant_id), lambda: session.scalar(
+                select(func.count()).select_from(Job).where(Job.status == "queued", Job.tenant_id == tenant_id)))
+            if queued >= limit:
+                raise APIError(429, f"Too many queued jobs for this API key's tenant: {queued} (limit {limit}).",
+                               "TooManyRequests", headers={"Retry-After": "5"})
+
+    def _cached(self, key: tuple, compute) -> int:
         now = time.monotonic()
         with self._lock:
-            cached = self._counts.get(model)
-        if cached is None or now - cached[0] > self._ttl:
-            count = session.scalar(
-                select(func.count()).select_from(Job).where(Job.status == "queued", Job.model == model))
-            cached = (now, int(count or 0))
-            with self._lock:
-                self._counts[model] = cached
-        if cached[1] >= self._limit:
-            raise service_unavailable(
-                f"Model `{model}` has {cached[1]} queued jobs (limit {self._limit}); retry later.")
+            hit = self._cache.get(key)
+        if hit is not None and now - hit[0] <= self._ttl:
+            return hit[1]
+        value = int(compute() or 0)
+        with self._lock:
+            self._cache[key] = (now, value)
+        return value

@@ -17,6 +17,7 @@ from sqlalchemy.orm import Session
 
 from app.db.base import as_utc, utcnow
 from app.errors import bad_request, not_found
+from app.jobs.options import JobOptions
 from app.jobs.records import FINISHED_STATUSES, Job, JobResult
 from app.pooling.requests import TASK_ENDPOINTS, parse
 from app.served import ServedModel, ServedModels
@@ -46,14 +47,24 @@ def count_inputs(request: dict[str, Any]) -> int:
     return max(len(request["data_1"]), len(request["data_2"]))
 
 
-def create_job(session: Session, model: ServedModel, request: dict[str, Any], job_id: uuid.UUID | None = None) -> Job:
+def create_job(session: Session, model: ServedModel, request: dict[str, Any], tenant_id: uuid.UUID,
+               options: JobOptions | None = None, idempotency: tuple[str, str] | None = None,
+               job_id: uuid.UUID | None = None) -> Job:
+    """`idempotency` is (Idempotency-Key, request hash) when the client sent the header."""
+    options = options or JobOptions()
     job = Job(
         id=job_id or uuid.uuid4(),
+        tenant_id=tenant_id,
         task=request["task"],
         model=model.name,
         status="queued",
         request=request,
         num_inputs=count_inputs(request),
+        meta=options.metadata,
+        webhook_url=options.webhook,
+        webhook_events=options.webhook_events_filter,
+        idempotency_key=idempotency[0] if idempotency else None,
+        request_hash=idempotency[1] if idempotency else None,
         created_at=utcnow(),
         # Optimistic: the send follows the commit; `mark_unsent` undoes this
         # when the broker refuses, and the sweeper covers a crash in between.
@@ -64,15 +75,24 @@ def create_job(session: Session, model: ServedModel, request: dict[str, Any], jo
     return job
 
 
-def get_job(session: Session, job_id: str, with_result: bool = True) -> Job:
+def get_job(session: Session, job_id: str, tenant_id: uuid.UUID) -> Job:
+    """The tenant's job; another tenant's is as absent as a missing one (404, not 403)."""
     try:
         key = uuid.UUID(job_id)
     except ValueError:
         raise not_found(f"Job {job_id!r} does not exist.") from None
     job = session.get(Job, key)
-    if job is None:
+    if job is None or job.tenant_id != tenant_id:
         raise not_found(f"Job {job_id!r} does not exist.")
     return job
+
+
+def find_idempotent(session: Session, tenant_id: uuid.UUID, key: str) -> Job | None:
+    return session.scalar(select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == key))
+
+
+def job_status(session: Session, job_id: uuid.UUID) -> str | None:
+    return session.scalar(select(Job.status).where(Job.id == job_id))
 
 
 def job_finished(session: Session, job_id: uuid.UUID) -> bool:
@@ -100,6 +120,9 @@ def job_resource(job: Job, result: dict[str, Any] | None) -> dict[str, Any]:
         "finished_at": _epoch(job.finished_at),
         "usage": None if job.prompt_tokens is None else {
             "prompt_tokens": job.prompt_tokens, "total_tokens": job.prompt_tokens},
+        "metadata": job.meta or {},
+        "webhook": job.webhook_url,
+        "webhook_events_filter": job.webhook_events,
         "result": result,
         "error": job.error,
     }

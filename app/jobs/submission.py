@@ -12,16 +12,20 @@ from flask import current_app, jsonify, request, url_for
 
 from app.db.request import db_session
 from app.jobs import dispatch, services
+from app.jobs.options import JobOptions
 from app.jobs.records import Job
 from app.served import ServedModel
+from app.tenants.auth import current_tenant_id
 
 
-def submit(model: ServedModel, job_request: dict, job_id: uuid.UUID | None = None) -> Job:
+def submit(model: ServedModel, job_request: dict, options: JobOptions, job_id: uuid.UUID | None = None,
+           idempotency: tuple[str, str] | None = None) -> Job:
     """Commit the job, then send it to its model's queue."""
     poolq = current_app.extensions["poolq"]
     session = db_session()
-    poolq.admission.check(session, model.name)
-    job = services.create_job(session, model, job_request, job_id)
+    tenant_id = current_tenant_id()
+    poolq.admission.check(session, model.name, tenant_id)
+    job = services.create_job(session, model, job_request, tenant_id, options, idempotency, job_id)
     session.commit()
     if not dispatch.send_job(poolq.celery, job):
         services.mark_unsent(session, job.id)

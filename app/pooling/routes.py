@@ -16,8 +16,10 @@ from app.db.request import db_session
 from app.errors import error_body
 from app.http import json_body
 from app.jobs import services
+from app.jobs.options import parse_job_options
 from app.jobs.submission import accepted, is_finished, prefers_async, submit
 from app.pooling.requests import parse
+from app.tenants.auth import current_tenant_id
 
 bp = Blueprint("pooling", __name__)
 
@@ -34,19 +36,21 @@ ROUTES = {
 
 def handle(endpoint: str):
     poolq = current_app.extensions["poolq"]
-    model, job_request = parse(endpoint, json_body(), poolq.served, poolq.settings.max_items_per_request,
+    body = json_body()
+    model, job_request = parse(endpoint, body, poolq.served, poolq.settings.max_items_per_request,
                                request.headers.get("X-Request-Id"))
+    options = parse_job_options(body)
     job_id = uuid.uuid4()
     if prefers_async():
-        return accepted(submit(model, job_request, job_id), applied_async=True)
+        return accepted(submit(model, job_request, options, job_id), applied_async=True)
     with poolq.events.expect(job_id) as wait:
-        job = submit(model, job_request, job_id)
+        job = submit(model, job_request, options, job_id)
         done = wait(poolq.settings.sync_timeout_s, lambda: is_finished(job_id))
     if not done:
         return accepted(job)
     session = db_session()
     session.expire_all()  # the submit left a `queued` copy of the row in this session
-    job = services.get_job(session, str(job_id))
+    job = services.get_job(session, str(job_id), current_tenant_id())
     if job.status == "succeeded":
         return jsonify(services.job_result_body(session, job))
     error = job.error or error_body(f"The job was {job.status}.", "JobCancelled", None, 409)["error"]

@@ -181,6 +181,9 @@ class JobResource(ResponseModel):
     started_at: float | None
     finished_at: float | None
     usage: JobUsage | None
+    metadata: dict[str, str]
+    webhook: str | None
+    webhook_events_filter: list[Literal["started", "completed"]] | None
     result: ClassificationResponse | PoolingResponse | ScoreResponse | RerankResponse | None = Field(
         description="Once succeeded: exactly the body the synchronous route answers.")
     error: ErrorInfo | None
@@ -206,6 +209,19 @@ class ModelList(ResponseModel):
     data: list[ModelCard]
 
 
+class JobList(ResponseModel):
+    object: Literal["list"]
+    data: list[JobResource]
+    has_more: bool
+    next_cursor: str | None = Field(description="Pass as `after` for the next page.")
+
+
+class JobDeleted(ResponseModel):
+    id: str
+    object: Literal["job.deleted"]
+    deleted: bool
+
+
 class Health(ResponseModel):
     status: Literal["ok"]
 
@@ -217,5 +233,5 @@ class Readiness(ResponseModel):
 
 RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
     ClassificationResponse, PoolingResponse, ScoreResponse, RerankResponse, ErrorResponse,
-    JobResource, ModelList, Health, Readiness,
+    JobResource, JobList, JobDeleted, ModelList, Health, Readiness,
 )

@@ -109,21 +109,45 @@ def worker_process(deployment_env, api_url, tmp_path_factory):
     log.close()
 
 
+@pytest.fixture(scope="session")
+def api_keys(pg_url):
+    """Two tenants with a key each: `alpha` (the default client's) and `beta`."""
+    from app.db import make_engine, make_session_factory
+    from app.tenants.services import create_key
+
+    engine = make_engine(pg_url)
+    with make_session_factory(engine)() as session:
+        keys = {name: create_key(session, name, name=f"{name}-test").key for name in ("alpha", "beta")}
+        session.commit()
+    engine.dispose()
+    return keys
+
+
 @pytest.fixture
-def client(api_url):
-    return Client(api_url)
+def client(api_url, api_keys):
+    return Client(api_url, api_keys["alpha"])
+
+
+@pytest.fixture
+def other_client(api_url, api_keys):
+    return Client(api_url, api_keys["beta"])
 
 
 class Client:
-    def __init__(self, base: str):
+    def __init__(self, base: str, key: str | None = None):
         self.base = base
         self.http = requests.Session()
+        if key:
+            self.http.headers["Authorization"] = f"Bearer {key}"
 
     def post(self, path: str, **kwargs) -> requests.Response:
         return self.http.post(self.base + path, timeout=30, **kwargs)
 
     def get(self, path: str, **kwargs) -> requests.Response:
         return self.http.get(self.base + path, timeout=30, **kwargs)
+
+    def delete(self, path: str, **kwargs) -> requests.Response:
+        return self.http.delete(self.base + path, timeout=30, **kwargs)
 
     def wait_job(self, job_id: str, timeout: float = 60) -> dict:
         deadline = time.monotonic() + timeout

@@ -98,7 +98,7 @@ def test_too_many_items_is_413(deployment_env):
     from app import create_app
     from app.config import Settings
 
-    client = create_app(Settings.from_env({**deployment_env, "POOLQ_MAX_ITEMS_PER_REQUEST": "3"})).test_client()
+    client = create_app(Settings.from_env({**deployment_env, "POOLQ_MAX_ITEMS_PER_REQUEST": "3", "POOLQ_AUTH": "off"})).test_client()
     response = client.post("/v1/jobs", json={"task": "classify", "model": "tiny", "input": ["a"] * 4})
     assert response.status_code == 413 and response.json["error"]["param"] == "input"
     response = client.post("/rerank", json={"model": "ce", "query": "q", "documents": ["d"] * 4})
@@ -111,15 +111,17 @@ def test_backlog_past_the_limit_is_503_with_retry_after(deployment_env, job_coun
     from app import create_app
     from app.config import Settings
     from app.db.base import utcnow
+    from app.tenants.records import DEFAULT_TENANT_ID
 
     backlog_id = uuid.uuid4()  # a queued job no message was sent for: the backlog
     engine = create_engine(pg_url)
     with engine.begin() as conn:
-        conn.execute(insert(Job).values(id=backlog_id, task="classify", model="tiny", status="queued",
+        conn.execute(insert(Job).values(id=backlog_id, tenant_id=DEFAULT_TENANT_ID, task="classify", model="tiny",
+                                        status="queued",
                                         request={"input": ["x"]}, num_inputs=1, attempts=0, created_at=utcnow()))
     try:
         before = job_count()
-        client = create_app(Settings.from_env({**deployment_env, "POOLQ_MAX_QUEUED_JOBS": "1"})).test_client()
+        client = create_app(Settings.from_env({**deployment_env, "POOLQ_MAX_QUEUED_JOBS": "1", "POOLQ_AUTH": "off"})).test_client()
         response = client.post("/v1/jobs", json={"task": "classify", "model": "tiny", "input": "x"})
         assert response.status_code == 503
         assert response.headers["Retry-After"] and response.json["error"]["type"] == "ServiceUnavailable"
@@ -136,6 +138,6 @@ def test_database_down_is_503_not_500(tmp_path, redis_url, served_models):
 
     settings = Settings.from_env({"POOLQ_HOME": str(tmp_path), "POOLQ_BROKER_URL": redis_url,
                                   "POOLQ_DATABASE_URL": "postgresql+psycopg://postgres@127.0.0.1:1/none",
-                                  "POOLQ_MODELS": f"tiny={served_models['tiny']}"})
+                                  "POOLQ_MODELS": f"tiny={served_models['tiny']}", "POOLQ_AUTH": "off"})
     response = create_app(settings).test_client().post("/v1/jobs", json={"task": "classify", "input": "x"})
     assert response.status_code == 503 and response.headers["Retry-After"]

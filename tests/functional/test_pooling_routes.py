@@ -283,7 +283,7 @@ def test_sync_request_past_its_bound_answers_202(pg_url, redis_url, deployment_e
     from app import create_app
     from app.config import Settings
 
-    settings = Settings.from_env({**deployment_env, "POOLQ_SYNC_TIMEOUT_S": "0.000001"})
+    settings = Settings.from_env({**deployment_env, "POOLQ_SYNC_TIMEOUT_S": "0.000001", "POOLQ_AUTH": "off"})
     client = create_app(settings).test_client()
     response = client.post("/classify", json={"model": "tiny", "input": "x " * 100})
     assert response.status_code == 202

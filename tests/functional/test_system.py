@@ -53,7 +53,7 @@ def test_api_process_never_imports_torch(deployment_env):
         "print(json.dumps({'status': r.status_code, 'torch': 'torch' in sys.modules,"
         " 'transformers': 'transformers' in sys.modules}))\n"
     )
-    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **deployment_env},
+    out = subprocess.run([sys.executable, "-c", code], env={**os.environ, **deployment_env, "POOLQ_AUTH": "off"},
                          capture_output=True, text=True, timeout=120, check=True)
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result == {"status": 400, "torch": False, "transformers": False}

@@ -30,7 +30,9 @@ def run_job(self: PoolqTask, job_id: str, model: str | None = None, task: str | 
         return
     try:
         engine = engine_registry(self.poolq.settings).get(claimed.model)
-        body, prompt_tokens = execution.run(engine, claimed)
+        body, prompt_tokens = execution.run(engine, claimed, lambda: self.job_cancelled(key))
+    except execution.JobCancelled:
+        log.info("job %s was cancelled while running; stopped", job_id)
     except ValueError as exc:  # PoolingInputError is a ValueError: the client's input, a 400
         error = error_body(str(exc), "BadRequestError", getattr(exc, "parameter", None), 400)["error"]
         with self.unit_of_work() as session:

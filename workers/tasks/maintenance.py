@@ -6,8 +6,8 @@ import logging
 
 from celery import shared_task
 
-from app.celery import SWEEP_JOBS
-from app.jobs import dispatch, services
+from app.celery import EXPIRE_JOBS, SWEEP_JOBS
+from app.jobs import dispatch, lifecycle, services
 from workers.base import PoolqTask
 
 log = logging.getLogger(__name__)
@@ -28,3 +28,18 @@ def sweep_jobs(self: PoolqTask) -> int:
     if jobs:
         log.info("re-sent %d job(s), %d still unsent", len(jobs) - len(unsent), len(unsent))
     return len(jobs) - len(unsent)
+
+
+@shared_task(bind=True, base=PoolqTask, name=EXPIRE_JOBS, ignore_result=True)
+def expire_jobs(self: PoolqTask) -> int:
+    """Delete finished jobs and their results past POOLQ_JOB_RETENTION_S, in bounded batches."""
+    total = 0
+    while True:
+        with self.unit_of_work() as session:
+            deleted = lifecycle.expire_jobs(session, self.poolq.settings.job_retention_s)
+        total += deleted
+        if deleted < 1000:
+            break
+    if total:
+        log.info("expired %d finished job(s)", total)
+    return total

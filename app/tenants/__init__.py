@@ -1,0 +1,1 @@
+"""Tenants and their API keys: every job belongs to one tenant."""

@@ -1,0 +1,57 @@
+"""Webhook delivery tasks: one attempt per message, and the sweeper behind them.
+
+The delivery row is the truth; a message only says "look at this row now".
+A task that finds the row not due (a duplicate, an early or stale message)
+does nothing, and a lost message is replaced by the sweeper.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+
+from celery import shared_task
+from sqlalchemy.exc import OperationalError
+
+from app.db.base import utcnow
+from app.webhooks import delivery
+from app.webhooks.dispatch import DELIVER_WEBHOOK, SWEEP_WEBHOOKS, send_delivery
+from app.webhooks.settings import for_app
+from workers.base import PoolqTask
+
+log = logging.getLogger(__name__)
+
+
+@shared_task(bind=True, base=PoolqTask, name=DELIVER_WEBHOOK, acks_late=True, reject_on_worker_lost=True,
+             ignore_result=True, autoretry_for=(OperationalError,), retry_backoff=True, max_retries=8)
+def deliver_webhook(self: PoolqTask, delivery_id: str) -> None:
+    settings = for_app(self.poolq.settings)
+    key = uuid.UUID(delivery_id)
+    with self.unit_of_work() as session:
+        claimed = delivery.claim_attempt(session, key, settings)
+    if claimed is None:
+        log.debug("webhook delivery %s is not due; message ignored", delivery_id)
+        return
+    attempted_at = utcnow()
+    response, refused = delivery.perform(claimed, settings)  # outside any transaction: it may take seconds
+    with self.unit_of_work() as session:
+        countdown = delivery.record_attempt(session, claimed, response, refused, settings, attempted_at)
+    log.info("webhook %s attempt %d to %s: %s", claimed.webhook_id, claimed.number, claimed.url,
+             response.status_code or response.error)
+    if countdown is not None and not send_delivery(self.poolq.celery, key, countdown=countdown):
+        with self.unit_of_work() as session:
+            delivery.mark_unsent(session, [key])
+
+
+@shared_task(bind=True, base=PoolqTask, name=SWEEP_WEBHOOKS, ignore_result=True)
+def sweep_webhooks(self: PoolqTask) -> int:
+    """Send every pending delivery whose message is missing: never sent, refused, or lost."""
+    with self.unit_of_work() as session:
+        ids = delivery.sweep_due(session, for_app(self.poolq.settings))
+    unsent = [key for key in ids if not send_delivery(self.poolq.celery, key)]
+    if unsent:
+        with self.unit_of_work() as session:
+            delivery.mark_unsent(session, unsent)
+    if ids:
+        log.info("swept %d webhook delivery(ies), %d still unsent", len(ids), len(unsent))
+    return len(ids) - len(unsent)
