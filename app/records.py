@@ -4,6 +4,7 @@ from app.db.base import Base
 from app.jobs.records import Job, JobResult
 from app.tenants.records import ApiKey, Tenant
 from app.webhooks.records import DisabledEndpoint, WebhookAttempt, WebhookDelivery
+from app.webhooks.records import DisabledEndpoint, WebhookAttempt, WebhookDelivery
 
 metadata = Base.metadata
 
