@@ -47,9 +47,10 @@ def celery_init_app(app: Flask, settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=4,
         task_default_queue=settings.maintenance_queue,
-        # Flower shows sent/received/started events with the job id and model.
-        worker_send_task_events=True,
-        task_send_sent_event=True,
+        # Flower shows received/started/succeeded events with the job id and
+        # model: it enables worker events itself when it starts.
+        worker_send_task_events=settings.task_events,
+        task_send_sent_event=settings.task_events,
         worker_hijack_root_logger=False,
         beat_schedule={
             "sweep-jobs": {"task": SWEEP_JOBS, "schedule": 30.0, "options": {"queue": settings.maintenance_queue}},

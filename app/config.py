@@ -87,7 +87,12 @@ class Settings:
     requeue_after_s: int = 900
     # A running job whose worker vanished is re-queued after this long.
     running_timeout_s: int = 3600
-    max_request_bytes: int = 32 * 1024 * 1024
+    # Big enough for a 100k-text bulk job in one request.
+    max_request_bytes: int = 256 * 1024 * 1024
+    # Celery task events cost a few Redis publishes per job; Flower turns
+    # them on by itself (enable_events), so they are off unless asked for.
+    task_events: bool = False
+    access_log: bool = False
     # How long a synchronous pooling request waits for its job before it
     # answers 202 with the job's location instead.
     sync_timeout_s: float = 30.0
@@ -158,7 +163,9 @@ class Settings:
             trust_remote_code=_bool(env, "POOLQ_TRUST_REMOTE_CODE"),
             requeue_after_s=_int(env, "POOLQ_REQUEUE_AFTER_S") or 900,
             running_timeout_s=_int(env, "POOLQ_RUNNING_TIMEOUT_S") or 3600,
-            max_request_bytes=_int(env, "POOLQ_MAX_REQUEST_BYTES") or 32 * 1024 * 1024,
+            max_request_bytes=_int(env, "POOLQ_MAX_REQUEST_BYTES") or 256 * 1024 * 1024,
+            task_events=_bool(env, "POOLQ_TASK_EVENTS"),
+            access_log=_bool(env, "POOLQ_ACCESS_LOG"),
             sync_timeout_s=_float(env, "POOLQ_SYNC_TIMEOUT_S") or 30.0,
             max_queued_jobs=_int(env, "POOLQ_MAX_QUEUED_JOBS") or 0,
             namespace=env.get("POOLQ_NAMESPACE", ""),

@@ -23,7 +23,10 @@ def make_engine(url: str, **kwargs) -> Engine:
             cursor.close()
 
         return engine
-    kwargs.setdefault("pool_pre_ping", True)
+    # No pre-ping: it costs a round trip per session (two per job in a worker).
+    # A connection that died is invalidated on first use instead; the request
+    # answers 503 and the task retries, and recycling keeps idle ones fresh.
+    kwargs.setdefault("pool_recycle", 1800)
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
     return create_engine(url, **kwargs)

@@ -35,8 +35,9 @@ class Job(Base):
     task: Mapped[str] = mapped_column(String(32))
     model: Mapped[str] = mapped_column(String(64))
     status: Mapped[str] = mapped_column(String(16), default="queued")
-    # The validated request, as the engine will run it.
-    request: Mapped[dict[str, Any]] = mapped_column(JSONVerbatim)
+    # The validated request, as the engine will run it. Deferred: a bulk job's
+    # request can be tens of MB, and polling or listing never needs it.
+    request: Mapped[dict[str, Any]] = mapped_column(JSONVerbatim, deferred=True)
     num_inputs: Mapped[int]
     # User key/values (`metadata` is reserved on declarative classes).
     meta: Mapped[dict[str, str] | None] = mapped_column("metadata", JSONDocument, default=None)

@@ -87,11 +87,14 @@ def test_unknown_route_is_404_in_both_shapes(client):
     assert response.json()["error"]["code"] == 404
 
 
-def test_oversize_body_is_413(client, settings):
-    big = "x" * (settings.max_request_bytes + 10)
-    response = client.post("/v1/jobs", data=big, headers={"Content-Type": "application/json"})
+def test_oversize_body_is_413(deployment_env):
+    from app import create_app
+    from app.config import Settings
+
+    app = create_app(Settings.from_env({**deployment_env, "POOLQ_MAX_REQUEST_BYTES": "1000", "POOLQ_AUTH": "off"}))
+    response = app.test_client().post("/v1/jobs", data="x" * 1010, headers={"Content-Type": "application/json"})
     assert response.status_code == 413
-    assert response.json()["error"]["code"] == 413
+    assert response.json["error"]["code"] == 413
 
 
 def test_too_many_items_is_413(deployment_env):
