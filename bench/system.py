@@ -546,8 +546,9 @@ def main() -> int:
                "POOLQ_BROKER_URL": redis_url,
                "POOLQ_MODELS": ",".join(f"{s}={d}" for s, d in model_dirs.items()),
                "POOLQ_WORKER_THREADS": str(a.worker_threads),
-               # A 100k-text bulk job is ~45 MB of JSON, past the 32 MiB default.
                "POOLQ_MAX_REQUEST_BYTES": str(512 * 2**20),
+               # The load generator sends no key: measure the queue, not key lookups.
+               "POOLQ_AUTH": "off",
                "PYTHONUNBUFFERED": "1"}
         migrated = subprocess.run([sys.executable, "-m", "app.cli", "migrate"], env=env, cwd=ROOT,
                                   capture_output=True, text=True)
