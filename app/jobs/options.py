@@ -45,3 +45,11 @@ def request_hash(body: Any) -> str:
     """Canonical JSON of the body: the same request hashes the same, key order aside."""
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def with_webhook(options: JobOptions, settings) -> JobOptions:
+    """Check the callback (URL safety, disabled endpoints, events) before anything is written."""
+    from app.webhooks.services import validate_subscription
+
+    webhook, events = validate_subscription(options.webhook, options.webhook_events_filter, settings)
+    return options.model_copy(update={"webhook": webhook, "webhook_events_filter": events})

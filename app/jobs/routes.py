@@ -9,9 +9,11 @@ from app.db.request import db_session
 from app.errors import APIError
 from app.http import json_body
 from app.jobs import lifecycle, services
-from app.jobs.options import parse_job_options, request_hash
+from app.jobs.options import parse_job_options, request_hash, with_webhook
 from app.jobs.submission import accepted, submit
 from app.tenants.auth import current_tenant_id
+from app.webhooks.dispatch import send_deliveries
+from app.webhooks.services import job_event
 
 bp = Blueprint("jobs", __name__)
 
@@ -22,7 +24,7 @@ def submit_job():
     body = json_body()
     model, job_request = services.parse_job_request(
         body, poolq.served, poolq.settings.max_items_per_request, request.headers.get("X-Request-Id"))
-    options = parse_job_options(body)
+    options = with_webhook(parse_job_options(body), poolq.settings)
     key = request.headers.get("Idempotency-Key")
     if not key:
         return accepted(submit(model, job_request, options))
@@ -76,7 +78,9 @@ def get_job(job_id: str):
 def cancel_job(job_id: str):
     session = db_session()
     job = lifecycle.cancel_job(session, job_id, current_tenant_id())
+    deliveries = job_event(session, job.id, "completed")
     session.commit()
+    send_deliveries(current_app.extensions["poolq"].celery, deliveries)
     return jsonify(services.job_resource(job, None))
 
 

@@ -16,7 +16,7 @@ from app.db.request import db_session
 from app.errors import error_body
 from app.http import json_body
 from app.jobs import services
-from app.jobs.options import parse_job_options
+from app.jobs.options import parse_job_options, with_webhook
 from app.jobs.submission import accepted, is_finished, prefers_async, submit
 from app.pooling.requests import parse
 from app.tenants.auth import current_tenant_id
@@ -39,7 +39,7 @@ def handle(endpoint: str):
     body = json_body()
     model, job_request = parse(endpoint, body, poolq.served, poolq.settings.max_items_per_request,
                                request.headers.get("X-Request-Id"))
-    options = parse_job_options(body)
+    options = with_webhook(parse_job_options(body), poolq.settings)
     job_id = uuid.uuid4()
     if prefers_async():
         return accepted(submit(model, job_request, options, job_id), applied_async=True)

@@ -11,6 +11,8 @@ from sqlalchemy.exc import OperationalError
 from app.errors import error_body
 from app.jobs import services
 from app.jobs.dispatch import RUN_JOB
+from app.webhooks.dispatch import send_deliveries
+from app.webhooks.services import job_event
 from workers import execution
 from workers.base import PoolqTask
 from workers.engines import engine_registry
@@ -23,8 +25,12 @@ log = logging.getLogger(__name__)
 def run_job(self: PoolqTask, job_id: str, model: str | None = None, task: str | None = None) -> None:
     # `model` and `task` ride along only so Flower can show them; the row is the truth.
     key = uuid.UUID(job_id)
+    completed: list[uuid.UUID] = []
     with self.unit_of_work() as session:
         claimed = services.claim(session, key, worker=self.request.hostname or "worker")
+        # Only the first claim starts the job; a reclaim after a lost worker is not news.
+        started = job_event(session, key, "started") if claimed and claimed.attempt == 1 else []
+    send_deliveries(self.poolq.celery, started)
     if claimed is None:
         log.info("job %s is already finished; redelivery ignored", job_id)
         return
@@ -36,15 +42,20 @@ def run_job(self: PoolqTask, job_id: str, model: str | None = None, task: str | 
     except ValueError as exc:  # PoolingInputError is a ValueError: the client's input, a 400
         error = error_body(str(exc), "BadRequestError", getattr(exc, "parameter", None), 400)["error"]
         with self.unit_of_work() as session:
-            services.fail(session, claimed, error)
+            if services.fail(session, claimed, error):
+                completed = job_event(session, key, "completed")
     except Exception as exc:
         log.exception("job %s failed in the engine", job_id)
         error = error_body(f"The engine failed on this job: {type(exc).__name__}", "InternalServerError", None, 500)
         with self.unit_of_work() as session:
-            services.fail(session, claimed, error["error"])
+            if services.fail(session, claimed, error["error"]):
+                completed = job_event(session, key, "completed")
     else:
         with self.unit_of_work() as session:
-            if not services.complete(session, claimed, body, prompt_tokens):
+            if services.complete(session, claimed, body, prompt_tokens):
+                completed = job_event(session, key, "completed")
+            else:
                 log.info("job %s finished elsewhere (attempt %d lost the race)", job_id, claimed.attempt)
-    # After the commit: wake a synchronous request waiting for this job.
+    # After the commit: the callbacks, then wake a synchronous request waiting for this job.
+    send_deliveries(self.poolq.celery, completed)
     self.poolq.events.publish(job_id)
