@@ -58,6 +58,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     register_error_handlers(app)
     init_auth(app, settings.auth_required)
 
+    from app.batches.routes import bp as batches_bp
     from app.jobs.routes import bp as jobs_bp
     from app.openapi import bp as openapi_bp
     from app.pooling.routes import bp as pooling_bp
@@ -67,5 +68,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(jobs_bp)
     app.register_blueprint(pooling_bp)
     app.register_blueprint(openapi_bp)
+    app.register_blueprint(batches_bp)
     logging.getLogger(__name__).debug("poolq app created for %d model(s)", len(settings.models))
     return app

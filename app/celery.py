@@ -5,6 +5,7 @@ from __future__ import annotations
 from celery import Celery
 from flask import Flask
 
+from app.batches.dispatch import EXPIRE_BATCHES, SWEEP_BATCHES
 from app.config import Settings
 
 SWEEP_JOBS = "poolq.sweep_jobs"
@@ -47,14 +48,17 @@ def celery_init_app(app: Flask, settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=4,
         task_default_queue=settings.maintenance_queue,
-        # Flower shows received/started/succeeded events with the job id and
-        # model: it enables worker events itself when it starts.
+        # Flower shows sent/received/started/succeeded events with the job id
+        # and model (POOLQ_TASK_EVENTS=0 trades that for throughput).
         worker_send_task_events=settings.task_events,
         task_send_sent_event=settings.task_events,
         worker_hijack_root_logger=False,
         beat_schedule={
             "sweep-jobs": {"task": SWEEP_JOBS, "schedule": 30.0, "options": {"queue": settings.maintenance_queue}},
             "expire-jobs": {"task": EXPIRE_JOBS, "schedule": 3600.0, "options": {"queue": settings.maintenance_queue}},
+            "sweep-batches": {"task": SWEEP_BATCHES, "schedule": 30.0, "options": {"queue": settings.maintenance_queue}},
+            "expire-batches": {"task": EXPIRE_BATCHES, "schedule": 60.0,
+                               "options": {"queue": settings.maintenance_queue}},
         },
     )
     celery.set_default()

@@ -89,9 +89,9 @@ class Settings:
     running_timeout_s: int = 3600
     # Big enough for a 100k-text bulk job in one request.
     max_request_bytes: int = 256 * 1024 * 1024
-    # Celery task events cost a few Redis publishes per job; Flower turns
-    # them on by itself (enable_events), so they are off unless asked for.
-    task_events: bool = False
+    # Celery task events (what Flower shows) cost a few Redis publishes per
+    # job; a deployment without Flower can turn them off for throughput.
+    task_events: bool = True
     access_log: bool = False
     # How long a synchronous pooling request waits for its job before it
     # answers 202 with the job's location instead.
@@ -111,6 +111,12 @@ class Settings:
     # finish (0: kept forever).
     job_retention_s: int = 7 * 24 * 3600
     max_items_per_request: int = 100_000
+    # Bulk batches: the largest uploaded file, lines per chunk (the unit a
+    # worker claims and stores at once), and chunks of one batch in flight
+    # (keeps bulk work from filling the workers' prefetch and threads).
+    max_file_bytes: int = 200 * 1024 * 1024
+    batch_chunk_lines: int = 512
+    batch_parallel_chunks: int = 2
     extra: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @property
@@ -135,6 +141,10 @@ class Settings:
     def queue_for(self, model: str) -> str:
         """The broker queue of a model's jobs: `pool.<model>`."""
         return f"{self.namespace}pool.{model}"
+
+    def bulk_queue_for(self, model: str) -> str:
+        """The broker queue of a model's batch chunks: `pool.<model>.bulk`."""
+        return f"{self.queue_for(model)}.bulk"
 
     @property
     def maintenance_queue(self) -> str:
@@ -164,7 +174,7 @@ class Settings:
             requeue_after_s=_int(env, "POOLQ_REQUEUE_AFTER_S") or 900,
             running_timeout_s=_int(env, "POOLQ_RUNNING_TIMEOUT_S") or 3600,
             max_request_bytes=_int(env, "POOLQ_MAX_REQUEST_BYTES") or 256 * 1024 * 1024,
-            task_events=_bool(env, "POOLQ_TASK_EVENTS"),
+            task_events=_bool(env, "POOLQ_TASK_EVENTS", default=True),
             access_log=_bool(env, "POOLQ_ACCESS_LOG"),
             sync_timeout_s=_float(env, "POOLQ_SYNC_TIMEOUT_S") or 30.0,
             max_queued_jobs=_int(env, "POOLQ_MAX_QUEUED_JOBS") or 0,
@@ -172,6 +182,9 @@ class Settings:
             tenant_max_queued_jobs=_int(env, "POOLQ_TENANT_MAX_QUEUED_JOBS") or 0,
             job_retention_s=_int(env, "POOLQ_JOB_RETENTION_S") if env.get("POOLQ_JOB_RETENTION_S") else 7 * 24 * 3600,
             max_items_per_request=_int(env, "POOLQ_MAX_ITEMS_PER_REQUEST") or 100_000,
+            max_file_bytes=_int(env, "POOLQ_MAX_FILE_BYTES") or 200 * 1024 * 1024,
+            batch_chunk_lines=_int(env, "POOLQ_BATCH_CHUNK_LINES") or 512,
+            batch_parallel_chunks=_int(env, "POOLQ_BATCH_PARALLEL_CHUNKS") or 2,
         )
         settings = replace(settings, auth=_auth_mode(env.get("POOLQ_AUTH"), settings.embedded_database))
         return replace(settings, **overrides) if overrides else settings
@@ -216,5 +229,8 @@ def _float(env: Mapping[str, str], key: str) -> float | None:
         raise SettingsError(f"{key}={raw!r} is not a number") from None
 
 
-def _bool(env: Mapping[str, str], key: str) -> bool:
-    return env.get(key, "").strip().lower() in ("1", "true", "yes", "on")
+def _bool(env: Mapping[str, str], key: str, default: bool = False) -> bool:
+    raw = env.get(key, "").strip().lower()
+    if not raw:
+        return default
+    return raw in ("1", "true", "yes", "on")

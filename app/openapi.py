@@ -17,6 +17,7 @@ from flask import Blueprint, jsonify, url_for
 from pydantic import BaseModel, create_model
 from pydantic.json_schema import models_json_schema
 
+from app.batches import schemas as batch_schemas
 from app.jobs.options import JobOptions
 from app.pooling import protocol as p
 from app.pooling import schemas as s
@@ -55,6 +56,8 @@ def _components() -> dict[str, Any]:
     requests |= {m for models in job_models.values() for m in models}
     pairs = [(m, "validation") for m in sorted(requests, key=lambda m: m.__name__)]
     pairs += [(m, "serialization") for m in s.RESPONSE_MODELS]
+    pairs += [(m, "validation") for m in batch_schemas.REQUEST_MODELS]
+    pairs += [(m, "serialization") for m in batch_schemas.RESPONSE_MODELS]
     _, top = models_json_schema(pairs, ref_template=REF)
     schemas = top["$defs"]
     # The bodies that are unions, as vLLM declares them (completion | chat, four score shapes).
@@ -215,8 +218,9 @@ def _document() -> dict[str, Any]:
                  "description": "vLLM 0.33's pooling protocol over a job queue, synchronous or asynchronous."},
         "tags": [{"name": "pooling", "description": "vLLM-compatible routes."},
                  {"name": "jobs", "description": "poolq's native jobs."},
-                 {"name": "system", "description": "Health, readiness, models, this document."}],
-        "paths": {**_pooling_paths(), **_other_paths()},
+                 {"name": "system", "description": "Health, readiness, models, this document."},
+                 batch_schemas.OPENAPI_TAG],
+        "paths": {**_pooling_paths(), **_other_paths(), **batch_schemas.openapi_paths(_json, _errors)},
         "components": {"schemas": _components(), "securitySchemes": {
             "bearer": {"type": "http", "scheme": "bearer",
                        "description": "An API key from `poolq keys create` (not needed when POOLQ_AUTH=off)."}}},

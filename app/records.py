@@ -1,5 +1,6 @@
 """Every ORM module, imported once so the metadata (and Alembic) sees all tables."""
 
+from app.batches.records import Batch, BatchChunk, BatchOutput, File
 from app.db.base import Base
 from app.jobs.records import Job, JobResult
 from app.tenants.records import ApiKey, Tenant
@@ -8,5 +9,5 @@ from app.webhooks.records import DisabledEndpoint, WebhookAttempt, WebhookDelive
 
 metadata = Base.metadata
 
-__all__ = ["ApiKey", "DisabledEndpoint", "Job", "JobResult", "Tenant", "WebhookAttempt", "WebhookDelivery",
-           "metadata"]
+__all__ = ["ApiKey", "Batch", "BatchChunk", "BatchOutput", "DisabledEndpoint", "File", "Job", "JobResult", "Tenant",
+           "WebhookAttempt", "WebhookDelivery", "metadata"]

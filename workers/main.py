@@ -24,6 +24,7 @@ def run_worker(settings: Settings, beat: bool = False, preload: bool = True, nam
         # and a broken model fails the worker at start, not job by job.
         engine_registry(settings).preload()
     queues = [settings.queue_for(spec.name) for spec in settings.models] + [settings.maintenance_queue]
+    queues += [settings.bulk_queue_for(spec.name) for spec in settings.models]
     name = f"poolq-{name_suffix or 'worker'}@{socket.gethostname()}"
     argv = [
         "worker",

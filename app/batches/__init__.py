@@ -1,0 +1,1 @@
+"""Bulk batches: OpenAI-style files and batches run as chunks on the GPU workers' bulk queues."""

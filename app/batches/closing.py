@@ -1,0 +1,130 @@
+"""Ending a batch: finalize, cancel, expire, and the sweeper's view of what is overdue.
+
+The output and error files are built from batch_outputs in line order, so
+they come out in input order whatever order the chunks ran in. A batch that
+ends early (cancelled, expired) gets files with the lines it finished, as
+OpenAI does.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import exists, func, select, update
+from sqlalchemy.orm import Session
+
+from app.batches.files import create_file
+from app.batches.records import Batch, BatchChunk, BatchOutput
+from app.db.base import utcnow
+
+
+def start_closing(session: Session, batch_id: str) -> str | None:
+    """in_progress (all chunks stored) -> finalizing; the final status to close with, or None if not due."""
+    now = utcnow()
+    if session.execute(update(Batch).where(Batch.id == batch_id, Batch.status == "in_progress",
+                                           Batch.chunks_done >= Batch.chunks_total)
+                       .values(status="finalizing", finalizing_at=now)).rowcount:
+        return "completed"
+    status = session.scalar(select(Batch.status).where(Batch.id == batch_id).with_for_update())
+    if status == "finalizing":
+        return "completed"  # a finalize that died half-way: do it again
+    if status == "cancelling":
+        running = session.scalar(select(func.count()).select_from(BatchChunk).where(
+            BatchChunk.batch_id == batch_id, BatchChunk.status == "running"))
+        if running:
+            return None  # the running chunk's completion asks again
+        _stop_chunks(session, batch_id, ("pending",))
+        return "cancelled"
+    return None
+
+
+def close(session: Session, batch_id: str, status: str) -> bool:
+    """finalizing -> completed or cancelling -> cancelled, with the files; False if another closer won."""
+    source = {"completed": "finalizing", "cancelled": "cancelling"}[status]
+    output_id, error_id = _write_files(session, batch_id)
+    return bool(session.execute(
+        update(Batch).where(Batch.id == batch_id, Batch.status == source)
+        .values(status=status, output_file_id=output_id, error_file_id=error_id,
+                **{f"{status}_at": utcnow()})).rowcount)
+
+
+def expire(session: Session, batch_id: str) -> bool:
+    """Past its completion window: stop every unfinished chunk (a running one's
+    late result is refused by its compare-and-set) and keep what finished."""
+    if not session.execute(update(Batch).where(Batch.id == batch_id,
+                                               Batch.status.in_(("validating", "in_progress")))
+                           .values(status="expired", expired_at=utcnow())).rowcount:
+        return False
+    _stop_chunks(session, batch_id, ("pending", "running"))
+    output_id, error_id = _write_files(session, batch_id)
+    session.execute(update(Batch).where(Batch.id == batch_id)
+                    .values(output_file_id=output_id, error_file_id=error_id))
+    return True
+
+
+def expired_batches(session: Session, limit: int = 100) -> list[str]:
+    return list(session.scalars(select(Batch.id).where(Batch.status.in_(("validating", "in_progress")),
+                                                       Batch.expires_at < utcnow()).limit(limit)))
+
+
+def _stop_chunks(session: Session, batch_id: str, statuses: tuple[str, ...]) -> None:
+    session.execute(update(BatchChunk).where(BatchChunk.batch_id == batch_id, BatchChunk.status.in_(statuses))
+                    .values(status="cancelled", finished_at=utcnow()))
+
+
+def _write_files(session: Session, batch_id: str) -> tuple[str | None, str | None]:
+    batch = session.get(Batch, batch_id)
+    good: list[str] = []
+    bad: list[str] = []
+    rows = session.execute(select(BatchOutput.ok, BatchOutput.line).where(BatchOutput.batch_id == batch_id)
+                           .order_by(BatchOutput.line_no).execution_options(yield_per=5000))
+    for ok, line in rows:
+        (good if ok else bad).append(line)
+    ids = []
+    for lines, kind in ((good, "output"), (bad, "error")):
+        if not lines:
+            ids.append(None)
+            continue
+        content = ("\n".join(lines) + "\n").encode()
+        ids.append(create_file(session, batch.tenant_id, f"{batch_id}_{kind}.jsonl", "batch_output", content).id)
+    return ids[0], ids[1]
+
+
+def overdue(session: Session, requeue_after_s: int, running_timeout_s: int, limit: int = 500):
+    """What the sweeper must (re)send: (validations, chunks, pumps, finalizations).
+
+    - validating batches whose message is presumed lost;
+    - chunks sent long ago and still pending, or running past the timeout
+      (their worker died and the broker did not give the message back);
+    - in_progress batches with nothing in flight but chunks left (a send
+      failed, or the process died between commit and send);
+    - batches whose finalize is due: all chunks stored, stuck finalizing,
+      or cancelling with no chunk running.
+    """
+    now = utcnow()
+    stale_send = now - dt.timedelta(seconds=requeue_after_s)
+    stale_run = now - dt.timedelta(seconds=running_timeout_s)
+    validations = list(session.scalars(select(Batch.id).where(Batch.status == "validating",
+                                                              Batch.created_at < stale_send).limit(limit)))
+    chunks = session.execute(select(BatchChunk.batch_id, BatchChunk.index, BatchChunk.model).where(
+        ((BatchChunk.status == "pending") & (BatchChunk.sent_at < stale_send))
+        | ((BatchChunk.status == "running") & (BatchChunk.started_at < stale_run))).limit(limit)).all()
+    inflight = exists().where(BatchChunk.batch_id == Batch.id, (BatchChunk.status == "running")
+                              | ((BatchChunk.status == "pending") & BatchChunk.sent_at.is_not(None)))
+    pumps = list(session.scalars(select(Batch.id).where(Batch.status == "in_progress",
+                                                        Batch.chunks_done < Batch.chunks_total,
+                                                        ~inflight).limit(limit)))
+    running = exists().where(BatchChunk.batch_id == Batch.id, BatchChunk.status == "running")
+    finals = list(session.scalars(select(Batch.id).where(
+        ((Batch.status == "in_progress") & (Batch.chunks_done >= Batch.chunks_total))
+        | ((Batch.status == "finalizing") & (Batch.finalizing_at < stale_send))
+        | ((Batch.status == "cancelling") & ~running)).limit(limit)))
+    return validations, [tuple(c) for c in chunks], pumps, finals
+
+
+def resend_chunks(session: Session, keys: list) -> None:
+    """Overdue chunks back to pending, marked as sent now; the caller sends after commit."""
+    for batch_id, index, _ in keys:
+        session.execute(update(BatchChunk).where(BatchChunk.batch_id == batch_id, BatchChunk.index == index,
+                                                 BatchChunk.status.in_(("pending", "running")))
+                        .values(status="pending", sent_at=utcnow()))

@@ -1,0 +1,45 @@
+"""Sending batch work to the workers, always after the commit that it acts on.
+
+Chunks go to their model's bulk queue; validation and finalization, which
+need no engine, go to the maintenance queue. A refused send is never an
+error for the caller: the rows say what is due, and the sweeper sends it.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from celery import Celery
+
+log = logging.getLogger(__name__)
+
+VALIDATE_BATCH = "poolq.validate_batch"
+RUN_BATCH_CHUNK = "poolq.run_batch_chunk"
+FINALIZE_BATCH = "poolq.finalize_batch"
+SWEEP_BATCHES = "poolq.sweep_batches"
+EXPIRE_BATCHES = "poolq.expire_batches"
+
+_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
+
+
+def _send(celery: Celery, name: str, args: list, queue: str, **kwargs) -> bool:
+    try:
+        celery.send_task(name, args=args, kwargs=kwargs, queue=queue, retry=True, retry_policy=_RETRY)
+        return True
+    except Exception:  # kombu's OperationalError and friends: all mean "not sent"
+        log.warning("broker refused %s%s; the sweeper will resend it", name, args, exc_info=True)
+        return False
+
+
+def send_validate(celery: Celery, batch_id: str) -> bool:
+    return _send(celery, VALIDATE_BATCH, [batch_id], celery.poolq.settings.maintenance_queue)
+
+
+def send_finalize(celery: Celery, batch_id: str) -> bool:
+    return _send(celery, FINALIZE_BATCH, [batch_id], celery.poolq.settings.maintenance_queue)
+
+
+def send_chunk(celery: Celery, batch_id: str, index: int, model: str) -> bool:
+    # `model` rides along so Flower shows it; the chunk row is the truth.
+    return _send(celery, RUN_BATCH_CHUNK, [batch_id, index], celery.poolq.settings.bulk_queue_for(model),
+                 model=model)

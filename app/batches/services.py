@@ -1,0 +1,137 @@
+"""Batches as the API sees them: create, read, list, cancel. Functions flush; callers commit."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import secrets
+import uuid
+from typing import Any
+
+from sqlalchemy import select, tuple_, update
+from sqlalchemy.orm import Session
+
+from app.batches.files import epoch, get_file
+from app.batches.lines import URL_ENDPOINTS
+from app.batches.records import Batch, BatchChunk
+from app.db.base import utcnow
+from app.errors import APIError, bad_request, not_found
+
+WINDOW_RE = re.compile(r"^([1-9][0-9]{0,5})([smhd])$")
+WINDOW_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+MAX_WINDOW_S = 7 * 86400
+MAX_PAGE = 100
+BATCH_ID = re.compile(r"^batch_[0-9a-f]{24}$")
+
+
+def completion_window_s(raw: Any) -> int:
+    """OpenAI accepts only "24h"; poolq also takes `<N>s|m|h|d` up to 7 days (a nightly run may want 12h)."""
+    match = WINDOW_RE.match(raw) if isinstance(raw, str) else None
+    seconds = int(match.group(1)) * WINDOW_UNITS[match.group(2)] if match else 0
+    if not 0 < seconds <= MAX_WINDOW_S:
+        raise bad_request("completion_window must be '24h' (or <N>s, <N>m, <N>h, <N>d up to 7 days)",
+                          "completion_window")
+    return seconds
+
+
+def _metadata(raw: Any) -> dict[str, str] | None:
+    if raw is None:
+        return None
+    if (not isinstance(raw, dict) or len(raw) > 16
+            or any(not isinstance(k, str) or len(k) > 64 or not isinstance(v, str) or len(v) > 512
+                   or "\x00" in k or "\x00" in v for k, v in raw.items())):
+        raise bad_request("metadata must be an object of at most 16 string keys (64 chars) and string values "
+                          "(512 chars)", "metadata")
+    return raw
+
+
+def create_batch(session: Session, tenant_id: uuid.UUID, body: Any) -> Batch:
+    if not isinstance(body, dict):
+        raise bad_request("The request body must be a JSON object.")
+    endpoint = body.get("endpoint")
+    if not isinstance(endpoint, str) or endpoint not in URL_ENDPOINTS:
+        raise bad_request(f"endpoint must be one of {list(URL_ENDPOINTS)}", "endpoint")
+    window = body.get("completion_window", "24h")
+    seconds = completion_window_s(window)
+    file_id = body.get("input_file_id")
+    if not isinstance(file_id, str):
+        raise bad_request("input_file_id is required", "input_file_id")
+    file = get_file(session, file_id, tenant_id)
+    if file.purpose != "batch":
+        raise bad_request(f"File {file_id} has purpose {file.purpose!r}; a batch input needs purpose 'batch'.",
+                          "input_file_id")
+    now = utcnow()
+    batch = Batch(id=f"batch_{secrets.token_hex(12)}", tenant_id=tenant_id, endpoint=endpoint,
+                  input_file_id=file.id, completion_window=window, status="validating",
+                  meta=_metadata(body.get("metadata")), created_at=now,
+                  expires_at=now + dt.timedelta(seconds=seconds))
+    session.add(batch)
+    session.flush()
+    return batch
+
+
+def get_batch(session: Session, batch_id: str, tenant_id: uuid.UUID) -> Batch:
+    batch = session.get(Batch, batch_id) if BATCH_ID.match(batch_id) else None
+    if batch is None or batch.tenant_id != tenant_id:
+        raise not_found(f"No such Batch object: {batch_id}")
+    return batch
+
+
+def list_batches(session: Session, tenant_id: uuid.UUID, args: dict[str, str]) -> tuple[list[Batch], bool]:
+    """Newest first; `after` is the last id of the previous page, as OpenAI's cursor pages send it."""
+    try:
+        limit = int(args.get("limit", 20))
+    except ValueError:
+        raise bad_request("limit must be an integer", "limit") from None
+    if not 1 <= limit <= MAX_PAGE:
+        raise bad_request(f"limit must be between 1 and {MAX_PAGE}", "limit")
+    query = select(Batch).where(Batch.tenant_id == tenant_id)
+    if args.get("after"):
+        anchor = get_batch(session, args["after"], tenant_id)
+        query = query.where(tuple_(Batch.created_at, Batch.id) < tuple_(anchor.created_at, anchor.id))
+    rows = list(session.scalars(query.order_by(Batch.created_at.desc(), Batch.id.desc()).limit(limit + 1)))
+    return rows[:limit], len(rows) > limit
+
+
+def cancel_batch(session: Session, batch_id: str, tenant_id: uuid.UUID) -> Batch:
+    """validating or in_progress -> cancelling. Chunks not yet started never will;
+    running ones finish and keep their lines (cancel stops at chunk boundaries),
+    then the finalize step writes the partial files and sets `cancelled`."""
+    batch = get_batch(session, batch_id, tenant_id)
+    now = utcnow()
+    changed = session.execute(
+        update(Batch).where(Batch.id == batch.id, Batch.status.in_(("validating", "in_progress")))
+        .values(status="cancelling", cancelling_at=now)).rowcount
+    if changed:
+        session.execute(update(BatchChunk).where(BatchChunk.batch_id == batch.id, BatchChunk.status == "pending")
+                        .values(status="cancelled", finished_at=now))
+    session.refresh(batch)
+    if not changed and batch.status not in ("cancelling", "cancelled"):
+        raise APIError(409, f"Batch {batch_id} is {batch.status}; only validating or in_progress batches can be "
+                       "cancelled.", "ConflictError")
+    return batch
+
+
+def batch_resource(batch: Batch) -> dict[str, Any]:
+    return {
+        "id": batch.id,
+        "object": "batch",
+        "endpoint": batch.endpoint,
+        "errors": batch.errors,
+        "input_file_id": batch.input_file_id,
+        "completion_window": batch.completion_window,
+        "status": batch.status,
+        "output_file_id": batch.output_file_id,
+        "error_file_id": batch.error_file_id,
+        "created_at": epoch(batch.created_at),
+        "in_progress_at": epoch(batch.in_progress_at),
+        "expires_at": epoch(batch.expires_at),
+        "finalizing_at": epoch(batch.finalizing_at),
+        "completed_at": epoch(batch.completed_at),
+        "failed_at": epoch(batch.failed_at),
+        "expired_at": epoch(batch.expired_at),
+        "cancelling_at": epoch(batch.cancelling_at),
+        "cancelled_at": epoch(batch.cancelled_at),
+        "request_counts": {"total": batch.total, "completed": batch.completed, "failed": batch.failed},
+        "metadata": batch.meta,
+    }

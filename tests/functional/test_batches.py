@@ -1,0 +1,289 @@
+"""Bulk batches over HTTP with the official `openai` client, a real worker, Redis and Postgres."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import pytest
+from openai import OpenAI
+from sqlalchemy import func, select, update
+
+from app.batches import closing, progress, services
+from app.batches.records import Batch, BatchChunk, BatchOutput
+from app.db import make_engine, make_session_factory
+
+FINAL = ("completed", "failed", "expired", "cancelled")
+
+
+@pytest.fixture
+def oai(api_url, api_keys, worker_process):
+    return OpenAI(base_url=api_url + "/v1", api_key=api_keys["alpha"], max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def db(pg_url):
+    engine = make_engine(pg_url)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
+def jsonl(lines) -> bytes:
+    return ("\n".join(line if isinstance(line, str) else json.dumps(line) for line in lines) + "\n").encode()
+
+
+def submit(oai, lines, endpoint, **kwargs):
+    file = oai.files.create(file=("input.jsonl", jsonl(lines)), purpose="batch")
+    return oai.batches.create(input_file_id=file.id, endpoint=endpoint, completion_window="24h", **kwargs)
+
+
+def wait(oai, batch_id, timeout=60, statuses=FINAL):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        batch = oai.batches.retrieve(batch_id)
+        if batch.status in statuses:
+            return batch
+        time.sleep(0.1)
+    raise AssertionError(f"batch {batch_id} still {batch.status} after {timeout} s")
+
+
+def read_lines(oai, file_id) -> list[dict]:
+    if file_id is None:
+        return []
+    return [json.loads(line) for line in oai.files.content(file_id).text.splitlines()]
+
+
+def same_body(got, want):
+    """Batch and sync bodies agree up to ids, timestamps and float noise from batching."""
+    assert set(got) == set(want)
+    for key in got:
+        if key in ("id", "created"):
+            continue
+        if isinstance(want[key], float):
+            assert got[key] == pytest.approx(want[key], abs=1e-5)
+        elif isinstance(want[key], list):
+            assert len(got[key]) == len(want[key])
+            for a, b in zip(got[key], want[key]):
+                same_body(a, b) if isinstance(b, dict) else same_body({"v": a}, {"v": b})
+        elif isinstance(want[key], dict):
+            same_body(got[key], want[key])
+        else:
+            assert got[key] == want[key], key
+
+
+def test_openai_client_round_trip_matches_the_sync_route(oai, client):
+    lines = [{"custom_id": f"req-{i}", "method": "POST", "url": "/classify",
+              "body": {"model": "tiny", "input": [f"text number {i}", "another one"] if i % 3 else f"single {i}"}}
+             for i in range(40)]
+    batch = submit(oai, lines, "/classify", metadata={"run": "nightly"})
+    assert batch.object == "batch" and batch.id.startswith("batch_") and batch.status == "validating"
+    assert batch.endpoint == "/classify" and batch.metadata == {"run": "nightly"}
+    done = wait(oai, batch.id)
+    assert done.status == "completed", done
+    assert done.request_counts.total == 40 and done.request_counts.completed == 40
+    assert done.request_counts.failed == 0 and done.error_file_id is None
+    assert done.in_progress_at and done.finalizing_at and done.completed_at and done.expires_at
+    out = read_lines(oai, done.output_file_id)
+    assert [o["custom_id"] for o in out] == [f"req-{i}" for i in range(40)]  # input order
+    for line, o in zip(lines, out):
+        assert o["id"].startswith("vllm-") and o["error"] is None
+        assert o["response"]["status_code"] == 200 and o["response"]["request_id"].startswith("vllm-batch-")
+        sync = client.post("/classify", json=line["body"])
+        assert sync.status_code == 200, sync.text
+        same_body(o["response"]["body"], sync.json())
+    meta = oai.files.retrieve(done.output_file_id)
+    assert meta.object == "file" and meta.purpose == "batch_output" and meta.bytes > 0
+    assert oai.batches.list(limit=1).data[0].id == done.id
+
+
+def test_run_batch_score_and_rerank_files_are_accepted_unchanged(oai, client):
+    # The lines of vLLM's own run-batch examples, with the model poolq serves.
+    score = [{"custom_id": "request-1", "method": "POST", "url": "/v1/score",
+              "body": {"model": "ce", "text_1": "What is the capital of France?",
+                       "text_2": ["The capital of Brazil is Brasilia.", "The capital of France is Paris."]}},
+             {"custom_id": "request-2", "method": "POST", "url": "/v1/score",
+              "body": {"model": "ce", "text_1": "What is the capital of France?",
+                       "text_2": "The capital of France is Paris."}}]
+    rerank = [{"custom_id": "request-1", "method": "POST", "url": "/v1/rerank",
+               "body": {"model": "ce", "query": "What is the capital of France?",
+                        "documents": ["The capital of Brazil is Brasilia.", "The capital of France is Paris."]}},
+              {"custom_id": "request-2", "method": "POST", "url": "/v2/rerank",
+               "body": {"model": "ce", "query": "capital", "documents": ["Paris", "Rome", "Oslo"], "top_n": 2}}]
+    for lines, endpoint in ((score, "/v1/score"), (rerank, "/v1/rerank")):
+        done = wait(oai, submit(oai, lines, endpoint).id)
+        assert done.status == "completed" and done.request_counts.completed == 2, done
+        for line, o in zip(lines, read_lines(oai, done.output_file_id)):
+            assert o["custom_id"] == line["custom_id"] and o["response"]["status_code"] == 200
+            same_body(o["response"]["body"], client.post(line["url"], json=line["body"]).json())
+
+
+def test_a_bad_line_goes_to_the_error_file_and_the_rest_succeed(oai, client):
+    good = {"method": "POST", "url": "/classify", "body": {"model": "tiny", "input": "fine"}}
+    lines = [
+        {"custom_id": "a", **good},
+        "{not json",
+        {"custom_id": "b", "method": "POST", "url": "/v1/embeddings", "body": {"input": "x"}},
+        {"custom_id": "c", "method": "POST", "url": "/classify", "body": {"model": "nope", "input": "x"}},
+        {"custom_id": "d", "method": "POST", "url": "/classify", "body": {"model": "tiny", "input": "hello world " * 200,
+                                                                          "truncate_prompt_tokens": None}},
+        {"custom_id": "e", **good},
+        {"custom_id": "a", **good},
+        {"custom_id": "f", "method": "POST", "url": "/v1/score", "body": {"model": "ce", "text_1": "q",
+                                                                          "text_2": "d"}},
+    ]
+    done = wait(oai, submit(oai, lines, "/classify").id)
+    assert done.status == "completed", done
+    assert (done.request_counts.total, done.request_counts.completed, done.request_counts.failed) == (8, 2, 6)
+    assert [o["custom_id"] for o in read_lines(oai, done.output_file_id)] == ["a", "e"]
+    errors = read_lines(oai, done.error_file_id)
+    assert [(e["custom_id"], e["response"]["status_code"]) for e in errors] == [
+        (None, 400), ("b", 400), ("c", 404), ("d", 400), ("a", 400), ("f", 400)]
+    assert all(e["response"]["body"] is None for e in errors)
+    assert errors[1]["error"].startswith("URL /v1/embeddings is not a supported endpoint")
+    sync = client.post("/classify", json={"model": "nope", "input": "x"}).json()
+    assert errors[2]["error"] == sync  # the route's own error object
+    too_long = client.post("/classify", json={"model": "tiny", "input": "hello world " * 200}).json()
+    assert errors[3]["error"]["error"]["message"] == too_long["error"]["message"]
+
+
+def test_a_file_that_is_not_jsonl_fails_the_batch(oai):
+    file = oai.files.create(file=("input.jsonl", b"\x00\xff\xfe binary"), purpose="batch")
+    done = wait(oai, oai.batches.create(input_file_id=file.id, endpoint="/classify", completion_window="24h").id)
+    assert done.status == "failed" and done.failed_at and done.errors.data[0].code == "invalid_file"
+    only_bad = oai.files.create(file=("input.jsonl", jsonl([{"custom_id": "x"}])), purpose="batch")
+    done = wait(oai, oai.batches.create(input_file_id=only_bad.id, endpoint="/classify",
+                                        completion_window="24h").id)
+    assert done.status == "failed" and done.errors.data[0].message == "The input file has no valid request line."
+
+
+def test_batches_list_newest_first_in_cursor_pages(oai):
+    mine = [submit(oai, [{"custom_id": "a", "method": "POST", "url": "/classify",
+                          "body": {"model": "tiny", "input": "x"}}], "/classify").id for _ in range(3)]
+    first = oai.batches.list(limit=2)
+    assert first.has_more and first.first_id == first.data[0].id and first.last_id == first.data[1].id
+    listed = [b.id for b in oai.batches.list(limit=2)]  # the client follows `after` page by page
+    assert listed[:3] == mine[::-1] and len(listed) == len(set(listed))
+    for batch_id in mine:
+        wait(oai, batch_id)
+
+
+def test_files_and_batches_are_scoped_to_the_tenant(oai, other_client):
+    batch = submit(oai, [{"custom_id": "a", "method": "POST", "url": "/classify",
+                          "body": {"model": "tiny", "input": "x"}}], "/classify")
+    assert other_client.get(f"/v1/batches/{batch.id}").status_code == 404
+    assert other_client.get(f"/v1/files/{batch.input_file_id}/content").status_code == 404
+    assert other_client.post(f"/v1/batches/{batch.id}/cancel").status_code == 404
+    assert all(b["id"] != batch.id for b in other_client.get("/v1/batches").json()["data"])
+    wait(oai, batch.id)
+    oai.files.delete(batch.input_file_id)
+    assert other_client.get(f"/v1/files/{batch.input_file_id}").status_code == 404
+
+
+def big_batch(n, per_line=4):
+    return [{"custom_id": f"r{i}", "method": "POST", "url": "/classify",
+             "body": {"model": "tiny", "input": [f"line {i} text {j} " * 8 for j in range(per_line)]}}
+            for i in range(n)]
+
+
+def test_cancel_stops_at_a_chunk_boundary(oai):
+    batch = submit(oai, big_batch(3000), "/classify")
+    wait(oai, batch.id, statuses=("in_progress",) + FINAL)
+    cancelled = oai.batches.cancel(batch.id)
+    assert cancelled.status in ("cancelling", "cancelled") and cancelled.cancelling_at
+    done = wait(oai, batch.id)
+    assert done.status == "cancelled" and done.cancelled_at
+    counts = done.request_counts
+    assert counts.completed < counts.total == 3000
+    assert len(read_lines(oai, done.output_file_id)) == counts.completed  # the chunks that finished, kept
+
+
+def test_an_interactive_job_completes_while_a_large_batch_runs(oai, client):
+    batch = submit(oai, big_batch(6000), "/classify")
+    wait(oai, batch.id, statuses=("in_progress",) + FINAL)
+    started = time.monotonic()
+    response = client.post("/classify", json={"model": "tiny", "input": "urgent"})
+    latency = time.monotonic() - started
+    assert response.status_code == 200, response.text
+    during = oai.batches.retrieve(batch.id)
+    assert during.status == "in_progress" and during.request_counts.completed < 6000, during
+    assert latency < 5, latency
+    oai.batches.cancel(batch.id)
+    wait(oai, batch.id)
+
+
+def _validated(db, client, served, lines, endpoint="/classify", chunk_lines=512):
+    """A batch validated in this process: no message is out for it, so no worker touches it yet."""
+    file_id = client.post("/v1/files", files={"file": ("in.jsonl", jsonl(lines))},
+                          data={"purpose": "batch"}).json()["id"]
+    with db() as session:
+        from app.tenants.records import Tenant
+
+        tenant = session.scalar(select(Tenant.id).where(Tenant.name == "alpha"))
+        batch = services.create_batch(session, tenant, {"input_file_id": file_id, "endpoint": endpoint})
+        progress.validate(session, batch.id, served, 1000, chunk_lines, window=0)
+        session.commit()
+    return batch.id
+
+
+@pytest.fixture(scope="module")
+def poolq(settings):
+    """The deployment's state as the API has it: served models, and Celery to send as the API sends."""
+    from app import create_app
+
+    return create_app(settings).extensions["poolq"]
+
+
+def test_a_chunk_delivered_twice_writes_its_lines_once(oai, client, db, poolq):
+    from app.batches.dispatch import send_chunk
+
+    batch_id = _validated(db, client, poolq.served, big_batch(30, per_line=1))
+    assert send_chunk(poolq.celery, batch_id, 0, "tiny") and send_chunk(poolq.celery, batch_id, 0, "tiny")
+    done = wait(oai, batch_id)
+    assert done.status == "completed" and done.request_counts.completed == 30, done
+    assert [o["custom_id"] for o in read_lines(oai, done.output_file_id)] == [f"r{i}" for i in range(30)]
+    send_chunk(poolq.celery, batch_id, 0, "tiny")  # a late redelivery: the chunk is done, nothing is recomputed
+    time.sleep(0.5)
+    with db() as session:
+        chunk = session.get(BatchChunk, (batch_id, 0))
+        assert chunk.status == "done" and chunk.attempts in (1, 2)  # the two may have raced; one stored
+        assert session.scalar(select(func.count()).where(BatchOutput.batch_id == batch_id)) == 30
+        assert session.get(Batch, batch_id).completed == 30
+
+
+def test_racing_attempts_of_a_chunk_store_it_once(client, db, poolq):
+    batch_id = _validated(db, client, poolq.served, big_batch(3, per_line=1))
+    with db() as session:
+        first = progress.claim_chunk(session, batch_id, 0)
+        session.commit()
+        second = progress.claim_chunk(session, batch_id, 0)  # the message came back while `first` ran
+        session.commit()
+        outputs = [(no, True, json.dumps({"custom_id": cid})) for no, cid, _ in second.lines]
+        assert progress.complete_chunk(session, first, outputs, window=0) is None  # an older attempt loses
+        assert progress.complete_chunk(session, second, outputs, window=0).finalize
+        session.commit()
+        assert progress.complete_chunk(session, second, outputs, window=0) is None
+        assert progress.claim_chunk(session, batch_id, 0) is None
+        batch = session.get(Batch, batch_id)
+        assert (batch.completed, batch.chunks_done) == (3, 1)
+
+
+def test_a_batch_past_its_window_expires_and_keeps_what_finished(oai, client, db, poolq):
+    from app.batches.dispatch import EXPIRE_BATCHES, send_chunk
+
+    batch_id = _validated(db, client, poolq.served, big_batch(12, per_line=1), chunk_lines=4)
+    with db() as session:  # one chunk of three finished in time
+        claimed = progress.claim_chunk(session, batch_id, 0)
+        outputs = [(no, True, json.dumps({"custom_id": cid})) for no, cid, _ in claimed.lines]
+        progress.complete_chunk(session, claimed, outputs, window=0)
+        session.execute(update(Batch).where(Batch.id == batch_id).values(expires_at=Batch.created_at))
+        session.commit()
+    poolq.celery.send_task(EXPIRE_BATCHES, queue=poolq.settings.maintenance_queue)  # as beat does
+    done = wait(oai, batch_id)
+    assert done.status == "expired" and done.expired_at, done
+    assert [o["custom_id"] for o in read_lines(oai, done.output_file_id)] == ["r0", "r1", "r2", "r3"]
+    send_chunk(poolq.celery, batch_id, 1, "tiny")  # a late chunk message does nothing
+    time.sleep(0.5)
+    with db() as session:
+        assert session.scalar(select(func.count()).where(BatchOutput.batch_id == batch_id)) == 4
+        assert session.get(BatchChunk, (batch_id, 1)).status == "cancelled"
+        assert closing.expire(session, batch_id) is False

@@ -1,0 +1,105 @@
+"""Batch tasks: validate, run a chunk, finalize; the sweeper and the expiry behind them.
+
+Rows are the truth; a message only says "look at this row now". Every step
+is a compare-and-set, so duplicate or stale messages do nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from celery import shared_task
+from sqlalchemy.exc import OperationalError
+
+from app.batches import closing, progress
+from app.batches.dispatch import (EXPIRE_BATCHES, FINALIZE_BATCH, RUN_BATCH_CHUNK, SWEEP_BATCHES, VALIDATE_BATCH,
+                                  send_chunk, send_finalize, send_validate)
+from workers import bulk
+from workers.base import PoolqTask
+from workers.engines import engine_registry
+
+log = logging.getLogger(__name__)
+
+_DURABLE = dict(bind=True, base=PoolqTask, acks_late=True, reject_on_worker_lost=True, ignore_result=True,
+                autoretry_for=(OperationalError,), retry_backoff=True, max_retries=8)
+
+
+def _send_chunks(task: PoolqTask, keys: list[progress.ChunkKey]) -> None:
+    unsent = [key for key in keys if not send_chunk(task.poolq.celery, *key)]
+    if unsent:
+        with task.unit_of_work() as session:
+            progress.mark_unsent(session, unsent)
+
+
+@shared_task(name=VALIDATE_BATCH, **_DURABLE)
+def validate_batch(self: PoolqTask, batch_id: str) -> None:
+    s = self.poolq.settings
+    with self.unit_of_work() as session:
+        keys = progress.validate(session, batch_id, self.poolq.served, s.max_items_per_request,
+                                 s.batch_chunk_lines, s.batch_parallel_chunks)
+    _send_chunks(self, keys)
+
+
+@shared_task(name=RUN_BATCH_CHUNK, **_DURABLE)
+def run_batch_chunk(self: PoolqTask, batch_id: str, index: int, model: str | None = None) -> None:
+    with self.unit_of_work() as session:
+        claimed = progress.claim_chunk(session, batch_id, index)
+    if claimed is None:
+        log.info("batch %s chunk %d is done or stopped; message ignored", batch_id, index)
+        return
+    engine = engine_registry(self.poolq.settings).get(claimed.model)
+    outputs = bulk.run_lines(engine, claimed.model, claimed.lines)
+    with self.unit_of_work() as session:
+        stored = progress.complete_chunk(session, claimed, outputs, self.poolq.settings.batch_parallel_chunks)
+    if stored is None:
+        log.info("batch %s chunk %d was stored by another attempt", batch_id, index)
+        return
+    _send_chunks(self, stored.send)
+    if stored.finalize:
+        send_finalize(self.poolq.celery, batch_id)  # if refused, the sweeper finds the batch due
+
+
+@shared_task(name=FINALIZE_BATCH, **_DURABLE)
+def finalize_batch(self: PoolqTask, batch_id: str) -> None:
+    with self.unit_of_work() as session:
+        status = closing.start_closing(session, batch_id)
+    if status is None:
+        return
+    with self.unit_of_work() as session:
+        closed = closing.close(session, batch_id, status)
+    log.info("batch %s %s", batch_id, status if closed else "was closed by another finalize")
+
+
+@shared_task(bind=True, base=PoolqTask, name=SWEEP_BATCHES, ignore_result=True)
+def sweep_batches(self: PoolqTask) -> int:
+    """Re-send what a lost message or a dead worker left behind."""
+    s = self.poolq.settings
+    with self.unit_of_work() as session:
+        validations, chunks, pumps, finals = closing.overdue(session, s.requeue_after_s, s.running_timeout_s)
+        closing.resend_chunks(session, chunks)
+        for batch_id in pumps:
+            chunks = chunks + progress.pump(session, batch_id, s.batch_parallel_chunks)
+    for batch_id in validations:
+        send_validate(self.poolq.celery, batch_id)
+    _send_chunks(self, chunks)
+    for batch_id in finals:
+        send_finalize(self.poolq.celery, batch_id)
+    count = len(validations) + len(chunks) + len(finals)
+    if count:
+        log.info("batch sweep: %d validation(s), %d chunk(s), %d finalize(s) sent", len(validations),
+                 len(chunks), len(finals))
+    return count
+
+
+@shared_task(bind=True, base=PoolqTask, name=EXPIRE_BATCHES, ignore_result=True)
+def expire_batches(self: PoolqTask) -> int:
+    """Batches past their completion window end as `expired`, keeping the lines they finished."""
+    with self.unit_of_work() as session:
+        ids = closing.expired_batches(session)
+    expired = 0
+    for batch_id in ids:
+        with self.unit_of_work() as session:
+            expired += closing.expire(session, batch_id)
+    if expired:
+        log.info("expired %d batch(es)", expired)
+    return expired
