@@ -27,7 +27,7 @@ def test_compose_file_matches_the_compose_spec():
 
 def test_compose_has_the_production_shape():
     services = load_compose()["services"]
-    assert {"postgres", "redis", "migrate", "api", "worker-gpu0", "beat", "flower"} <= set(services)
+    assert {"postgres", "redis", "migrate", "api", "worker-gpu0", "webhooks", "beat", "flower"} <= set(services)
     for name, service in services.items():
         for dependency in service.get("depends_on", {}):
             assert dependency in services, f"{name} depends on unknown {dependency}"
