@@ -287,3 +287,18 @@ def test_a_batch_past_its_window_expires_and_keeps_what_finished(oai, client, db
         assert session.scalar(select(func.count()).where(BatchOutput.batch_id == batch_id)) == 4
         assert session.get(BatchChunk, (batch_id, 1)).status == "cancelled"
         assert closing.expire(session, batch_id) is False
+
+
+def test_the_sweeper_resumes_a_batch_whose_messages_were_lost(oai, client, db, poolq):
+    """Validated and committed, then the process died before any send: beat's sweep picks it up."""
+    from app.batches.dispatch import SWEEP_BATCHES
+
+    batch_id = _validated(db, client, poolq.served, big_batch(20, per_line=1), chunk_lines=8)
+    with db() as session:
+        assert batch_id in closing.overdue(session, 900, 3600)[2]  # in progress, nothing in flight
+    poolq.celery.send_task(SWEEP_BATCHES, queue=poolq.settings.maintenance_queue)  # as beat does
+    time.sleep(1)
+    poolq.celery.send_task(SWEEP_BATCHES, queue=poolq.settings.maintenance_queue)  # duplicates are harmless
+    done = wait(oai, batch_id)
+    assert done.status == "completed" and done.request_counts.completed == 20, done
+    assert [o["custom_id"] for o in read_lines(oai, done.output_file_id)] == [f"r{i}" for i in range(20)]
