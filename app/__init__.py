@@ -63,11 +63,13 @@ def create_app(settings: Settings | None = None) -> Flask:
     from app.openapi import bp as openapi_bp
     from app.pooling.routes import bp as pooling_bp
     from app.system.routes import bp as system_bp
+    from app.webhooks.routes import bp as webhooks_bp
 
     app.register_blueprint(system_bp)
     app.register_blueprint(jobs_bp)
     app.register_blueprint(pooling_bp)
     app.register_blueprint(openapi_bp)
     app.register_blueprint(batches_bp)
+    app.register_blueprint(webhooks_bp)
     logging.getLogger(__name__).debug("poolq app created for %d model(s)", len(settings.models))
     return app

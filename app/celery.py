@@ -7,6 +7,7 @@ from flask import Flask
 
 from app.batches.dispatch import EXPIRE_BATCHES, SWEEP_BATCHES
 from app.config import Settings
+from app.webhooks.dispatch import SWEEP_WEBHOOKS, webhook_queue
 
 SWEEP_JOBS = "poolq.sweep_jobs"
 EXPIRE_JOBS = "poolq.expire_jobs"
@@ -56,6 +57,7 @@ def celery_init_app(app: Flask, settings: Settings) -> Celery:
         beat_schedule={
             "sweep-jobs": {"task": SWEEP_JOBS, "schedule": 30.0, "options": {"queue": settings.maintenance_queue}},
             "expire-jobs": {"task": EXPIRE_JOBS, "schedule": 3600.0, "options": {"queue": settings.maintenance_queue}},
+            "sweep-webhooks": {"task": SWEEP_WEBHOOKS, "schedule": 15.0, "options": {"queue": webhook_queue(settings)}},
             "sweep-batches": {"task": SWEEP_BATCHES, "schedule": 30.0, "options": {"queue": settings.maintenance_queue}},
             "expire-batches": {"task": EXPIRE_BATCHES, "schedule": 60.0,
                                "options": {"queue": settings.maintenance_queue}},

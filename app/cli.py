@@ -79,6 +79,15 @@ def worker(models, gpu, threads, beat, preload) -> None:
 
 
 @cli.command()
+@click.option("--threads", type=int, default=16, show_default=True)
+def webhooks(threads) -> None:
+    """Run a CPU worker that only delivers webhooks (queue `webhooks`)."""
+    from workers.main import run_webhook_worker
+
+    run_webhook_worker(_settings(), threads=threads)
+
+
+@cli.command()
 def beat() -> None:
     """Run Celery beat: the job sweeper and other schedules (exactly one per deployment)."""
     from app import create_app

@@ -21,6 +21,7 @@ from app.batches import schemas as batch_schemas
 from app.jobs.options import JobOptions
 from app.pooling import protocol as p
 from app.pooling import schemas as s
+from app.webhooks import schemas as webhook_schemas
 
 REF = "#/components/schemas/{model}"
 
@@ -58,6 +59,7 @@ def _components() -> dict[str, Any]:
     pairs += [(m, "serialization") for m in s.RESPONSE_MODELS]
     pairs += [(m, "validation") for m in batch_schemas.REQUEST_MODELS]
     pairs += [(m, "serialization") for m in batch_schemas.RESPONSE_MODELS]
+    pairs += [(m, "serialization") for m in webhook_schemas.RESPONSE_MODELS]
     _, top = models_json_schema(pairs, ref_template=REF)
     schemas = top["$defs"]
     # The bodies that are unions, as vLLM declares them (completion | chat, four score shapes).
@@ -219,8 +221,9 @@ def _document() -> dict[str, Any]:
         "tags": [{"name": "pooling", "description": "vLLM-compatible routes."},
                  {"name": "jobs", "description": "poolq's native jobs."},
                  {"name": "system", "description": "Health, readiness, models, this document."},
-                 batch_schemas.OPENAPI_TAG],
-        "paths": {**_pooling_paths(), **_other_paths(), **batch_schemas.openapi_paths(_json, _errors)},
+                 batch_schemas.OPENAPI_TAG, webhook_schemas.OPENAPI_TAG],
+        "paths": {**_pooling_paths(), **_other_paths(), **batch_schemas.openapi_paths(_json, _errors),
+                  **webhook_schemas.openapi_paths(_json, _errors)},
         "components": {"schemas": _components(), "securitySchemes": {
             "bearer": {"type": "http", "scheme": "bearer",
                        "description": "An API key from `poolq keys create` (not needed when POOLQ_AUTH=off)."}}},

@@ -7,6 +7,7 @@ import socket
 
 from app import create_app
 from app.config import Settings
+from app.webhooks.dispatch import webhook_queue
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +26,7 @@ def run_worker(settings: Settings, beat: bool = False, preload: bool = True, nam
         engine_registry(settings).preload()
     queues = [settings.queue_for(spec.name) for spec in settings.models] + [settings.maintenance_queue]
     queues += [settings.bulk_queue_for(spec.name) for spec in settings.models]
+    queues.append(webhook_queue(settings))  # a dedicated `poolq webhooks` worker may take these instead
     name = f"poolq-{name_suffix or 'worker'}@{socket.gethostname()}"
     argv = [
         "worker",
@@ -40,3 +42,14 @@ def run_worker(settings: Settings, beat: bool = False, preload: bool = True, nam
         argv += ["--beat", f"--schedule={settings.home / 'celerybeat-schedule'}"]
     log.info("worker %s consuming %s", name, ", ".join(queues))
     celery.worker_main(argv)
+
+
+def run_webhook_worker(settings: Settings, threads: int = 16) -> None:
+    """A CPU worker for webhook deliveries only: no model, no torch."""
+    flask_app = create_app(settings)
+    celery = flask_app.extensions["celery"]
+    import workers.tasks  # noqa: F401
+
+    name = f"poolq-webhooks@{socket.gethostname()}"
+    celery.worker_main(["worker", "--pool=threads", f"--concurrency={threads}", f"--queues={webhook_queue(settings)}",
+                        f"--hostname={name}", "--without-mingle", "--without-gossip", "--loglevel=INFO"])
