@@ -54,6 +54,10 @@ class Batch(Base):
     status: Mapped[str] = mapped_column(String(16), default="validating")
     meta: Mapped[dict[str, str] | None] = mapped_column("metadata", JSONDocument, default=None)
     errors: Mapped[dict[str, Any] | None] = mapped_column(JSONDocument, default=None)
+    # Like a job's: the endpoint, and which final states it is told of
+    # ("completed", "failed", "expired", "cancelled").
+    webhook_url: Mapped[str | None] = mapped_column(Text, default=None)
+    webhook_events: Mapped[list[str] | None] = mapped_column(JSONDocument, default=None)
     total: Mapped[int] = mapped_column(default=0)
     completed: Mapped[int] = mapped_column(default=0)
     failed: Mapped[int] = mapped_column(default=0)

@@ -20,19 +20,27 @@ DELIVERY_STATUSES = ("pending", "succeeded", "failed", "disabled")
 
 
 class WebhookDelivery(Base):
-    """One event for one endpoint; its id is the `webhook-id` on every attempt."""
+    """One event for one endpoint; its id is the `webhook-id` on every attempt.
+
+    The event is about a job or a batch: exactly one of `job_id` and
+    `batch_id` is set. Both cascade, so deleting the subject drops its deliveries.
+    """
 
     __tablename__ = "webhook_deliveries"
     __table_args__ = (
         CheckConstraint("status IN ('pending', 'succeeded', 'failed', 'disabled')", name="status_known"),
+        CheckConstraint("(job_id IS NULL) <> (batch_id IS NULL)", name="one_subject"),
         # The sweeper scans pending rows by due time.
         Index("ix_webhook_deliveries_status_next_attempt_at", "status", "next_attempt_at"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(primary_key=True, default=uuid.uuid4)
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
-    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True)
-    event: Mapped[str] = mapped_column(String(32))  # "job.started", "job.completed"
+    job_id: Mapped[uuid.UUID | None] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"), index=True,
+                                                     default=None)
+    batch_id: Mapped[str | None] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"), index=True,
+                                                 default=None)
+    event: Mapped[str] = mapped_column(String(32))  # "job.started", "job.completed", "batch.completed", ...
     url: Mapped[str] = mapped_column(Text)
     # The exact JSON text that is signed and sent, so every attempt is byte-identical.
     body: Mapped[str] = mapped_column(Text)
