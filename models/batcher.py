@@ -9,6 +9,11 @@ A bounded queue of depth 2 between them lets batch n+1 be collated (and
 copied to the device from pinned memory) while batch n runs, and back-
 pressures the collator so pending work piles up into fuller, better-sorted
 windows when the device is the bottleneck.
+
+Two lanes: interactive work (priority 0) and bulk work (priority > 0, e.g.
+batch chunks). A window is taken from the interactive lane whenever it holds
+anything, so an interactive request waits for at most the bulk batches
+already collated (two), never behind the bulk backlog.
 """
 from __future__ import annotations
 
@@ -63,7 +68,8 @@ class Batcher:
         self.pad_id = pad_id  # RoBERTa derives positions from it, so it must be the model's
         self.window_seqs = window_batches * max_batch_seqs
         self.window_tokens = window_batches * max_batch_tokens
-        self._pending: collections.deque[Item] = collections.deque()
+        # [interactive, bulk]; _pending_tokens counts both.
+        self._lanes: tuple[collections.deque[Item], collections.deque[Item]] = (collections.deque(), collections.deque())
         self._pending_tokens = 0
         self._cond = threading.Condition()
         self._ready: queue.Queue = queue.Queue(maxsize=2)
@@ -76,10 +82,12 @@ class Batcher:
         self._worker.start()
 
     # -- submitters' side -------------------------------------------------
-    def submit(self, sequences: list[tuple[torch.Tensor, torch.Tensor | None]], token: bool) -> Future:
+    def submit(self, sequences: list[tuple[torch.Tensor, torch.Tensor | None]], token: bool,
+               priority: int = 0) -> Future:
         """Queue one request's sequences; the future yields one output per sequence, in order.
 
         A sequence-level output is a [C] tensor of raw logits, a token-level one [n, C].
+        `priority` follows vLLM: lower runs earlier; anything above 0 is bulk.
         """
         request = _Request(len(sequences))
         now = time.monotonic()
@@ -87,7 +95,7 @@ class Batcher:
         with self._cond:
             if self._closed:
                 raise RuntimeError("the pooling engine is closed")
-            self._pending.extend(items)
+            self._lanes[1 if priority > 0 else 0].extend(items)
             self._pending_tokens += sum(it.length for it in items)
             self._cond.notify()
         return request.future
@@ -99,27 +107,33 @@ class Batcher:
         self._collator.join()
         self._ready.put(None)
         self._worker.join()
-        for item in self._pending:
-            _fail(item.request, RuntimeError("the pooling engine is closed"))
+        for lane in self._lanes:
+            for item in lane:
+                _fail(item.request, RuntimeError("the pooling engine is closed"))
 
     # -- collator thread --------------------------------------------------
     def _take_window(self) -> list[Item]:
         with self._cond:
-            while not self._pending and not self._closed:
+            while not self._queued() and not self._closed:
                 self._cond.wait()
             # Hold a lone small job at most max_wait, hoping for company.
-            deadline = self._pending[0].arrived + self.max_wait if self._pending else 0
+            heads = [lane[0].arrived for lane in self._lanes if lane]
+            deadline = min(heads) + self.max_wait if heads else 0
             while (not self._closed and self._pending_tokens < self.max_tokens
-                   and len(self._pending) < self.max_seqs and time.monotonic() < deadline):
+                   and self._queued() < self.max_seqs and time.monotonic() < deadline):
                 self._cond.wait(deadline - time.monotonic())
+            lane = self._lanes[0] if self._lanes[0] else self._lanes[1]
             window, tokens = [], 0
-            while self._pending and len(window) < self.window_seqs and tokens < self.window_tokens:
-                item = self._pending.popleft()
+            while lane and len(window) < self.window_seqs and tokens < self.window_tokens:
+                item = lane.popleft()
                 tokens += item.length
                 window.append(item)
             self._pending_tokens -= tokens
         # A request that already failed wastes no more device time.
         return [it for it in window if not it.request.future.done()]
+
+    def _queued(self) -> int:
+        return len(self._lanes[0]) + len(self._lanes[1])
 
     def _collate_loop(self) -> None:
         while True:

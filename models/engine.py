@@ -75,18 +75,20 @@ class PoolingEngine:
                                         thread_name_prefix="poolq-tokenize")
 
     # -- public API --------------------------------------------------------
+    # `priority` (all three methods) follows vLLM: lower runs earlier; above 0
+    # is bulk work, which the batcher serves only when no interactive work waits.
     def classify(self, prompts, use_activation=None, truncate_prompt_tokens=None, truncation_side=None,
-                 add_special_tokens=True) -> list[ClassificationOutput]:
+                 add_special_tokens=True, priority=0) -> list[ClassificationOutput]:
         self._require_task("classify")
         encoded, logits = self._run_prompts(prompts, False, truncate_prompt_tokens, truncation_side,
-                                            add_special_tokens)
+                                            add_special_tokens, priority=priority)
         probs = self._activation(torch.stack(logits), use_activation)
         labels = probs.argmax(dim=-1).tolist()
         return [ClassificationOutput(probs=p, label=self.card.id2label.get(k), num_prompt_tokens=len(e.input_ids))
                 for p, k, e in zip(probs.tolist(), labels, encoded)]
 
     def encode(self, prompts, pooling_task="classify", use_activation=None, truncate_prompt_tokens=None,
-               truncation_side=None, add_special_tokens=True, aggregation=None) -> list[PoolingOutput]:
+               truncation_side=None, add_special_tokens=True, aggregation=None, priority=0) -> list[PoolingOutput]:
         if pooling_task not in ("classify", "token_classify"):
             raise PoolingInputError(f"Unsupported task: {pooling_task!r} Supported tasks: "
                                     f"{self.supported_tasks}", "task")
@@ -96,11 +98,12 @@ class PoolingEngine:
                 raise PoolingInputError("aggregation applies to token_classify only", "aggregation")
             return [PoolingOutput(data=o.probs, num_prompt_tokens=o.num_prompt_tokens)
                     for o in self.classify(prompts, use_activation, truncate_prompt_tokens, truncation_side,
-                                           add_special_tokens)]
+                                           add_special_tokens, priority)]
         if aggregation is not None and aggregation not in STRATEGIES:
             raise PoolingInputError(f"aggregation must be one of {STRATEGIES}", "aggregation")
         encoded, logits = self._run_prompts(prompts, True, truncate_prompt_tokens, truncation_side,
-                                            add_special_tokens, with_offsets=aggregation is not None)
+                                            add_special_tokens, with_offsets=aggregation is not None,
+                                            priority=priority)
         lengths = [t.shape[0] for t in logits]
         flat = torch.cat(logits)
         data = self._activation(flat, use_activation).split(lengths)
@@ -115,7 +118,7 @@ class PoolingEngine:
         return outs
 
     def score(self, data_1, data_2, use_activation=None, max_tokens_per_query=0, max_tokens_per_doc=0,
-              chat_template_kwargs=None, truncate_prompt_tokens=None) -> list[ScoringOutput]:
+              chat_template_kwargs=None, truncate_prompt_tokens=None, priority=0) -> list[ScoringOutput]:
         if not self.card.supports_score:
             if self.card.task == "classify":
                 raise PoolingInputError("Scoring API is only enabled for num_labels == 1.")
@@ -128,7 +131,7 @@ class PoolingEngine:
             chat_template_kwargs=chat_template_kwargs, limit=limit, max_model_len=self.max_model_len)
         for e in encoded:
             inp.check_length(len(e.input_ids), self.max_model_len)
-        logits = self._gather(self._submit([encoded], token=False))
+        logits = self._gather(self._submit([encoded], token=False, priority=priority))
         scores = self._activation(torch.stack(logits), use_activation)[:, 0].tolist()
         return [ScoringOutput(score=s, num_prompt_tokens=len(e.input_ids)) for s, e in zip(scores, encoded)]
 
@@ -161,7 +164,7 @@ class PoolingEngine:
         raise PoolingInputError(f"Try switching the model's pooling_task via --pooler-config.task {task}.", "task")
 
     def _run_prompts(self, prompts, token, truncate_prompt_tokens, truncation_side, add_special_tokens,
-                     with_offsets=False) -> tuple[list[Encoded], list[torch.Tensor]]:
+                     with_offsets=False, priority=0) -> tuple[list[Encoded], list[torch.Tensor]]:
         items = inp.normalize_prompts(prompts)
         limit = inp.resolve_truncation(truncate_prompt_tokens, self.max_model_len)
         if truncation_side not in (None, "left", "right"):
@@ -173,7 +176,7 @@ class PoolingEngine:
         else:
             # Tokenize chunks in parallel and submit each as soon as it is ready, in order.
             encoded_chunks = (f.result() for f in [self._pool.submit(self._encode_chunk, c, *args) for c in chunks])
-        futures, encoded = self._submit(encoded_chunks, token, collect=True)
+        futures, encoded = self._submit(encoded_chunks, token, collect=True, priority=priority)
         return encoded, self._gather(futures)
 
     def _encode_chunk(self, prompts, limit, side, add_special_tokens, with_offsets) -> list[Encoded]:
@@ -195,12 +198,12 @@ class PoolingEngine:
             out.append(e)
         return out
 
-    def _submit(self, encoded_chunks, token, collect=False):
+    def _submit(self, encoded_chunks, token, collect=False, priority=0):
         futures, encoded = [], []
         try:
             for chunk in encoded_chunks:
                 encoded.extend(chunk)
-                futures.append(self._batcher.submit(inp.to_tensors(chunk), token))
+                futures.append(self._batcher.submit(inp.to_tensors(chunk), token, priority))
         except BaseException:
             # A later chunk failed validation: drop the work already queued.
             for f in futures:

@@ -26,6 +26,9 @@ from workers import execution
 log = logging.getLogger(__name__)
 
 
+BULK_PRIORITY = 1
+
+
 @dataclass
 class _Plan:
     key: str  # lines with the same key share one engine call
@@ -38,7 +41,8 @@ def _plan(model: str, req: dict[str, Any]) -> _Plan | None:
     endpoint = req.get("endpoint")
     if "messages" in req:
         return None
-    common = execution._common(req)
+    # Batch chunks always run in the engine's bulk lane, behind interactive jobs.
+    common = {**execution._common(req), "priority": BULK_PRIORITY}
     special = req.get("add_special_tokens", True)
     rid = req["request_id"]
     if endpoint == "classify":
@@ -52,7 +56,7 @@ def _plan(model: str, req: dict[str, Any]) -> _Plan | None:
                      lambda engine, items: engine.encode(items, pooling_task=task, add_special_tokens=special,
                                                          aggregation=aggregation, **common),
                      lambda outs: responses.pooling(rid, model, outs, _encoded(req, outs)))
-    kwargs = execution._score_kwargs(req)
+    kwargs = {**execution._score_kwargs(req), "priority": BULK_PRIORITY}
     key = json.dumps(["score", kwargs], sort_keys=True)
 
     def call(engine, pairs):

@@ -55,7 +55,9 @@ def _chunked(run: Callable[[Sequence], list], items: Sequence, cancelled: Callab
 def _common(req: dict[str, Any]) -> dict[str, Any]:
     return {"use_activation": req.get("use_activation"),
             "truncate_prompt_tokens": req.get("truncate_prompt_tokens"),
-            "truncation_side": req.get("truncation_side")}
+            "truncation_side": req.get("truncation_side"),
+            # vLLM's request priority: lower runs earlier; above 0 waits behind interactive work.
+            "priority": req.get("priority", 0)}
 
 
 def run_classify(engine, job: ClaimedJob, cancelled) -> dict[str, Any]:
@@ -86,7 +88,8 @@ def _score_kwargs(req: dict[str, Any]) -> dict[str, Any]:
             "truncate_prompt_tokens": req.get("truncate_prompt_tokens"),
             "max_tokens_per_query": req.get("max_tokens_per_query", 0),
             "max_tokens_per_doc": req.get("max_tokens_per_doc", 0),
-            "chat_template_kwargs": req.get("chat_template_kwargs")}
+            "chat_template_kwargs": req.get("chat_template_kwargs"),
+            "priority": req.get("priority", 0)}
 
 
 def run_score(engine, job: ClaimedJob, cancelled) -> dict[str, Any]:

@@ -153,3 +153,36 @@ def test_gpu_bf16_close_to_cpu_fp32(model_dirs, engine_factory, bert):
     got = torch.tensor([o.probs for o in gpu.classify(TEXTS)])
     want = torch.tensor([o.probs for o in bert.classify(TEXTS)])
     assert got == pytest.approx(want, abs=3e-2)
+
+
+def test_interactive_work_overtakes_a_bulk_backlog(tmp_path):
+    """A bulk backlog (priority 1) does not delay an interactive request behind it."""
+    import threading
+    import time as _time
+
+    import tiny_models
+    from models import PoolingEngine
+
+    path = tiny_models.build_bert_classifier(tmp_path / "prio", num_labels=2)
+    engine = PoolingEngine(model=str(path), max_batch_tokens=256, max_batch_seqs=8, max_wait_ms=0)
+    try:
+        bulk_texts = ["bulk text " * 20] * 3000
+        done = {}
+
+        def bulk():
+            engine.classify(bulk_texts, priority=1)
+            done["bulk"] = _time.monotonic()
+
+        thread = threading.Thread(target=bulk)
+        thread.start()
+        _time.sleep(0.3)  # the backlog is queued
+        start = _time.monotonic()
+        interactive = engine.classify(["urgent"])
+        done["interactive"] = _time.monotonic()
+        thread.join()
+        assert len(interactive) == 1
+        assert done["interactive"] < done["bulk"]
+        # and it did not wait for the backlog: far less than the bulk's own duration
+        assert done["interactive"] - start < (done["bulk"] - start) / 3
+    finally:
+        engine.close()
