@@ -2,7 +2,8 @@
 
 One invocation measures, in the same run and on the same texts:
   a. the engine in process (`PoolingEngine(dir).classify(texts)`): the denominator;
-  b. bulk: one job of N texts via POST /v1/jobs, polled to completion (target 2: >= 70% of a);
+  b. bulk: one job of N texts via POST /v1/jobs, polled to completion (target 2: >= 70% of a),
+     and the same N texts as a JSONL bulk batch through /v1/files + /v1/batches (issue 6: >= 70%);
   c. interactive: one-text requests on the synchronous route POST /classify, sequential
      on an idle worker and with C concurrent clients (target 3), plus the engine-only
      latency of one text in process;
@@ -99,7 +100,7 @@ def options() -> argparse.Namespace:
                    help="load-generator processes (threads are split over them)")
     p.add_argument("--bulk-poll-s", type=float, default=float(env("bulk_poll_s", 0.2)),
                    help="longest pause between polls of the bulk job (each poll of a running job reads its row)")
-    p.add_argument("--skip", default=env("skip", ""), help="comma list of phases to skip: engine,noop,bulk,"
+    p.add_argument("--skip", default=env("skip", ""), help="comma list of phases to skip: engine,noop,bulk,batch,"
                    "latency,concurrent,small")
     a = p.parse_args()
     a.shapes = [s for s in a.shapes.split(",") if s]
@@ -463,6 +464,42 @@ def bulk(api: Api, model: str, texts: list[str], n: int, engine_rate: float | No
             "polls": polls, "slowest_poll_s": round(slowest, 3), "cpu_s": cpu}
 
 
+def batch_run(port: int, model: str, texts: list[str], n: int, engine_rate: float | None, meter: CpuMeter,
+              poll_s: float) -> dict:
+    """A bulk batch (issue 6): N one-text `/classify` lines in a JSONL file, uploaded, run, polled."""
+    import requests
+
+    lines = "".join(json.dumps({"custom_id": f"line-{i}", "method": "POST", "url": "/classify",
+                                "body": {"model": model, "input": texts[i % len(texts)]}}) + "\n" for i in range(n))
+    base = f"http://127.0.0.1:{port}"
+    before = meter.snapshot()
+    t0 = time.time()
+    upload = requests.post(f"{base}/v1/files", files={"file": ("bench.jsonl", lines.encode())},
+                           data={"purpose": "batch"}, timeout=600)
+    upload.raise_for_status()
+    created = requests.post(f"{base}/v1/batches", json={"input_file_id": upload.json()["id"], "endpoint": "/classify",
+                                                       "completion_window": "24h"}, timeout=60)
+    created.raise_for_status()
+    batch, delay = created.json(), 0.02
+    while batch["status"] not in ("completed", "failed", "expired", "cancelled"):
+        time.sleep(delay)
+        delay = min(delay * 1.5, poll_s)
+        batch = requests.get(f"{base}/v1/batches/{batch['id']}", timeout=60).json()
+    t1 = time.time()
+    cpu = CpuMeter.delta(before, meter.snapshot())
+    counts = batch["request_counts"]
+    if batch["status"] != "completed" or counts["completed"] != n:
+        raise RuntimeError(f"batch {batch['status']}: {counts} {batch.get('errors')}")
+    output = requests.get(f"{base}/v1/files/{batch['output_file_id']}/content", timeout=600).text.splitlines()
+    if len(output) != n or len({json.loads(line)["custom_id"] for line in output}) != n:
+        raise RuntimeError("batch output lost or repeated a line")
+    rate = n / (t1 - t0)
+    return {"n": n, "seconds": round(t1 - t0, 3), "lines_per_s": round(rate, 1),
+            "ratio_vs_engine": round(rate / engine_rate, 3) if engine_rate else None,
+            "in_progress_to_completed_s": round((batch["completed_at"] or t1) - (batch["in_progress_at"] or t0), 3),
+            "cpu_s": cpu}
+
+
 def db_stats(conn: psycopg.Connection, model: str, since: float) -> dict:
     """Per-job timestamps written by the API (created) and the worker (started, finished)."""
     row = conn.execute(
@@ -585,6 +622,11 @@ def main() -> int:
                 res["bulk"] = bulk(api, s, texts, bulk_n(a, s), engine_rate, meter, a.bulk_poll_s)
                 res["bulk"]["loadavg_1m"] = loadavg()  # other load on this machine skews figures
                 print(json.dumps({"phase": "bulk", "shape": s, **res["bulk"]}), flush=True)
+            if "batch" not in a.skip:
+                log(f"# batch (JSONL file, /v1/batches): {s}, n={bulk_n(a, s)}")
+                res["batch"] = batch_run(port, s, texts, bulk_n(a, s), engine_rate, meter, a.bulk_poll_s)
+                res["batch"]["loadavg_1m"] = loadavg()
+                print(json.dumps({"phase": "batch", "shape": s, **res["batch"]}), flush=True)
             if "latency" not in a.skip:
                 log(f"# interactive, sequential: {s}")
                 since = time.time()
@@ -744,6 +786,11 @@ def markdown(r: dict) -> str:
             f"{g(v, 'sync_idle', 'p50_ms')} / {g(v, 'sync_idle', 'p99_ms')} | "
             f"C={g(v, 'sync_concurrent', 'clients')}: {g(v, 'sync_concurrent', 'p50_ms')} / "
             f"{g(v, 'sync_concurrent', 'p99_ms')}, {g(v, 'sync_concurrent', 'rate_per_s')} |")
+    lines += ["", "| shape | bulk batch (JSONL, /v1/batches) lines/s (N) | batch / engine (target >= 0.7) |",
+              "|---|---|---|"]
+    for s, v in r["shapes"].items():
+        lines.append(f"| {s} | {g(v, 'batch', 'lines_per_s')} ({g(v, 'batch', 'n')}) | "
+                     f"{g(v, 'batch', 'ratio_vs_engine')} |")
     sj, noop = r.get("small_jobs", {}), r.get("celery_noop", {})
     lines += ["", "| small jobs (one text, shape " + str(g(sj, 'shape')) + f", {g(sj, 'clients')} clients) | jobs/s | "
               "ratio vs Celery no-op (target >= 0.5) |", "|---|---|---|",
