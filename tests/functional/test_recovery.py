@@ -1,0 +1,129 @@
+"""Accepted work is never lost: a worker killed mid-job, a broker down at submit.
+
+These run their own `poolq worker` processes on a namespace of their own, so
+killing one never disturbs the shared worker of the other tests.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from app import create_app
+from app.celery import SWEEP_JOBS
+from app.config import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+class Worker:
+    def __init__(self, env: dict, log: Path):
+        self.log = log
+        self.proc = subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], env=env, cwd=REPO,
+                                     stdout=open(log, "w"), stderr=subprocess.STDOUT)
+
+    def wait_ready(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"worker exited:\n{self.log.read_text()}")
+            if "ready." in self.log.read_text():
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"worker not ready:\n{self.log.read_text()}")
+
+    def kill(self) -> None:
+        self.proc.send_signal(signal.SIGKILL)
+        self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+@pytest.fixture
+def recovery_env(deployment_env, namespace):
+    # Running jobs count as abandoned after 2 s, so the sweeper re-queues them quickly.
+    return {**deployment_env, "POOLQ_NAMESPACE": f"{namespace}rec.", "POOLQ_RUNNING_TIMEOUT_S": "2",
+            "POOLQ_REQUEUE_AFTER_S": "2", "POOLQ_MODELS": deployment_env["POOLQ_MODELS"].split(",")[0]}
+
+
+@pytest.fixture
+def api(recovery_env, api_keys):
+    app = create_app(Settings.from_env(recovery_env))
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {api_keys['alpha']}"
+    client.celery = app.extensions["celery"]
+    client.settings = app.extensions["poolq"].settings
+    return client
+
+
+def wait_status(api, job_id: str, wanted: set[str], timeout: float = 60) -> dict:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = api.get(f"/v1/jobs/{job_id}").json
+        if job["status"] in wanted:
+            return job
+        time.sleep(0.02)
+    raise AssertionError(f"job {job_id} is {job['status']}, never {wanted}")
+
+
+def sweep(api) -> None:
+    api.celery.send_task(SWEEP_JOBS, queue=api.settings.maintenance_queue)
+
+
+def test_a_job_survives_its_worker_killed_mid_run(recovery_env, api, tmp_path):
+    env = {**os.environ, **recovery_env}
+    first = Worker(env, tmp_path / "first.log")
+    second = None
+    try:
+        first.wait_ready()
+        texts = [f"a sentence to classify, number {i}" for i in range(12000)]
+        job_id = api.post("/v1/jobs", json={"task": "classify", "model": "tiny", "input": texts}).json["id"]
+        wait_status(api, job_id, {"running"})
+        first.kill()  # SIGKILL: no ack, no clean shutdown
+        second = Worker(env, tmp_path / "second.log")
+        second.wait_ready()
+        time.sleep(2.5)  # past POOLQ_RUNNING_TIMEOUT_S: the job counts as abandoned
+        sweep(api)
+        job = wait_status(api, job_id, {"succeeded", "failed"}, timeout=120)
+        assert job["status"] == "succeeded", job
+        assert job["attempts"] >= 2  # claimed again by the second worker
+        assert len(job["result"]["data"]) == 12000
+        assert [d["index"] for d in job["result"]["data"]] == list(range(12000))
+    finally:
+        for worker in (first, second):
+            if worker is not None:
+                worker.stop()
+
+
+def test_a_job_accepted_while_the_broker_was_down_runs_once_it_is_back(recovery_env, api_keys, tmp_path):
+    """The row is committed first; the sweeper sends what the broker refused."""
+    down = create_app(Settings.from_env({**recovery_env, "POOLQ_BROKER_URL": "redis://127.0.0.1:1/0"})).test_client()
+    down.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {api_keys['alpha']}"
+    response = down.post("/v1/jobs", json={"task": "classify", "model": "tiny", "input": ["kept", "safe"]})
+    assert response.status_code == 202
+    job_id = response.json["id"]
+    app = create_app(Settings.from_env(recovery_env))
+    up = app.test_client()
+    up.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {api_keys['alpha']}"
+    up.celery, up.settings = app.extensions["celery"], app.extensions["poolq"].settings
+    worker = Worker({**os.environ, **recovery_env}, tmp_path / "worker.log")
+    try:
+        worker.wait_ready()
+        assert up.get(f"/v1/jobs/{job_id}").json["status"] == "queued"
+        sweep(up)
+        job = wait_status(up, job_id, {"succeeded", "failed"})
+        assert job["status"] == "succeeded" and len(job["result"]["data"]) == 2
+    finally:
+        worker.stop()
