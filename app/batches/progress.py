@@ -32,12 +32,18 @@ from app.served import ServedModels
 ChunkKey = tuple[str, int, str]  # batch id, chunk index, model
 
 
+@dataclass(frozen=True)
+class Validated:
+    send: list[ChunkKey]  # the chunks to send first
+    failed: bool = False  # this call moved the batch to `failed` (a final state: its webhook is due)
+
+
 def validate(session: Session, batch_id: str, served: ServedModels, max_items: int, chunk_lines: int,
-             window: int) -> list[ChunkKey]:
-    """Parse the input and cut it into chunks; the chunks to send first. A no-op unless validating."""
+             window: int) -> Validated:
+    """Parse the input and cut it into chunks. A no-op unless validating."""
     batch = session.get(Batch, batch_id)
     if batch is None or batch.status != "validating":
-        return []
+        return Validated([])
     content = session.scalar(select(File.content).where(File.id == batch.input_file_id))
     parsed = parse_file(content or b"", batch.endpoint, served, max_items)
     if content is None:
@@ -48,12 +54,12 @@ def validate(session: Session, batch_id: str, served: ServedModels, max_items: i
     # here earlier leaves nothing for this one to do.
     if not session.execute(update(Batch).where(Batch.id == batch_id, Batch.status == "validating")
                            .values(status=target)).rowcount:
-        return []
+        return Validated([])
     if parsed.fatal:
         problems = [{"code": "invalid_file", "message": parsed.fatal, "param": None, "line": None}]
         session.execute(update(Batch).where(Batch.id == batch_id).values(
             failed_at=now, errors={"object": "list", "data": problems + parsed.problems}))
-        return []
+        return Validated([], failed=True)
     by_model: dict[str, list] = {}
     for line_no, custom_id, model, request in parsed.valid:
         by_model.setdefault(model, []).append([line_no, custom_id, request])
@@ -70,7 +76,7 @@ def validate(session: Session, batch_id: str, served: ServedModels, max_items: i
                                               for no, line in parsed.errors])
     session.execute(update(Batch).where(Batch.id == batch_id).values(
         in_progress_at=now, total=parsed.total, failed=len(parsed.errors), chunks_total=len(chunks)))
-    return pump(session, batch_id, window)
+    return Validated(pump(session, batch_id, window))
 
 
 def pump(session: Session, batch_id: str, window: int) -> list[ChunkKey]:

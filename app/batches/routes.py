@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, current_app, jsonify, request
 
-from app.batches import dispatch, files, services
+from app.batches import dispatch, events, files, services
 from app.db.request import db_session
 from app.errors import bad_request
 from app.http import json_body
 from app.tenants.auth import current_tenant_id
+from app.webhooks.services import delivery_resource
 
 bp = Blueprint("batches", __name__)
 
@@ -65,7 +66,7 @@ def delete_file(file_id: str):
 def create_batch():
     poolq = current_app.extensions["poolq"]
     session = db_session()
-    batch = services.create_batch(session, current_tenant_id(), json_body())
+    batch = services.create_batch(session, current_tenant_id(), json_body(), poolq.settings)
     session.commit()
     # A refused send needs no undo: the sweeper re-sends validations left too long.
     dispatch.send_validate(poolq.celery, batch.id)
@@ -92,6 +93,12 @@ def cancel_batch(batch_id: str):
     if batch.status == "cancelling":
         dispatch.send_finalize(poolq.celery, batch.id)  # closes it at once if no chunk is running
     return jsonify(services.batch_resource(batch))
+
+
+@bp.get("/v1/batches/<batch_id>/webhook-deliveries")
+def list_webhook_deliveries(batch_id: str):
+    deliveries = events.batch_deliveries(db_session(), current_tenant_id(), batch_id)
+    return jsonify({"object": "list", "data": [delivery_resource(d) for d in deliveries]})
 
 
 def _page(data: list[dict], has_more: bool) -> dict:

@@ -14,6 +14,7 @@ from pydantic import BaseModel, Field
 
 from app.pooling.schemas import ResponseModel
 
+BatchEvent = Literal["completed", "failed", "expired", "cancelled"]
 Endpoint = Literal["/classify", "/pooling", "/score", "/v1/score", "/rerank", "/v1/rerank", "/v2/rerank"]
 
 
@@ -25,6 +26,11 @@ class BatchCreateRequest(BaseModel):
     endpoint: Endpoint
     completion_window: str = Field(default="24h", description="`24h` (OpenAI), or `<N>s|m|h|d` up to 7 days.")
     metadata: dict[str, str] | None = None
+    webhook: str | None = Field(default=None, max_length=2048, description=(
+        "Called (Standard Webhooks, signed) when the batch ends, with the batch object plus `type`: "
+        "`batch.completed`, `batch.failed`, `batch.expired` or `batch.cancelled`."))
+    webhook_events_filter: list[BatchEvent] | None = Field(
+        default=None, min_length=1, description="Which final states to announce; all four by default.")
 
 
 class FileObject(ResponseModel):
@@ -93,6 +99,8 @@ class BatchObject(ResponseModel):
     cancelled_at: int | None
     request_counts: BatchRequestCounts
     metadata: dict[str, str] | None
+    webhook: str | None
+    webhook_events_filter: list[BatchEvent] | None
 
 
 class BatchList(ResponseModel):
@@ -159,5 +167,9 @@ def openapi_paths(json_response: Callable[..., dict[str, Any]],
         "/v1/batches/{batch_id}/cancel": {"post": operation(
             "cancelBatch", "Cancel: chunks not started never run; running ones finish and are kept.",
             {"200": json_response("BatchObject", "The batch, cancelling or cancelled."), **errors("404", "409")},
+            path_param("batch_id"))},
+        "/v1/batches/{batch_id}/webhook-deliveries": {"get": operation(
+            "listBatchWebhookDeliveries", "A batch's webhook deliveries (its final event), each with every attempt.",
+            {"200": json_response("WebhookDeliveryList", "The deliveries."), **errors("404")},
             path_param("batch_id"))},
     }

@@ -16,12 +16,16 @@ from app.batches.lines import URL_ENDPOINTS
 from app.batches.records import Batch, BatchChunk
 from app.db.base import utcnow
 from app.errors import APIError, bad_request, not_found
+from app.webhooks.services import validate_subscription
 
 WINDOW_RE = re.compile(r"^([1-9][0-9]{0,5})([smhd])$")
 WINDOW_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 MAX_WINDOW_S = 7 * 86400
 MAX_PAGE = 100
 BATCH_ID = re.compile(r"^batch_[0-9a-f]{24}$")
+# A batch's webhook events: its final states (app/batches/events.py).
+BATCH_EVENTS = ("completed", "failed", "expired", "cancelled")
+MAX_WEBHOOK_URL = 2048
 
 
 def completion_window_s(raw: Any) -> int:
@@ -45,7 +49,18 @@ def _metadata(raw: Any) -> dict[str, str] | None:
     return raw
 
 
-def create_batch(session: Session, tenant_id: uuid.UUID, body: Any) -> Batch:
+def _subscription(session: Session, tenant_id: uuid.UUID, body: dict[str, Any],
+                  settings: Any) -> tuple[str | None, list[str] | None]:
+    """`webhook` and `webhook_events_filter`, checked as a job's are (URL safety, endpoints disabled by a 410)."""
+    url = body.get("webhook")
+    if url is not None and (not isinstance(url, str) or not 0 < len(url) <= MAX_WEBHOOK_URL):
+        raise bad_request(f"webhook must be a URL of at most {MAX_WEBHOOK_URL} characters", "webhook")
+    return validate_subscription(url, body.get("webhook_events_filter"), settings, session=session,
+                                 tenant_id=tenant_id, known=BATCH_EVENTS, default=BATCH_EVENTS)
+
+
+def create_batch(session: Session, tenant_id: uuid.UUID, body: Any, settings: Any = None) -> Batch:
+    """`settings` (the app's) is needed only when the body subscribes a webhook."""
     if not isinstance(body, dict):
         raise bad_request("The request body must be a JSON object.")
     endpoint = body.get("endpoint")
@@ -60,10 +75,12 @@ def create_batch(session: Session, tenant_id: uuid.UUID, body: Any) -> Batch:
     if file.purpose != "batch":
         raise bad_request(f"File {file_id} has purpose {file.purpose!r}; a batch input needs purpose 'batch'.",
                           "input_file_id")
+    meta = _metadata(body.get("metadata"))
+    webhook_url, webhook_events = _subscription(session, tenant_id, body, settings)
     now = utcnow()
     batch = Batch(id=f"batch_{secrets.token_hex(12)}", tenant_id=tenant_id, endpoint=endpoint,
-                  input_file_id=file.id, completion_window=window, status="validating",
-                  meta=_metadata(body.get("metadata")), created_at=now,
+                  input_file_id=file.id, completion_window=window, status="validating", meta=meta,
+                  webhook_url=webhook_url, webhook_events=webhook_events, created_at=now,
                   expires_at=now + dt.timedelta(seconds=seconds))
     session.add(batch)
     session.flush()
@@ -134,4 +151,7 @@ def batch_resource(batch: Batch) -> dict[str, Any]:
         "cancelled_at": epoch(batch.cancelled_at),
         "request_counts": {"total": batch.total, "completed": batch.completed, "failed": batch.failed},
         "metadata": batch.meta,
+        # poolq's, beside OpenAI's fields (its client keeps unknown fields).
+        "webhook": batch.webhook_url,
+        "webhook_events_filter": batch.webhook_events,
     }

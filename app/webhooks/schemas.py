@@ -41,8 +41,10 @@ class WebhookDeliveryResource(ResponseModel):
     id: str = Field(json_schema_extra={"format": "uuid"})
     object: Literal["webhook_delivery"]
     webhook_id: str
-    job_id: str = Field(json_schema_extra={"format": "uuid"})
-    event: Literal["job.started", "job.completed"]
+    job_id: str | None = Field(json_schema_extra={"format": "uuid"}, description="Set for a job's events.")
+    batch_id: str | None = Field(description="Set for a batch's events.")
+    event: Literal["job.started", "job.completed", "batch.completed", "batch.failed", "batch.expired",
+                   "batch.cancelled"]
     url: str
     status: Literal["pending", "succeeded", "failed", "disabled"] = Field(
         description="`disabled`: the endpoint answered 410 Gone; nothing more is sent to it.")
@@ -58,7 +60,7 @@ class WebhookDeliveryList(ResponseModel):
 
 
 RESPONSE_MODELS = (WebhookSecret, WebhookDeliveryResource, WebhookDeliveryList)
-OPENAPI_TAG = {"name": "webhooks", "description": "Signing secrets and the deliveries of job events."}
+OPENAPI_TAG = {"name": "webhooks", "description": "Signing secrets and the deliveries of job and batch events."}
 
 
 def openapi_paths(json_response: Callable[..., dict[str, Any]],

@@ -1,8 +1,9 @@
 """Webhook subscriptions, delivery rows, and what the routes show. Functions flush; callers commit.
 
-A job carries `webhook` and `webhook_events_filter`; each subscribed event of
-the job becomes one delivery row, written in the same transaction as the
-job's state change, so an event is never lost between the two.
+A job (or a batch, app/batches/events.py) carries `webhook` and
+`webhook_events_filter`; each subscribed event becomes one delivery row,
+written in the same transaction as the state change, so an event is never
+lost between the two.
 """
 
 from __future__ import annotations
@@ -27,11 +28,14 @@ DEFAULT_EVENTS = ["completed"]
 
 
 def validate_subscription(url: str | None, events: list[str] | None, settings: Any, *,
-                          session: Session | None = None,
-                          tenant_id: uuid.UUID | None = None) -> tuple[str | None, list[str] | None]:
+                          session: Session | None = None, tenant_id: uuid.UUID | None = None,
+                          known: tuple[str, ...] = EVENTS,
+                          default: tuple[str, ...] | list[str] = tuple(DEFAULT_EVENTS),
+                          ) -> tuple[str | None, list[str] | None]:
     """At submit: (url, events) to store on the job, or a 400 saying what is wrong.
 
-    `session` and `tenant_id` default to the current request's.
+    `session` and `tenant_id` default to the current request's; `known` and
+    `default` are the subject's events (a job's by default).
     """
     if url is None:
         if events is not None:
@@ -44,18 +48,18 @@ def validate_subscription(url: str | None, events: list[str] | None, settings: A
     if endpoint_disabled(session or _request_session(), tenant_id or _request_tenant(), url):
         raise bad_request("The webhook URL answered 410 Gone to an earlier delivery and is disabled.",
                           param="webhook")
-    return url, _valid_events(events)
+    return url, _valid_events(events, known, default)
 
 
-def _valid_events(events: Any) -> list[str]:
+def _valid_events(events: Any, known: tuple[str, ...], default: tuple[str, ...] | list[str]) -> list[str]:
     if events is None:
-        return list(DEFAULT_EVENTS)
+        return list(default)
     if not isinstance(events, list) or not events or not all(isinstance(e, str) for e in events):
-        raise bad_request(f"`webhook_events_filter` must be a non-empty list of events from {list(EVENTS)}.",
+        raise bad_request(f"`webhook_events_filter` must be a non-empty list of events from {list(known)}.",
                           param="webhook_events_filter")
-    unknown = [e for e in events if e not in EVENTS]
+    unknown = [e for e in events if e not in known]
     if unknown:
-        raise bad_request(f"Unknown webhook event(s) {unknown}; known events: {list(EVENTS)}.",
+        raise bad_request(f"Unknown webhook event(s) {unknown}; known events: {list(known)}.",
                           param="webhook_events_filter")
     return list(dict.fromkeys(events))
 
@@ -76,16 +80,22 @@ def job_event(session: Session, job_id: uuid.UUID, event: str) -> list[uuid.UUID
     if endpoint_disabled(session, job.tenant_id, job.webhook_url):
         return []
     payload = {"type": f"job.{event}", **job_resource(job, job_result_body(session, job))}
+    return [add_delivery(session, job.tenant_id, job.webhook_url, payload, job_id=job.id)]
+
+
+def add_delivery(session: Session, tenant_id: uuid.UUID, url: str, payload: dict[str, Any], *,
+                 job_id: uuid.UUID | None = None, batch_id: str | None = None) -> uuid.UUID:
+    """A pending delivery of `payload` (its `type` is the event) about one job or one batch; flushed."""
     now = utcnow()
     delivery = WebhookDelivery(
-        id=uuid.uuid4(), tenant_id=job.tenant_id, job_id=job.id, event=payload["type"], url=job.webhook_url,
+        id=uuid.uuid4(), tenant_id=tenant_id, job_id=job_id, batch_id=batch_id, event=payload["type"], url=url,
         # ASCII JSON: the exact text signed on every attempt, and never a NUL byte Postgres' text refuses.
         body=json.dumps(payload), status="pending", next_attempt_at=now,
         # Optimistic, like jobs: the send follows the commit, and a refused send is marked unsent.
         enqueued_at=now, created_at=now)
     session.add(delivery)
     session.flush()
-    return [delivery.id]
+    return delivery.id
 
 
 def tenant_job(session: Session, tenant_id: uuid.UUID, job_id: str) -> Job:
@@ -121,7 +131,8 @@ def delivery_resource(delivery: WebhookDelivery) -> dict[str, Any]:
         "id": str(delivery.id),
         "object": "webhook_delivery",
         "webhook_id": delivery.webhook_id,
-        "job_id": str(delivery.job_id),
+        "job_id": str(delivery.job_id) if delivery.job_id else None,
+        "batch_id": delivery.batch_id,
         "event": delivery.event,
         "url": delivery.url,
         "status": delivery.status,

@@ -11,9 +11,10 @@ import logging
 from celery import shared_task
 from sqlalchemy.exc import OperationalError
 
-from app.batches import closing, progress
+from app.batches import closing, events, progress
 from app.batches.dispatch import (EXPIRE_BATCHES, FINALIZE_BATCH, RUN_BATCH_CHUNK, SWEEP_BATCHES, VALIDATE_BATCH,
                                   send_chunk, send_finalize, send_validate)
+from app.webhooks.dispatch import send_deliveries
 from workers import bulk
 from workers.base import PoolqTask
 from workers.engines import engine_registry
@@ -35,9 +36,11 @@ def _send_chunks(task: PoolqTask, keys: list[progress.ChunkKey]) -> None:
 def validate_batch(self: PoolqTask, batch_id: str) -> None:
     s = self.poolq.settings
     with self.unit_of_work() as session:
-        keys = progress.validate(session, batch_id, self.poolq.served, s.max_items_per_request,
-                                 s.batch_chunk_lines, s.batch_parallel_chunks)
-    _send_chunks(self, keys)
+        validated = progress.validate(session, batch_id, self.poolq.served, s.max_items_per_request,
+                                      s.batch_chunk_lines, s.batch_parallel_chunks)
+        deliveries = events.final_event(session, batch_id) if validated.failed else []
+    send_deliveries(self.poolq.celery, deliveries)
+    _send_chunks(self, validated.send)
 
 
 @shared_task(name=RUN_BATCH_CHUNK, **_DURABLE)
@@ -67,6 +70,9 @@ def finalize_batch(self: PoolqTask, batch_id: str) -> None:
         return
     with self.unit_of_work() as session:
         closed = closing.close(session, batch_id, status)
+        # Only the closer that won: a batch ends, and is announced, once.
+        deliveries = events.final_event(session, batch_id) if closed else []
+    send_deliveries(self.poolq.celery, deliveries)
     log.info("batch %s %s", batch_id, status if closed else "was closed by another finalize")
 
 
@@ -99,7 +105,10 @@ def expire_batches(self: PoolqTask) -> int:
     expired = 0
     for batch_id in ids:
         with self.unit_of_work() as session:
-            expired += closing.expire(session, batch_id)
+            won = closing.expire(session, batch_id)
+            deliveries = events.final_event(session, batch_id) if won else []
+        send_deliveries(self.poolq.celery, deliveries)
+        expired += won
     if expired:
         log.info("expired %d batch(es)", expired)
     return expired
