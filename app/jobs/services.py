@@ -144,6 +144,9 @@ class ClaimedJob:
     model: str
     request: dict[str, Any]
     attempt: int
+    # Whether the job has a webhook: the worker skips the event bookkeeping
+    # (a row read per transition) for the many jobs that have none.
+    has_webhook: bool = False
 
 
 def claim(session: Session, job_id: uuid.UUID, worker: str) -> ClaimedJob | None:
@@ -153,11 +156,11 @@ def claim(session: Session, job_id: uuid.UUID, worker: str) -> ClaimedJob | None
         update(Job)
         .where(Job.id == job_id, Job.status.in_(("queued", "running")))
         .values(status="running", attempts=Job.attempts + 1, started_at=utcnow(), worker=worker)
-        .returning(Job.task, Job.model, Job.request, Job.attempts)
+        .returning(Job.task, Job.model, Job.request, Job.attempts, Job.webhook_url)
     ).one_or_none()
     if row is None:
         return None  # finished, cancelled or deleted: a redelivery, nothing to do
-    return ClaimedJob(job_id, row.task, row.model, row.request, row.attempts)
+    return ClaimedJob(job_id, row.task, row.model, row.request, row.attempts, row.webhook_url is not None)
 
 
 def complete(session: Session, claimed: ClaimedJob, body: dict[str, Any], prompt_tokens: int) -> bool:

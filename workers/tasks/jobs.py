@@ -29,7 +29,8 @@ def run_job(self: PoolqTask, job_id: str, model: str | None = None, task: str | 
     with self.unit_of_work() as session:
         claimed = services.claim(session, key, worker=self.request.hostname or "worker")
         # Only the first claim starts the job; a reclaim after a lost worker is not news.
-        started = job_event(session, key, "started") if claimed and claimed.attempt == 1 else []
+        started = (job_event(session, key, "started")
+                   if claimed and claimed.has_webhook and claimed.attempt == 1 else [])
     send_deliveries(self.poolq.celery, started)
     if claimed is None:
         log.info("job %s is already finished; redelivery ignored", job_id)
@@ -41,21 +42,22 @@ def run_job(self: PoolqTask, job_id: str, model: str | None = None, task: str | 
         log.info("job %s was cancelled while running; stopped", job_id)
     except ValueError as exc:  # PoolingInputError is a ValueError: the client's input, a 400
         error = error_body(str(exc), "BadRequestError", getattr(exc, "parameter", None), 400)["error"]
-        with self.unit_of_work() as session:
-            if services.fail(session, claimed, error):
-                completed = job_event(session, key, "completed")
+        completed = _finish(self, claimed, lambda session: services.fail(session, claimed, error))
     except Exception as exc:
         log.exception("job %s failed in the engine", job_id)
         error = error_body(f"The engine failed on this job: {type(exc).__name__}", "InternalServerError", None, 500)
-        with self.unit_of_work() as session:
-            if services.fail(session, claimed, error["error"]):
-                completed = job_event(session, key, "completed")
+        completed = _finish(self, claimed, lambda session: services.fail(session, claimed, error["error"]))
     else:
-        with self.unit_of_work() as session:
-            if services.complete(session, claimed, body, prompt_tokens):
-                completed = job_event(session, key, "completed")
-            else:
-                log.info("job %s finished elsewhere (attempt %d lost the race)", job_id, claimed.attempt)
+        completed = _finish(self, claimed, lambda session: services.complete(session, claimed, body, prompt_tokens))
     # After the commit: the callbacks, then wake a synchronous request waiting for this job.
     send_deliveries(self.poolq.celery, completed)
     self.poolq.events.publish(job_id)
+
+
+def _finish(task: PoolqTask, claimed: services.ClaimedJob, write) -> list[uuid.UUID]:
+    """The job's final write and, in the same transaction, its `completed` webhook if it has one."""
+    with task.unit_of_work() as session:
+        if not write(session):
+            log.info("job %s finished elsewhere (attempt %d lost the race)", claimed.id, claimed.attempt)
+            return []
+        return job_event(session, claimed.id, "completed") if claimed.has_webhook else []
