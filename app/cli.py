@@ -178,6 +178,11 @@ def keys_revoke(key) -> None:
     click.echo(f"revoked {key}")
 
 
+from app.cli_batch import batch  # noqa: E402 - HTTP client commands; imports neither the app nor torch
+
+cli.add_command(batch)
+
+
 def main() -> None:
     cli(prog_name="poolq")
 
