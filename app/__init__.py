@@ -62,6 +62,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     from app.jobs.routes import bp as jobs_bp
     from app.openapi import bp as openapi_bp
     from app.pooling.routes import bp as pooling_bp
+    from app.schedules.routes import bp as schedules_bp
     from app.system.routes import bp as system_bp
     from app.webhooks.routes import bp as webhooks_bp
 
@@ -71,5 +72,6 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.register_blueprint(openapi_bp)
     app.register_blueprint(batches_bp)
     app.register_blueprint(webhooks_bp)
+    app.register_blueprint(schedules_bp)
     logging.getLogger(__name__).debug("poolq app created for %d model(s)", len(settings.models))
     return app

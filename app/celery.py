@@ -7,6 +7,7 @@ from flask import Flask
 
 from app.batches.dispatch import EXPIRE_BATCHES, SWEEP_BATCHES
 from app.config import Settings
+from app.schedules import FIRE_SCHEDULES
 from app.webhooks.dispatch import SWEEP_WEBHOOKS, webhook_queue
 
 SWEEP_JOBS = "poolq.sweep_jobs"
@@ -60,6 +61,9 @@ def celery_init_app(app: Flask, settings: Settings) -> Celery:
             "sweep-webhooks": {"task": SWEEP_WEBHOOKS, "schedule": 15.0, "options": {"queue": webhook_queue(settings)}},
             "sweep-batches": {"task": SWEEP_BATCHES, "schedule": 30.0, "options": {"queue": settings.maintenance_queue}},
             "expire-batches": {"task": EXPIRE_BATCHES, "schedule": 60.0,
+                               "options": {"queue": settings.maintenance_queue}},
+            # Firing is a compare-and-set per slot: a late or duplicate tick fires nothing twice.
+            "fire-schedules": {"task": FIRE_SCHEDULES, "schedule": 30.0,
                                "options": {"queue": settings.maintenance_queue}},
         },
     )

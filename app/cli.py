@@ -128,6 +128,11 @@ def flower(ctx, port) -> None:
     celery.start(argv=["flower", f"--port={port}", *ctx.args])
 
 
+from app.cli_schedules import schedules  # noqa: E402 - HTTP client commands; imports neither the app nor torch
+
+cli.add_command(schedules)
+
+
 @cli.group()
 def keys() -> None:
     """Create, list and revoke API keys (each belongs to a tenant)."""

@@ -21,6 +21,7 @@ from app.batches import schemas as batch_schemas
 from app.jobs.options import JobOptions
 from app.pooling import protocol as p
 from app.pooling import schemas as s
+from app.schedules import schemas as schedule_schemas
 from app.webhooks import schemas as webhook_schemas
 
 REF = "#/components/schemas/{model}"
@@ -60,6 +61,8 @@ def _components() -> dict[str, Any]:
     pairs += [(m, "validation") for m in batch_schemas.REQUEST_MODELS]
     pairs += [(m, "serialization") for m in batch_schemas.RESPONSE_MODELS]
     pairs += [(m, "serialization") for m in webhook_schemas.RESPONSE_MODELS]
+    pairs += [(m, "validation") for m in schedule_schemas.REQUEST_MODELS]
+    pairs += [(m, "serialization") for m in schedule_schemas.RESPONSE_MODELS]
     _, top = models_json_schema(pairs, ref_template=REF)
     schemas = top["$defs"]
     # The bodies that are unions, as vLLM declares them (completion | chat, four score shapes).
@@ -221,9 +224,9 @@ def _document() -> dict[str, Any]:
         "tags": [{"name": "pooling", "description": "vLLM-compatible routes."},
                  {"name": "jobs", "description": "poolq's native jobs."},
                  {"name": "system", "description": "Health, readiness, models, this document."},
-                 batch_schemas.OPENAPI_TAG, webhook_schemas.OPENAPI_TAG],
+                 batch_schemas.OPENAPI_TAG, webhook_schemas.OPENAPI_TAG, schedule_schemas.OPENAPI_TAG],
         "paths": {**_pooling_paths(), **_other_paths(), **batch_schemas.openapi_paths(_json, _errors),
-                  **webhook_schemas.openapi_paths(_json, _errors)},
+                  **webhook_schemas.openapi_paths(_json, _errors), **schedule_schemas.openapi_paths(_json, _errors)},
         "components": {"schemas": _components(), "securitySchemes": {
             "bearer": {"type": "http", "scheme": "bearer",
                        "description": "An API key from `poolq keys create` (not needed when POOLQ_AUTH=off)."}}},

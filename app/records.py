@@ -3,6 +3,7 @@
 from app.batches.records import Batch, BatchChunk, BatchOutput, File
 from app.db.base import Base
 from app.jobs.records import Job, JobResult
+from app.schedules.records import Schedule  # noqa: F401  (registers the table)
 from app.tenants.records import ApiKey, Tenant
 from app.webhooks.records import DisabledEndpoint, WebhookAttempt, WebhookDelivery
 from app.webhooks.records import DisabledEndpoint, WebhookAttempt, WebhookDelivery

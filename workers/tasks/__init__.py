@@ -1,3 +1,3 @@
 """Task modules; importing them registers the tasks with Celery."""
 
-from workers.tasks import batches, jobs, maintenance, webhooks  # noqa: F401
+from workers.tasks import batches, jobs, maintenance, schedules, webhooks  # noqa: F401
