@@ -10,7 +10,6 @@ HTTP error, an unreachable server, or a batch that ended otherwise.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from datetime import datetime
@@ -18,33 +17,15 @@ from pathlib import Path
 from typing import Any
 
 import click
-import requests
+
+from app.cli_http import API as BaseAPI
+from app.cli_http import connection_options
 
 FINAL = ("completed", "failed", "expired", "cancelled")
 
 
-class API:
-    """A thin client of the batches API; every non-2xx becomes a ClickException with the server's message."""
-
-    def __init__(self, url: str, api_key: str | None, timeout: float = 60):
-        self.base = url.rstrip("/")
-        self.http = requests.Session()
-        self.timeout = timeout
-        if api_key:
-            self.http.headers["Authorization"] = f"Bearer {api_key}"
-
-    def call(self, method: str, path: str, **kwargs) -> requests.Response:
-        try:
-            response = self.http.request(method, self.base + path, timeout=self.timeout, **kwargs)
-        except requests.RequestException as exc:
-            raise click.ClickException(f"cannot reach {self.base}: {exc}") from None
-        if not response.ok:
-            try:
-                message = response.json()["error"]["message"]
-            except (ValueError, KeyError, TypeError):
-                message = response.text[:500] or response.reason
-            raise click.ClickException(f"{method} {path}: HTTP {response.status_code}: {message}")
-        return response
+class API(BaseAPI):
+    """The batches API."""
 
     def batch(self, batch_id: str) -> dict[str, Any]:
         return self.call("GET", f"/v1/batches/{batch_id}").json()
@@ -53,20 +34,8 @@ class API:
         return self.call("GET", f"/v1/files/{file_id}/content").content
 
 
-def _default_url() -> str:
-    return f"http://{os.environ.get('POOLQ_HOST', '127.0.0.1')}:{os.environ.get('POOLQ_PORT', '8000')}"
-
-
-def _connection(command):
-    """--url and --api-key on every subcommand, so they may come anywhere on the line."""
-    command = click.option("--api-key", envvar="POOLQ_API_KEY", default=None,
-                           help="Bearer key (env POOLQ_API_KEY); none for a deployment with auth off.")(command)
-    return click.option("--url", envvar="POOLQ_URL", default=None,
-                        help="The API's base URL (env POOLQ_URL; default http://$POOLQ_HOST:$POOLQ_PORT).")(command)
-
-
 def _api(url: str | None, api_key: str | None) -> API:
-    return API(url or _default_url(), api_key)
+    return API(url, api_key)
 
 
 @click.group("batch")
@@ -87,7 +56,7 @@ def batch() -> None:
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="With --wait: where the output goes (default FILE's name + .output.jsonl, beside it).")
 @click.option("--poll", type=float, default=0.5, show_default=True, help="Seconds between polls with --wait.")
-@_connection
+@connection_options
 def submit(file: Path, endpoint, model, completion_window, metadata, webhook, wait, output, poll, url,
            api_key) -> None:
     """Upload FILE (JSONL of {custom_id, method, url, body} lines) and run it as a batch."""
@@ -207,7 +176,7 @@ def _finish(api: API, done: dict[str, Any], target: Path) -> None:
 @batch.command("status")
 @click.argument("batch_id")
 @click.option("--json", "as_json", is_flag=True, help="The batch object as the API returns it.")
-@_connection
+@connection_options
 def status(batch_id, as_json, url, api_key) -> None:
     """One batch: status, counts, files."""
     found = _api(url, api_key).batch(batch_id)
@@ -229,7 +198,7 @@ def status(batch_id, as_json, url, api_key) -> None:
 @click.argument("batch_id")
 @click.option("--output", default=None, help="A path, or - for stdout (default ./<id>_output.jsonl).")
 @click.option("--errors", is_flag=True, help="The error file instead of the output file.")
-@_connection
+@connection_options
 def download(batch_id, output, errors, url, api_key) -> None:
     """Save a batch's output (or error) file."""
     api = _api(url, api_key)
@@ -250,7 +219,7 @@ def download(batch_id, output, errors, url, api_key) -> None:
 
 @batch.command("cancel")
 @click.argument("batch_id")
-@_connection
+@connection_options
 def cancel(batch_id, url, api_key) -> None:
     """Cancel a batch: chunks not started never run; running ones finish and are kept."""
     found = _api(url, api_key).call("POST", f"/v1/batches/{batch_id}/cancel").json()
@@ -259,7 +228,7 @@ def cancel(batch_id, url, api_key) -> None:
 
 @batch.command("list")
 @click.option("--limit", type=click.IntRange(1, 100), default=20, show_default=True)
-@_connection
+@connection_options
 def list_(limit, url, api_key) -> None:
     """The newest batches, one a line."""
     page = _api(url, api_key).call("GET", "/v1/batches", params={"limit": limit}).json()

@@ -10,44 +10,24 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 from typing import Any
 
 import click
-import requests
+
+from app.cli_http import API, connection_options
 
 ENDPOINTS = ("/classify", "/pooling", "/score", "/v1/score", "/rerank", "/v1/rerank", "/v2/rerank")
 
 
-def _default_url() -> str:
-    return f"http://{os.environ.get('POOLQ_HOST', '127.0.0.1')}:{os.environ.get('POOLQ_PORT', '8000')}"
-
-
 def _call(url: str | None, api_key: str | None, method: str, path: str, **kwargs) -> Any:
-    base = (url or _default_url()).rstrip("/")
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-    try:
-        response = requests.request(method, base + path, headers=headers, timeout=60, **kwargs)
-    except requests.RequestException as exc:
-        raise click.ClickException(f"cannot reach {base}: {exc}") from None
-    try:
-        body = response.json()
-    except ValueError:
-        body = None
-    if not response.ok:
-        error = body.get("error") if isinstance(body, dict) else None
-        message = error.get("message") if isinstance(error, dict) else (response.text[:500] or response.reason)
-        raise click.ClickException(f"{method} {path}: HTTP {response.status_code}: {message}")
-    return body
+    response = API(url, api_key).call(method, path, **kwargs)
+    return response.json() if response.content else None
 
 
 def _options(command):
     """--url, --api-key and --json on every subcommand, so they may come anywhere on the line."""
     command = click.option("--json", "as_json", is_flag=True, help="Print the API's JSON response.")(command)
-    command = click.option("--api-key", envvar="POOLQ_API_KEY", default=None,
-                           help="Bearer key (env POOLQ_API_KEY); none for a deployment with auth off.")(command)
-    return click.option("--url", envvar="POOLQ_URL", default=None,
-                        help="The API's base URL (env POOLQ_URL; default http://$POOLQ_HOST:$POOLQ_PORT).")(command)
+    return connection_options(command)
 
 
 def _when(epoch: int | None, zone: str) -> str:

@@ -8,13 +8,14 @@ import secrets
 import uuid
 from typing import Any
 
-from sqlalchemy import select, tuple_, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from app.batches.files import epoch, get_file
 from app.batches.lines import URL_ENDPOINTS
 from app.batches.records import Batch, BatchChunk
 from app.db.base import utcnow
+from app.db.paging import newest_first, page_limit
 from app.errors import APIError, bad_request, not_found
 from app.webhooks.services import validate_subscription
 
@@ -96,18 +97,9 @@ def get_batch(session: Session, batch_id: str, tenant_id: uuid.UUID) -> Batch:
 
 def list_batches(session: Session, tenant_id: uuid.UUID, args: dict[str, str]) -> tuple[list[Batch], bool]:
     """Newest first; `after` is the last id of the previous page, as OpenAI's cursor pages send it."""
-    try:
-        limit = int(args.get("limit", 20))
-    except ValueError:
-        raise bad_request("limit must be an integer", "limit") from None
-    if not 1 <= limit <= MAX_PAGE:
-        raise bad_request(f"limit must be between 1 and {MAX_PAGE}", "limit")
-    query = select(Batch).where(Batch.tenant_id == tenant_id)
-    if args.get("after"):
-        anchor = get_batch(session, args["after"], tenant_id)
-        query = query.where(tuple_(Batch.created_at, Batch.id) < tuple_(anchor.created_at, anchor.id))
-    rows = list(session.scalars(query.order_by(Batch.created_at.desc(), Batch.id.desc()).limit(limit + 1)))
-    return rows[:limit], len(rows) > limit
+    limit = page_limit(args, most=MAX_PAGE)
+    anchor = get_batch(session, args["after"], tenant_id) if args.get("after") else None
+    return newest_first(session, select(Batch).where(Batch.tenant_id == tenant_id), Batch, anchor, limit)
 
 
 def cancel_batch(session: Session, batch_id: str, tenant_id: uuid.UUID) -> Batch:

@@ -8,15 +8,23 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import delete, select, tuple_, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from app.db.base import as_utc, utcnow
+from app.db.paging import newest_first, page_limit
 from app.errors import APIError, bad_request
 from app.jobs.records import FINISHED_STATUSES, JOB_STATUSES, Job
 from app.jobs.services import get_job
 
-MAX_PAGE = 1000
+
+
+@dataclass(frozen=True)
+class _Anchor:
+    """A page's end, decoded from the cursor the previous page returned."""
+
+    created_at: dt.datetime
+    id: uuid.UUID
 
 
 def cancel_job(session: Session, job_id: str, tenant_id: uuid.UUID) -> Job:
@@ -74,12 +82,7 @@ def parse_filter(args: dict[str, str]) -> tuple[JobFilter, int, tuple[dt.datetim
     if status is not None and status not in JOB_STATUSES:
         raise bad_request(f"status must be one of {JOB_STATUSES}", "status")
     metadata = tuple((k[len("metadata."):], v) for k, v in args.items() if k.startswith("metadata."))
-    try:
-        limit = int(args.get("limit", 100))
-    except ValueError:
-        raise bad_request("limit must be an integer", "limit") from None
-    if not 1 <= limit <= MAX_PAGE:
-        raise bad_request(f"limit must be between 1 and {MAX_PAGE}", "limit")
+    limit = page_limit(args, default=100)
     return (JobFilter(status=status, model=args.get("model"), task=args.get("task"),
                       created_after=_time(args, "created_after"), created_before=_time(args, "created_before"),
                       metadata=metadata),
@@ -99,11 +102,8 @@ def list_jobs(session: Session, tenant_id: uuid.UUID, flt: JobFilter, limit: int
         query = query.where(Job.created_at < flt.created_before)
     for key, value in flt.metadata:
         query = query.where(Job.meta[key].as_string() == value)
-    if cursor is not None:
-        query = query.where(tuple_(Job.created_at, Job.id) < tuple_(*cursor))
-    rows = list(session.scalars(query.order_by(Job.created_at.desc(), Job.id.desc()).limit(limit + 1)))
-    has_more = len(rows) > limit
-    rows = rows[:limit]
+    anchor = None if cursor is None else _Anchor(*cursor)
+    rows, has_more = newest_first(session, query, Job, anchor, limit)
     return rows, encode_cursor(rows[-1]) if has_more else None
 
 

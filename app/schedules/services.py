@@ -8,12 +8,13 @@ import secrets
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, select, tuple_, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.orm import Session
 
 from app.batches.files import FILE_ID, epoch
 from app.batches.records import File
 from app.batches.services import completion_window_s
+from app.db.paging import newest_first, page_limit
 from app.errors import bad_request, not_found
 from app.pooling.routes import ROUTES as URL_ENDPOINTS  # URL -> endpoint kind
 from app.schedules.cron import CronError, next_fire, normalize_cron, parse_zone
@@ -128,18 +129,9 @@ def get_schedule(session: Session, schedule_id: str, tenant_id: uuid.UUID) -> Sc
 
 def list_schedules(session: Session, tenant_id: uuid.UUID, args: dict[str, str]) -> tuple[list[Schedule], bool]:
     """Newest first; `after` is the last id of the previous page."""
-    try:
-        limit = int(args.get("limit", 20))
-    except ValueError:
-        raise bad_request("limit must be an integer", "limit") from None
-    if not 1 <= limit <= MAX_PAGE:
-        raise bad_request(f"limit must be between 1 and {MAX_PAGE}", "limit")
-    query = select(Schedule).where(Schedule.tenant_id == tenant_id)
-    if args.get("after"):
-        anchor = get_schedule(session, args["after"], tenant_id)
-        query = query.where(tuple_(Schedule.created_at, Schedule.id) < tuple_(anchor.created_at, anchor.id))
-    rows = list(session.scalars(query.order_by(Schedule.created_at.desc(), Schedule.id.desc()).limit(limit + 1)))
-    return rows[:limit], len(rows) > limit
+    limit = page_limit(args, most=MAX_PAGE)
+    anchor = get_schedule(session, args["after"], tenant_id) if args.get("after") else None
+    return newest_first(session, select(Schedule).where(Schedule.tenant_id == tenant_id), Schedule, anchor, limit)
 
 
 def pause_schedule(session: Session, schedule_id: str, tenant_id: uuid.UUID) -> Schedule:
