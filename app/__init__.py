@@ -17,6 +17,7 @@ from app.db.request import init_request_sessions
 from app.errors import register_error_handlers
 from app.jobs.admission import Admission
 from app.jobs.events import job_events
+from app.metrics import init_metrics
 from app.served import ServedModels
 from app.tenants.auth import init_auth
 
@@ -57,6 +58,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     init_request_sessions(app)
     register_error_handlers(app)
     init_auth(app, settings.auth_required)
+    init_metrics(app)
 
     from app.batches.routes import bp as batches_bp
     from app.jobs.routes import bp as jobs_bp

@@ -56,6 +56,12 @@ def up(models, host, port, threads, example) -> None:
 @click.option("--threads", type=int, default=32, show_default=True, help="Threads per gunicorn worker.")
 def api(models, host, port, workers, threads) -> None:
     """Serve the HTTP API with gunicorn (never imports torch)."""
+    if not os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        # Before prometheus_client is imported: gunicorn's processes then share
+        # their counters through files, and /metrics sums them.
+        import tempfile
+
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = tempfile.mkdtemp(prefix="poolq-metrics-")
     from app.server import serve
 
     settings = _settings(models, host=host, port=port)

@@ -93,6 +93,8 @@ class Settings:
     # job; a deployment without Flower can turn them off for throughput.
     task_events: bool = True
     access_log: bool = False
+    # A worker serves its Prometheus metrics here (0: off).
+    worker_metrics_port: int = 0
     # How long a synchronous pooling request waits for its job before it
     # answers 202 with the job's location instead.
     sync_timeout_s: float = 30.0
@@ -176,6 +178,7 @@ class Settings:
             max_request_bytes=_int(env, "POOLQ_MAX_REQUEST_BYTES") or 256 * 1024 * 1024,
             task_events=_bool(env, "POOLQ_TASK_EVENTS", default=True),
             access_log=_bool(env, "POOLQ_ACCESS_LOG"),
+            worker_metrics_port=_int(env, "POOLQ_WORKER_METRICS_PORT") or 0,
             sync_timeout_s=_float(env, "POOLQ_SYNC_TIMEOUT_S") or 30.0,
             max_queued_jobs=_int(env, "POOLQ_MAX_QUEUED_JOBS") or 0,
             namespace=env.get("POOLQ_NAMESPACE", ""),

@@ -200,6 +200,10 @@ def _other_paths() -> dict[str, Any]:
                                          "503": _json("Readiness", "Not ready.", headers=RETRY_AFTER)}}},
         "/v1/models": {"get": {"tags": ["system"], "operationId": "listModels", "summary": "The served models.",
                                "responses": {"200": _json("ModelList", "The served models."), **_errors()}}},
+        "/metrics": {"get": {"tags": ["system"], "operationId": "metrics", "security": [],
+                             "summary": "Prometheus metrics: requests, accepted jobs, the backlog by model.",
+                             "responses": {"200": {"description": "Prometheus text format.", "content": {
+                                 "text/plain": {"schema": {"type": "string"}}}}}}},
         "/openapi.json": {"get": {"tags": ["system"], "operationId": "openapi", "summary": "This document.",
                                   "security": [],
                                   "responses": {"200": {"description": "OpenAPI 3.1.", "content": {

@@ -32,6 +32,10 @@ class EngineRegistry:
                 self._engines[name] = self._load(spec)
             return self._engines[name]
 
+    def loaded(self) -> dict[str, object]:
+        with self._lock:
+            return dict(self._engines)
+
     def preload(self) -> None:
         for spec in self._settings.models:
             self.get(spec.name)

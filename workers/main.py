@@ -20,6 +20,10 @@ def run_worker(settings: Settings, beat: bool = False, preload: bool = True, nam
     import workers.tasks  # noqa: F401  (registers the tasks with this app)
     from workers.engines import engine_registry
 
+    if settings.worker_metrics_port:
+        from workers.metrics import serve_worker_metrics
+
+        serve_worker_metrics(settings.worker_metrics_port, engine_registry(settings))
     if preload:
         # Load weights before consuming, so the first job does not pay for it
         # and a broken model fails the worker at start, not job by job.

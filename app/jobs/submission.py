@@ -14,6 +14,7 @@ from app.db.request import db_session
 from app.jobs import dispatch, services
 from app.jobs.options import JobOptions
 from app.jobs.records import Job
+from app.metrics import job_accepted
 from app.served import ServedModel
 from app.tenants.auth import current_tenant_id
 
@@ -30,6 +31,7 @@ def submit(model: ServedModel, job_request: dict, options: JobOptions, job_id: u
     if not dispatch.send_job(poolq.celery, job):
         services.mark_unsent(session, job.id)
         session.commit()
+    job_accepted(job.model, job.task)
     return job
 
 

@@ -18,7 +18,9 @@ from app.tenants.services import authenticate
 
 log = logging.getLogger(__name__)
 
-PUBLIC_PATHS = ("/health", "/ready", "/openapi.json", "/docs")
+# Probes, the API's description and Prometheus' scrape (keep /metrics on a
+# network only the monitoring reaches).
+PUBLIC_PATHS = ("/health", "/ready", "/openapi.json", "/docs", "/metrics")
 
 
 def current_tenant_id() -> uuid.UUID:

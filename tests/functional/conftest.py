@@ -64,6 +64,7 @@ def deployment_env(tmp_path_factory, pg_url, redis_url, served_models, namespace
         "POOLQ_WORKER_THREADS": "8",
         "POOLQ_MAX_WAIT_MS": "2",
         "POOLQ_NAMESPACE": namespace,
+        "POOLQ_WORKER_METRICS_PORT": str(free_port()),
         # The tests' webhook receivers listen on loopback, which poolq refuses by default.
         "POOLQ_WEBHOOK_ALLOWLIST": "127.0.0.1",
         "POOLQ_WEBHOOK_RETRY_SCHEDULE": "0,1,2",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 
 from celery import shared_task
@@ -16,6 +17,7 @@ from app.webhooks.services import job_event
 from workers import execution
 from workers.base import PoolqTask
 from workers.engines import engine_registry
+from workers.metrics import JOB_SECONDS, JOBS_RUN
 
 log = logging.getLogger(__name__)
 
@@ -35,20 +37,26 @@ def run_job(self: PoolqTask, job_id: str, model: str | None = None, task: str | 
     if claimed is None:
         log.info("job %s is already finished; redelivery ignored", job_id)
         return
+    started_at, outcome = time.perf_counter(), "succeeded"
     try:
         engine = engine_registry(self.poolq.settings).get(claimed.model)
         body, prompt_tokens = execution.run(engine, claimed, lambda: self.job_cancelled(key))
     except execution.JobCancelled:
+        outcome = "cancelled"
         log.info("job %s was cancelled while running; stopped", job_id)
     except ValueError as exc:  # PoolingInputError is a ValueError: the client's input, a 400
+        outcome = "failed"
         error = error_body(str(exc), "BadRequestError", getattr(exc, "parameter", None), 400)["error"]
         completed = _finish(self, claimed, lambda session: services.fail(session, claimed, error))
     except Exception as exc:
         log.exception("job %s failed in the engine", job_id)
+        outcome = "failed"
         error = error_body(f"The engine failed on this job: {type(exc).__name__}", "InternalServerError", None, 500)
         completed = _finish(self, claimed, lambda session: services.fail(session, claimed, error["error"]))
     else:
         completed = _finish(self, claimed, lambda session: services.complete(session, claimed, body, prompt_tokens))
+    JOBS_RUN.labels(claimed.model, claimed.task, outcome).inc()
+    JOB_SECONDS.labels(claimed.model).observe(time.perf_counter() - started_at)
     # After the commit: the callbacks, then wake a synchronous request waiting for this job.
     send_deliveries(self.poolq.celery, completed)
     self.poolq.events.publish(job_id)

@@ -1,0 +1,68 @@
+"""Prometheus metrics: the API's /metrics and the worker's own endpoint."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+import requests
+from prometheus_client.parser import text_string_to_metric_families
+
+
+def samples(text: str) -> dict[tuple[str, tuple], float]:
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            out[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return out
+
+
+def value(found: dict, name: str, **labels) -> float:
+    return sum(v for (n, ls), v in found.items() if n == name and all((k, v2) in ls for k, v2 in labels.items()))
+
+
+@pytest.mark.usefixtures("worker_process")
+def test_api_metrics_count_requests_jobs_and_the_backlog(api_url, client):
+    before = samples(requests.get(f"{api_url}/metrics", timeout=10).text)
+    job = client.post("/v1/jobs", json={"task": "classify", "model": "tiny", "input": "metered"}).json()
+    client.wait_job(job["id"])
+    response = requests.get(f"{api_url}/metrics", timeout=10)  # no key: scrapers are not tenants
+    assert response.status_code == 200 and response.headers["Content-Type"].startswith("text/plain")
+    after = samples(response.text)
+    assert value(after, "poolq_jobs_accepted_total", model="tiny", task="classify") == \
+        value(before, "poolq_jobs_accepted_total", model="tiny", task="classify") + 1
+    assert value(after, "poolq_http_requests_total", route="/v1/jobs", method="POST", status="202") >= 1
+    # ids never become label values: one series for every job's GET
+    assert not any(job["id"] in str(labels) for _, labels in after)
+    assert value(after, "poolq_http_request_seconds_count", route="/v1/jobs/<job_id>") >= 1
+
+
+def test_backlog_gauge_reports_queued_jobs(deployment_env, api_keys, api_url):
+    from app import create_app
+    from app.config import Settings
+
+    down = create_app(Settings.from_env({**deployment_env, "POOLQ_BROKER_URL": "redis://127.0.0.1:1/0"}))
+    client = down.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {api_keys['alpha']}"
+    job = client.post("/v1/jobs", json={"task": "token_classify", "model": "ner", "input": "stuck"})
+    assert job.status_code == 202
+    found = samples(requests.get(f"{api_url}/metrics", timeout=10).text)
+    assert value(found, "poolq_jobs", status="queued", model="ner") >= 1
+
+
+@pytest.mark.usefixtures("worker_process")
+def test_worker_metrics_count_jobs_and_engine_batches(deployment_env, client):
+    job = client.post("/v1/jobs", json={"task": "classify", "model": "tiny", "input": ["a", "b", "c"]}).json()
+    client.wait_job(job["id"])
+    url = f"http://127.0.0.1:{deployment_env['POOLQ_WORKER_METRICS_PORT']}/metrics"
+    deadline = time.monotonic() + 10
+    while True:
+        found = samples(requests.get(url, timeout=10).text)
+        if value(found, "poolq_worker_jobs_total", model="tiny", outcome="succeeded") >= 1 or \
+                time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
+    assert value(found, "poolq_worker_jobs_total", model="tiny", task="classify", outcome="succeeded") >= 1
+    assert value(found, "poolq_engine_batches_total", model="tiny") >= 1
+    assert value(found, "poolq_engine_padded_tokens_total", model="tiny") >= \
+        value(found, "poolq_engine_real_tokens_total", model="tiny") > 0

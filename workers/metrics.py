@@ -1,0 +1,39 @@
+"""Prometheus metrics of a worker process, served on POOLQ_WORKER_METRICS_PORT.
+
+Jobs run by model, task and outcome, their duration, and the engine's
+micro-batching counters (batches, sequences, real and padded tokens): the
+padded/real ratio is the padding the batcher could not avoid.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import Counter, Histogram, start_http_server
+from prometheus_client.core import CounterMetricFamily, REGISTRY
+
+log = logging.getLogger(__name__)
+
+JOBS_RUN = Counter("poolq_worker_jobs_total", "Jobs this worker finished.", ["model", "task", "outcome"])
+JOB_SECONDS = Histogram("poolq_worker_job_seconds", "Time from claim to final write.", ["model"],
+                        buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
+
+
+class EngineCollector:
+    def __init__(self, registry_of_engines):
+        self._engines = registry_of_engines
+
+    def collect(self):
+        families = {key: CounterMetricFamily(f"poolq_engine_{key}", f"Engine micro-batching: {key}.", labels=["model"])
+                    for key in ("batches", "sequences", "real_tokens", "padded_tokens")}
+        for name, engine in self._engines.loaded().items():
+            for key, value in engine.batch_stats().items():
+                if key in families:
+                    families[key].add_metric([name], value)
+        yield from families.values()
+
+
+def serve_worker_metrics(port: int, engines) -> None:
+    REGISTRY.register(EngineCollector(engines))
+    start_http_server(port)
+    log.info("worker metrics on :%d/metrics", port)
