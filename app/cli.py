@@ -74,14 +74,18 @@ def api(models, host, port, workers, threads) -> None:
 @click.option("--threads", type=int, default=None, help="Celery task threads (default POOLQ_WORKER_THREADS or 8).")
 @click.option("--beat/--no-beat", default=False, help="Also run Celery beat (exactly one per deployment).")
 @click.option("--preload/--no-preload", default=True, help="Load every model before taking jobs.")
-def worker(models, gpu, threads, beat, preload) -> None:
+@click.option("--webhooks/--no-webhooks", default=True,
+              help="Also deliver webhooks (off where `poolq webhooks` workers run, so slow receivers never hold "
+                   "GPU worker threads).")
+def worker(models, gpu, threads, beat, preload, webhooks) -> None:
     """Run a Celery worker that drains pool.<model> queues through the engine."""
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)  # before torch is first imported
     settings = _settings(models, worker_threads=threads)
     from workers.main import run_worker
 
-    run_worker(settings, beat=beat, preload=preload, name_suffix=f"gpu{gpu}" if gpu is not None else None)
+    run_worker(settings, beat=beat, preload=preload, name_suffix=f"gpu{gpu}" if gpu is not None else None,
+               webhooks=webhooks)
 
 
 @cli.command()

@@ -12,7 +12,8 @@ from app.webhooks.dispatch import webhook_queue
 log = logging.getLogger(__name__)
 
 
-def run_worker(settings: Settings, beat: bool = False, preload: bool = True, name_suffix: str | None = None) -> None:
+def run_worker(settings: Settings, beat: bool = False, preload: bool = True, name_suffix: str | None = None,
+               webhooks: bool = True) -> None:
     if not settings.models:
         raise SystemExit("no model to serve: pass --model NAME=SOURCE or set POOLQ_MODELS")
     flask_app = create_app(settings)
@@ -30,7 +31,8 @@ def run_worker(settings: Settings, beat: bool = False, preload: bool = True, nam
         engine_registry(settings).preload()
     queues = [settings.queue_for(spec.name) for spec in settings.models] + [settings.maintenance_queue]
     queues += [settings.bulk_queue_for(spec.name) for spec in settings.models]
-    queues.append(webhook_queue(settings))  # a dedicated `poolq webhooks` worker may take these instead
+    if webhooks:
+        queues.append(webhook_queue(settings))
     name = f"poolq-{name_suffix or 'worker'}@{socket.gethostname()}"
     argv = [
         "worker",
