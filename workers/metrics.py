@@ -34,6 +34,11 @@ class EngineCollector:
 
 
 def serve_worker_metrics(port: int, engines) -> None:
+    """Metrics are secondary: a port already taken is logged loudly, and the worker still serves jobs."""
     REGISTRY.register(EngineCollector(engines))
-    start_http_server(port)
+    try:
+        start_http_server(port)
+    except OSError as exc:
+        log.error("worker metrics not served: port %d: %s", port, exc)
+        return
     log.info("worker metrics on :%d/metrics", port)

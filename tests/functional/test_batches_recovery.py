@@ -32,7 +32,8 @@ CHUNK = 50
 def batch_env(deployment_env, namespace):
     return {**deployment_env, "POOLQ_NAMESPACE": f"{namespace}bkill.", "POOLQ_RUNNING_TIMEOUT_S": "2",
             "POOLQ_REQUEUE_AFTER_S": "2", "POOLQ_BATCH_CHUNK_LINES": str(CHUNK),
-            "POOLQ_BATCH_PARALLEL_CHUNKS": "2", "POOLQ_MODELS": deployment_env["POOLQ_MODELS"].split(",")[0]}
+            "POOLQ_BATCH_PARALLEL_CHUNKS": "2", "POOLQ_MODELS": deployment_env["POOLQ_MODELS"].split(",")[0],
+            "POOLQ_WORKER_METRICS_PORT": "0"}  # the shared worker holds the metrics port
 
 
 @pytest.fixture

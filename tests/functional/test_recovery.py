@@ -55,7 +55,8 @@ class Worker:
 def recovery_env(deployment_env, namespace):
     # Running jobs count as abandoned after 2 s, so the sweeper re-queues them quickly.
     return {**deployment_env, "POOLQ_NAMESPACE": f"{namespace}rec.", "POOLQ_RUNNING_TIMEOUT_S": "2",
-            "POOLQ_REQUEUE_AFTER_S": "2", "POOLQ_MODELS": deployment_env["POOLQ_MODELS"].split(",")[0]}
+            "POOLQ_REQUEUE_AFTER_S": "2", "POOLQ_MODELS": deployment_env["POOLQ_MODELS"].split(",")[0],
+            "POOLQ_WORKER_METRICS_PORT": "0"}  # the shared worker holds the metrics port
 
 
 @pytest.fixture
