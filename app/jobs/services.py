@@ -26,9 +26,9 @@ from app.served import ServedModel, ServedModels
 def parse_job_request(body: Any, served: ServedModels, max_items: int,
                       header_request_id: str | None = None) -> tuple[ServedModel, dict[str, Any]]:
     """A native job: the body of the vLLM route its task maps to, plus `task`."""
-    task = body.get("task") if isinstance(body, dict) else None
     if not isinstance(body, dict):
         raise bad_request("The request body must be a JSON object.")
+    task = body.get("task")
     if not isinstance(task, str) or task not in TASK_ENDPOINTS:
         raise bad_request(f"Unsupported task: {task!r} Supported tasks: {tuple(TASK_ENDPOINTS)}", param="task")
     model, request = parse(TASK_ENDPOINTS[task], body, served, max_items, header_request_id, task=task)
