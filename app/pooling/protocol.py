@@ -30,7 +30,8 @@ class PoolingBase(BaseModel):
     truncate_prompt_tokens: Annotated[StrictInt, Field(ge=-1)] | None = None
     truncation_side: Literal["left", "right"] | None = None
     request_id: StrictStr | None = Field(default=None, max_length=128)
-    priority: StrictInt = 0
+    # vLLM's range (a signed 64-bit integer); lower runs earlier, above 0 is bulk.
+    priority: Annotated[StrictInt, Field(ge=-(2**63), le=2**63 - 1)] = 0
     use_activation: StrictBool | None = None
 
 
@@ -39,8 +40,17 @@ class CompletionMixin(BaseModel):
     add_special_tokens: StrictBool = True
 
 
+class ChatMessage(BaseModel):
+    """One chat message, as vLLM's ChatCompletionMessageParam requires at least: a role and its content."""
+
+    model_config = ConfigDict(extra="allow")
+
+    role: StrictStr
+    content: StrictStr | list[dict[str, Any]] | None = None
+
+
 class ChatMixin(BaseModel):
-    messages: list[dict[str, Any]]
+    messages: list[ChatMessage]
     add_generation_prompt: StrictBool = False
     continue_final_message: StrictBool = False
     add_special_tokens: StrictBool = False

@@ -74,7 +74,8 @@ def _prompts(request, model: ServedModel, max_items: int) -> dict[str, Any]:
                               "set. Refused request with untrusted chat template.")
         if not request.messages:
             raise bad_request("You must pass at least one message", "messages")
-        return {"messages": request.messages}
+        # As sent (extra keys kept for the chat template), without defaults pydantic filled in.
+        return {"messages": [m.model_dump(exclude_unset=True) for m in request.messages]}
     count = p.prompt_count(request.input)
     if count == 0:
         raise bad_request("You must pass at least one prompt", "input")

@@ -302,3 +302,30 @@ def test_the_sweeper_resumes_a_batch_whose_messages_were_lost(oai, client, db, p
     done = wait(oai, batch_id)
     assert done.status == "completed" and done.request_counts.completed == 20, done
     assert [o["custom_id"] for o in read_lines(oai, done.output_file_id)] == [f"r{i}" for i in range(20)]
+
+
+def test_finished_batches_and_their_output_files_expire_with_the_retention(oai, db):
+    """Past the retention a finished batch goes with its output file; the caller's input file stays."""
+    import datetime as dt
+
+    from sqlalchemy import update
+
+    import openai
+
+    from app.batches.records import Batch
+    from app.batches.retention import expire_finished_batches
+
+    line = {"custom_id": "a", "method": "POST", "url": "/classify", "body": {"model": "tiny", "input": "x"}}
+    old, new = (wait(oai, submit(oai, [line], "/classify").id) for _ in range(2))
+    assert old.status == new.status == "completed"
+    with db() as session:
+        session.execute(update(Batch).where(Batch.id == old.id)
+                        .values(completed_at=dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=30)))
+        assert expire_finished_batches(session, retention_s=7 * 24 * 3600) >= 1
+        session.commit()
+    with pytest.raises(openai.NotFoundError):
+        oai.batches.retrieve(old.id)
+    with pytest.raises(openai.NotFoundError):
+        oai.files.retrieve(old.output_file_id)
+    assert oai.files.retrieve(old.input_file_id).id == old.input_file_id
+    assert oai.batches.retrieve(new.id).status == "completed"

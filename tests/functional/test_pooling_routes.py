@@ -289,3 +289,14 @@ def test_sync_request_past_its_bound_answers_202(pg_url, redis_url, deployment_e
     assert response.status_code == 202
     assert response.headers["Location"].startswith("/v1/jobs/")
     assert "Preference-Applied" not in response.headers
+
+
+@pytest.mark.parametrize("messages", [[{}], [{"role": 5, "content": "x"}], [{"content": "no role"}], ["text"]])
+def test_malformed_chat_messages_are_400(client, messages):
+    response = client.post("/classify", json={"model": "tiny", "messages": messages})
+    assert_error(response, 400, "Bad Request", contains="validation error")
+
+
+@pytest.mark.parametrize("priority", [2**63, -(2**63) - 1])
+def test_priority_outside_64_bits_is_400(client, priority):
+    assert_error(client.post("/classify", json={"model": "tiny", "input": "x", "priority": priority}), 400)

@@ -7,6 +7,7 @@ import logging
 from celery import shared_task
 
 from app.celery import EXPIRE_JOBS, SWEEP_JOBS
+from app.batches.retention import expire_finished_batches
 from app.jobs import dispatch, lifecycle, services
 from workers.base import PoolqTask
 
@@ -32,13 +33,20 @@ def sweep_jobs(self: PoolqTask) -> int:
 
 @shared_task(bind=True, base=PoolqTask, name=EXPIRE_JOBS, ignore_result=True)
 def expire_jobs(self: PoolqTask) -> int:
-    """Delete finished jobs and their results past POOLQ_JOB_RETENTION_S, in bounded batches."""
+    """Delete finished jobs and batches (with their results) past POOLQ_JOB_RETENTION_S, in bounded batches."""
     total = 0
+    retention = self.poolq.settings.job_retention_s
     while True:
         with self.unit_of_work() as session:
-            deleted = lifecycle.expire_jobs(session, self.poolq.settings.job_retention_s)
+            deleted = lifecycle.expire_jobs(session, retention)
         total += deleted
         if deleted < 1000:
+            break
+    while True:
+        with self.unit_of_work() as session:
+            deleted = expire_finished_batches(session, retention)
+        total += deleted
+        if deleted < 200:
             break
     if total:
         log.info("expired %d finished job(s)", total)

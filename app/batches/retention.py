@@ -1,0 +1,35 @@
+"""Finished batches go the way of finished jobs: deleted after the retention.
+
+A batch in a final state longer than POOLQ_JOB_RETENTION_S is deleted with
+its chunks, its output lines, its webhook deliveries (all ON DELETE CASCADE)
+and the output and error files poolq wrote for it. Input files are the
+caller's uploads: they stay until the caller deletes them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+
+from sqlalchemy import delete, func, select
+from sqlalchemy.orm import Session
+
+from app.batches.records import Batch, File
+from app.db.base import utcnow
+
+FINAL = ("completed", "failed", "expired", "cancelled")
+
+
+def expire_finished_batches(session: Session, retention_s: int, batch: int = 200) -> int:
+    if retention_s <= 0:
+        return 0
+    cutoff = utcnow() - dt.timedelta(seconds=retention_s)
+    ended_at = func.coalesce(Batch.completed_at, Batch.failed_at, Batch.expired_at, Batch.cancelled_at)
+    rows = session.execute(select(Batch.id, Batch.output_file_id, Batch.error_file_id)
+                           .where(Batch.status.in_(FINAL), ended_at < cutoff).limit(batch)).all()
+    if not rows:
+        return 0
+    written = [file_id for row in rows for file_id in (row.output_file_id, row.error_file_id) if file_id]
+    if written:
+        session.execute(delete(File).where(File.id.in_(written)))
+    session.execute(delete(Batch).where(Batch.id.in_([row.id for row in rows])))
+    return len(rows)
