@@ -128,6 +128,16 @@ def api_keys(pg_url):
     return keys
 
 
+@pytest.fixture(scope="session")
+def db(pg_url):
+    """A session factory on the test database, for tests that look at or arrange rows directly."""
+    from app.db import make_engine, make_session_factory
+
+    engine = make_engine(pg_url)
+    yield make_session_factory(engine)
+    engine.dispose()
+
+
 @pytest.fixture
 def client(api_url, api_keys):
     return Client(api_url, api_keys["alpha"])

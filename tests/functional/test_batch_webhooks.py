@@ -21,7 +21,6 @@ from app import create_app
 from app.batches import progress, services
 from app.batches.dispatch import EXPIRE_BATCHES
 from app.batches.records import Batch
-from app.db import make_engine, make_session_factory
 from app.tenants.records import Tenant
 
 FINAL = ("completed", "failed", "expired", "cancelled")
@@ -81,13 +80,6 @@ def receiver(deployment_env):
         os.environ.pop("POOLQ_WEBHOOK_ALLOWLIST", None)
     else:
         os.environ["POOLQ_WEBHOOK_ALLOWLIST"] = saved
-
-
-@pytest.fixture(scope="module")
-def db(pg_url):
-    engine = make_engine(pg_url)
-    yield make_session_factory(engine)
-    engine.dispose()
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,6 @@ from sqlalchemy import func, select, update
 
 from app.batches import closing, progress, services
 from app.batches.records import Batch, BatchChunk, BatchOutput
-from app.db import make_engine, make_session_factory
 
 FINAL = ("completed", "failed", "expired", "cancelled")
 
@@ -19,13 +18,6 @@ FINAL = ("completed", "failed", "expired", "cancelled")
 @pytest.fixture
 def oai(api_url, api_keys, worker_process):
     return OpenAI(base_url=api_url + "/v1", api_key=api_keys["alpha"], max_retries=0)
-
-
-@pytest.fixture(scope="module")
-def db(pg_url):
-    engine = make_engine(pg_url)
-    yield make_session_factory(engine)
-    engine.dispose()
 
 
 def jsonl(lines) -> bytes:

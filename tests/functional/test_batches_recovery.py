@@ -21,7 +21,6 @@ from app import create_app
 from app.batches.dispatch import SWEEP_BATCHES
 from app.batches.records import Batch, BatchChunk, BatchOutput
 from app.config import Settings
-from app.db import make_engine, make_session_factory
 from test_recovery import Worker
 
 LINES = 2400
@@ -43,13 +42,6 @@ def api(batch_env, api_keys):
     client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {api_keys['alpha']}"
     client.poolq = app.extensions["poolq"]
     return client
-
-
-@pytest.fixture
-def db(pg_url):
-    engine = make_engine(pg_url)
-    yield make_session_factory(engine)
-    engine.dispose()
 
 
 def chunk_states(db, batch_id: str) -> dict[int, tuple[str, int]]:

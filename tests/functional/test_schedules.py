@@ -17,7 +17,6 @@ from sqlalchemy import select, update
 
 from app import create_app
 from app.batches.records import Batch
-from app.db import make_engine, make_session_factory
 from app.db.base import as_utc, utcnow
 from app.schedules.cron import next_fire
 from app.schedules.firing import due_schedules, fire_due
@@ -25,13 +24,6 @@ from app.schedules.records import Schedule
 
 REPO = Path(__file__).resolve().parents[2]
 FINAL = ("completed", "failed", "expired", "cancelled")
-
-
-@pytest.fixture(scope="module")
-def db(pg_url):
-    engine = make_engine(pg_url)
-    yield make_session_factory(engine)
-    engine.dispose()
 
 
 @pytest.fixture(scope="module")
