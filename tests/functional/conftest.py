@@ -164,6 +164,15 @@ class Client:
     def delete(self, path: str, **kwargs) -> requests.Response:
         return self.http.delete(self.base + path, timeout=30, **kwargs)
 
+    def wait_batch(self, batch_id: str, timeout: float = 60) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            batch = self.get(f"/v1/batches/{batch_id}").json()
+            if batch["status"] in ("completed", "failed", "expired", "cancelled"):
+                return batch
+            time.sleep(0.1)
+        raise AssertionError(f"batch {batch_id} still {batch['status']} after {timeout} s")
+
     def wait_job(self, job_id: str, timeout: float = 60) -> dict:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -109,16 +109,6 @@ def create(client, content: bytes, **extra) -> dict:
     return response.json()
 
 
-def wait(client, batch_id: str, timeout: float = 30) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        batch = client.get(f"/v1/batches/{batch_id}").json()
-        if batch["status"] in FINAL:
-            return batch
-        time.sleep(0.1)
-    raise AssertionError(f"batch {batch_id} still {batch['status']}")
-
-
 def verified(client, receiver, url: str) -> dict:
     (headers, body), = receiver.wait(url)
     secret = client.get("/v1/webhooks/secret").json()["secret"]
@@ -153,7 +143,7 @@ def test_a_completed_batch_calls_its_webhook_with_the_batch_object(client, recei
     url = receiver.endpoint()
     batch = create(client, jsonl(lines(20)), webhook=url, metadata={"run": "hooked"})
     assert batch["webhook"] == url and batch["webhook_events_filter"] == list(FINAL)
-    done = wait(client, batch["id"])
+    done = client.wait_batch(batch["id"])
     payload = verified(client, receiver, url)
     assert done["status"] == "completed"
     assert payload == {"type": "batch.completed", **client.get(f"/v1/batches/{batch['id']}").json()}
@@ -174,7 +164,7 @@ def test_a_batch_that_fails_validation_sends_batch_failed(client, receiver, work
 def test_events_outside_the_filter_are_not_sent(client, receiver, worker_process):
     url = receiver.endpoint()
     batch = create(client, jsonl(lines(3)), webhook=url, webhook_events_filter=["failed", "expired"])
-    assert wait(client, batch["id"])["status"] == "completed"
+    assert client.wait_batch(batch["id"])["status"] == "completed"
     time.sleep(0.5)
     assert receiver.got(url) == []
     assert client.get(f"/v1/batches/{batch['id']}/webhook-deliveries").json()["data"] == []
@@ -221,4 +211,4 @@ def test_another_tenants_batch_deliveries_are_not_found(client, other_client, re
     batch = create(client, jsonl(lines(1)))
     assert other_client.get(f"/v1/batches/{batch['id']}/webhook-deliveries").status_code == 404
     assert client.get("/v1/batches/batch_nope/webhook-deliveries").status_code == 404
-    wait(client, batch["id"])
+    client.wait_batch(batch["id"])

@@ -23,7 +23,6 @@ from app.schedules.firing import due_schedules, fire_due
 from app.schedules.records import Schedule
 
 REPO = Path(__file__).resolve().parents[2]
-FINAL = ("completed", "failed", "expired", "cancelled")
 
 
 @pytest.fixture(scope="module")
@@ -53,16 +52,6 @@ def create(client, **fields):
     response = client.post("/v1/schedules", json=body)
     assert response.status_code == 200, response.text
     return response.json()
-
-
-def wait_batch(client, batch_id, timeout=60):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        batch = client.get(f"/v1/batches/{batch_id}").json()
-        if batch["status"] in FINAL:
-            return batch
-        time.sleep(0.1)
-    raise AssertionError(f"batch {batch_id} still {batch['status']}")
 
 
 def output(client, batch) -> list[dict]:
@@ -161,7 +150,7 @@ def test_a_due_slot_fires_once_however_often_the_task_runs_and_the_batch_complet
     assert fired["last_run_at"] and fired["last_batch_id"]
     assert [b.id for b in batches_of(db, schedule["id"])] == [fired["last_batch_id"]]
 
-    done = wait_batch(client, fired["last_batch_id"])
+    done = client.wait_batch(fired["last_batch_id"])
     assert done["status"] == "completed" and done["request_counts"] == {"total": 5, "completed": 5, "failed": 0}
     assert done["metadata"] == {"run": "nightly", "schedule_id": schedule["id"]}
     assert done["input_file_id"] != file_id  # a copy with the schedule's model
@@ -202,7 +191,7 @@ def test_a_message_delivered_twice_to_the_worker_fires_once(client, db, poolq, s
     while not (batch_id := client.get(f"/v1/schedules/{schedule['id']}").json()["last_batch_id"]):
         assert time.monotonic() < deadline, "the worker did not fire the schedule"
         time.sleep(0.1)
-    assert wait_batch(client, batch_id)["status"] == "completed"  # both messages were taken meanwhile
+    assert client.wait_batch(batch_id)["status"] == "completed"  # both messages were taken meanwhile
     assert [b.id for b in batches_of(db, schedule["id"])] == [batch_id]
     client.delete(f"/v1/schedules/{schedule['id']}")
 
@@ -217,7 +206,7 @@ def test_trigger_fires_now_and_keeps_the_next_slot(client, worker_process):
     assert batch["input_file_id"] == schedule["input_file_id"]  # its lines already name the model: reused as is
     after = client.get(f"/v1/schedules/{schedule['id']}").json()
     assert after["last_batch_id"] == batch["id"] and after["paused"] and after["next_run_at"] is None
-    assert wait_batch(client, batch["id"])["request_counts"]["completed"] == 3
+    assert client.wait_batch(batch["id"])["request_counts"]["completed"] == 3
 
     client.delete(f"/v1/files/{schedule['input_file_id']}")
     gone = client.post(f"/v1/schedules/{schedule['id']}/trigger")
@@ -246,7 +235,7 @@ def test_a_selection_schedule_reprocesses_past_jobs(client, db, poolq, worker_pr
     make_due(db, schedule["id"], dt.timedelta(seconds=1))
     assert poolq.celery.tasks["poolq.fire_schedules"]() == 1
     batch_id = client.get(f"/v1/schedules/{schedule['id']}").json()["last_batch_id"]
-    done = wait_batch(client, batch_id)
+    done = client.wait_batch(batch_id)
     assert done["status"] == "completed" and done["request_counts"]["total"] == 3, done
     lines = output(client, done)
     assert [o["custom_id"] for o in lines] == jobs  # oldest first, the job ids
@@ -258,7 +247,7 @@ def test_a_selection_schedule_reprocesses_past_jobs(client, db, poolq, worker_pr
 
     # A score job's stored request (data_1/data_2 and its options) is a valid /v1/score body too.
     scores = create(client, endpoint="/v1/score", model="ce", selection={"metadata": {"suite": tag}})
-    scored = wait_batch(client, client.post(f"/v1/schedules/{scores['id']}/trigger").json()["id"])
+    scored = client.wait_batch(client.post(f"/v1/schedules/{scores['id']}/trigger").json()["id"])
     [line] = output(client, scored)
     assert line["custom_id"] == others[0] and scored["request_counts"]["completed"] == 1
     assert line["response"]["body"]["data"][0]["score"] == pytest.approx(
@@ -312,7 +301,7 @@ def test_the_cli_over_http(client, api_url, api_keys, worker_process):
     assert client.get(f"/v1/schedules/{sid}").json()["paused"]
     assert "next 20" in poolq_cli("resume", sid).stdout
     batch_id = poolq_cli("trigger", sid).stdout.strip()
-    assert batch_id.startswith("batch_") and wait_batch(client, batch_id)["status"] == "completed"
+    assert batch_id.startswith("batch_") and client.wait_batch(batch_id)["status"] == "completed"
     assert client.get(f"/v1/schedules/{sid}").json()["last_batch_id"] == batch_id
 
     bad = poolq_cli("create", "--name", "x", "--cron", "0 2 * *", "--file", file_id, "--endpoint", "/classify",
