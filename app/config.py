@@ -77,6 +77,9 @@ class Settings:
     max_batch_tokens: int | None = None
     max_batch_seqs: int | None = None
     max_wait_ms: float | None = None
+    # Tokenizer helper processes per engine; None: the engine's default
+    # (on a GPU, enough to feed it; on a CPU, none).
+    tokenizer_processes: int | None = None
     worker_threads: int = 8
     host: str = "127.0.0.1"
     port: int = 8000
@@ -168,6 +171,7 @@ class Settings:
             max_batch_tokens=_int(env, "POOLQ_MAX_BATCH_TOKENS"),
             max_batch_seqs=_int(env, "POOLQ_MAX_BATCH_SEQS"),
             max_wait_ms=_float(env, "POOLQ_MAX_WAIT_MS"),
+            tokenizer_processes=_int(env, "POOLQ_TOKENIZER_PROCESSES"),
             worker_threads=_int(env, "POOLQ_WORKER_THREADS") or 8,
             host=env.get("POOLQ_HOST", "127.0.0.1"),
             port=_int(env, "POOLQ_PORT") or 8000,

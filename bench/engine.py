@@ -9,8 +9,13 @@ budget) and engine / transformers pipeline.
 
     OUT=/tmp/bench N=200 python bench/engine.py          # CPU, small N
     python bench/engine.py                               # GPU: N=20000
+It also times the engine's host path alone (the same texts with a forward
+that returns zeros: tokenizing, batching, collating, delivering), which says
+whether the host or the device bounds the engine on this machine.
+
 Env: N, OUT (default /tmp), POOLQ_BENCH_REF (folder of the reference scripts),
-SKIP_REFERENCE=1 (reuse the JSON files already in OUT).
+SKIP_REFERENCE=1 (reuse the JSON files already in OUT), TOKENIZER_PROCESSES
+(default: the engine's own choice for the device).
 """
 from __future__ import annotations
 
@@ -104,14 +109,20 @@ def bench_shape(name: str, shape: dict, ref: pathlib.Path, texts: list[str]) -> 
         cfg = BertConfig(vocab_size=tok.vocab_size, num_labels=2, **shape)
         BertForSequenceClassification(cfg).save_pretrained(d, safe_serialization=True)
         tok.save_pretrained(d)
-        engine = PoolingEngine(d, max_model_len=512)
+        processes = os.environ.get("TOKENIZER_PROCESSES")
+        engine = PoolingEngine(d, max_model_len=512, tokenizer_processes=int(processes) if processes else None)
         try:
-            engine.classify(texts[:256])  # warm-up: first shapes, allocator, tokenizer copies
+            engine.classify(texts[:2048])  # warm-up: first shapes, allocator, tokenizer copies and helpers
             runs = [time_engine(engine, texts, t) for t in (1, 8)]
+            # Host path alone: the batcher's runner swapped for one that only
+            # allocates the output, so every other step runs as in production.
+            engine._batcher.runner = lambda batch: (torch.zeros(batch.lengths.shape[0], 2), None)
+            host = time_engine(engine, texts, 8)
         finally:
             engine.close()
     best = max(runs, key=lambda r: r["seqs_per_s"])
-    return dict(runs=runs, best=best, device=str(engine.device), dtype=str(engine.dtype))
+    return dict(runs=runs, best=best, host_path=host, tokenizer_processes=engine.tokenizer_processes,
+                device=str(engine.device), dtype=str(engine.dtype))
 
 
 def ratios(name: str, engine: dict, reference: dict) -> dict:
@@ -121,6 +132,7 @@ def ratios(name: str, engine: dict, reference: dict) -> dict:
     users = reference["user_baselines.py"][name]
     seqs = engine["best"]["seqs_per_s"]
     return dict(engine_seqs_per_s=seqs, engine_tokens_per_s=engine["best"]["tokens_per_s"],
+                host_path_seqs_per_s=engine["host_path"]["seqs_per_s"],
                 engine_pad_fraction=engine["best"]["pad_fraction"],
                 raw_sorted_seqs_per_s=sorted_best["seqs_per_s"], raw_naive_seqs_per_s=raw["naive_bs32_arrival_order"]["seqs_per_s"],
                 pipeline_seqs_per_s=users["hf_pipeline_classify_bs32"]["seqs_per_s"],
@@ -144,12 +156,14 @@ def main() -> None:
         print(name, json.dumps(result), flush=True)
     (OUT / "engine.json").write_text(json.dumps(report, indent=1))
     print(f"\n| shape | engine seqs/s | tokens/s | pad | raw sorted seqs/s | engine/raw sorted | "
-          f"pipeline seqs/s | engine/pipeline | engine/tuned loop |\n|---|---|---|---|---|---|---|---|---|")
+          f"pipeline seqs/s | engine/pipeline | engine/tuned loop | host path seqs/s | tokenizer processes |\n"
+          f"|---|---|---|---|---|---|---|---|---|---|---|")
     for name, r in report["shapes"].items():
         q = r["ratios"]
         print(f"| {name} | {q['engine_seqs_per_s']} | {q['engine_tokens_per_s']} | {q['engine_pad_fraction']} | "
               f"{q['raw_sorted_seqs_per_s']} | {q['engine_over_raw_sorted']} | {q['pipeline_seqs_per_s']} | "
-              f"{q['engine_over_pipeline']} | {q['engine_over_tuned_loop']} |")
+              f"{q['engine_over_pipeline']} | {q['engine_over_tuned_loop']} | {q['host_path_seqs_per_s']} | "
+              f"{r['tokenizer_processes']} |")
 
 
 if __name__ == "__main__":

@@ -1,5 +1,10 @@
 """The micro-batcher: one per engine (device), fed by many submitting threads.
 
+Sequences live in per-request flat id tensors with numpy arrays of lengths
+and starts; nothing on the hot path is a Python object per sequence, so one
+process keeps up with a GPU running a small encoder at tens of thousands of
+sequences per second.
+
 Two threads own the hot path:
 - the collator forms batches across all pending requests (length-sorted
   within a window, capped by a padded-token budget and a sequence count,
@@ -23,8 +28,10 @@ import queue
 import threading
 import time
 from concurrent.futures import Future, InvalidStateError
-from operator import attrgetter
+from dataclasses import dataclass
+from typing import Sequence
 
+import numpy as np
 import torch
 
 from .collate import collate, plan_batches
@@ -33,27 +40,59 @@ log = logging.getLogger(__name__)
 
 
 class _Request:
-    __slots__ = ("future", "results", "remaining")
+    """One submitter's sequences, kept flat, and the outputs gathered for it."""
 
-    def __init__(self, n: int):
+    __slots__ = ("future", "ids", "type_ids", "lengths", "starts", "token", "arrived", "remaining",
+                 "seq_out", "tok_out")
+
+    def __init__(self, ids: torch.Tensor, type_ids: torch.Tensor | None, lengths: np.ndarray, token: bool):
         self.future: Future = Future()
-        self.results: list = [None] * n
-        self.remaining = n
-
-
-class Item:
-    """One sequence of one request; `index` is its place in the request."""
-
-    __slots__ = ("ids", "type_ids", "length", "token", "request", "index", "arrived")
-
-    def __init__(self, ids, type_ids, token, request, index, arrived):
         self.ids = ids
         self.type_ids = type_ids
-        self.length = int(ids.shape[0])
+        self.lengths = lengths
+        self.starts = np.concatenate(([0], np.cumsum(lengths)))  # one past the end for the last
         self.token = token
-        self.request = request
-        self.index = index
-        self.arrived = arrived
+        self.arrived = time.monotonic()
+        self.remaining = len(lengths)
+        self.seq_out: torch.Tensor | None = None  # [n, C], filled by row index
+        self.tok_out: list | None = [None] * len(lengths) if token else None
+
+    def tokens(self, begin: int, end: int) -> int:
+        return int(self.starts[end] - self.starts[begin])
+
+    def deliver_rows(self, index: np.ndarray, rows: torch.Tensor) -> None:
+        if self.seq_out is None:
+            self.seq_out = torch.empty((len(self.lengths), rows.shape[1]), dtype=rows.dtype)
+        self.seq_out[torch.from_numpy(index)] = rows
+        self._count(len(index))
+
+    def deliver_tokens(self, index: np.ndarray, outputs: Sequence[torch.Tensor]) -> None:
+        for i, out in zip(index.tolist(), outputs):
+            self.tok_out[i] = out
+        self._count(len(index))
+
+    def _count(self, n: int) -> None:
+        self.remaining -= n
+        if self.remaining == 0:
+            _settle(self.future.set_result, self.tok_out if self.token else self.seq_out)
+
+
+@dataclass
+class _Window:
+    """Sequences taken from the lanes together, as flat arrays (one entry per sequence).
+
+    `ids`/`type_ids` hold the taken sequences back to back plus one trailing
+    pad element, which collation gathers for padded positions.
+    """
+
+    requests: list[_Request]
+    ids: torch.Tensor
+    type_ids: torch.Tensor | None
+    starts: np.ndarray     # into ids
+    lengths: np.ndarray
+    owner: np.ndarray      # index into requests
+    index: np.ndarray      # the sequence's place in its request
+    token: np.ndarray      # bool: return every token's output
 
 
 class Batcher:
@@ -68,9 +107,11 @@ class Batcher:
         self.pad_id = pad_id  # RoBERTa derives positions from it, so it must be the model's
         self.window_seqs = window_batches * max_batch_seqs
         self.window_tokens = window_batches * max_batch_tokens
-        # [interactive, bulk]; _pending_tokens counts both.
-        self._lanes: tuple[collections.deque[Item], collections.deque[Item]] = (collections.deque(), collections.deque())
+        # [interactive, bulk] lanes of (request, begin, end) segments; the
+        # pending counters cover both.
+        self._lanes: tuple[collections.deque, collections.deque] = (collections.deque(), collections.deque())
         self._pending_tokens = 0
+        self._pending_seqs = 0
         self._cond = threading.Condition()
         self._ready: queue.Queue = queue.Queue(maxsize=2)
         # Written by the collator thread only; read for benchmarks and metrics.
@@ -82,21 +123,24 @@ class Batcher:
         self._worker.start()
 
     # -- submitters' side -------------------------------------------------
-    def submit(self, sequences: list[tuple[torch.Tensor, torch.Tensor | None]], token: bool,
+    def submit(self, ids: torch.Tensor, lengths: Sequence[int], token: bool, type_ids: torch.Tensor | None = None,
                priority: int = 0) -> Future:
-        """Queue one request's sequences; the future yields one output per sequence, in order.
+        """Queue one request: `ids` holds its sequences back to back (int64), `lengths` their sizes.
 
-        A sequence-level output is a [C] tensor of raw logits, a token-level one [n, C].
-        `priority` follows vLLM: lower runs earlier; anything above 0 is bulk.
+        The future yields the raw logits in the request's order: a [n, C]
+        tensor for sequence-level outputs, or (token=True) a list of n [len_i, C]
+        tensors. `priority` follows vLLM: lower runs earlier; above 0 is bulk.
         """
-        request = _Request(len(sequences))
-        now = time.monotonic()
-        items = [Item(ids, types, token, request, i, now) for i, (ids, types) in enumerate(sequences)]
+        lengths = np.asarray(lengths, dtype=np.int64)
+        if not len(lengths) or lengths.min() < 1 or int(lengths.sum()) != ids.shape[0]:
+            raise ValueError("lengths must be positive and add up to the number of ids")
+        request = _Request(ids, type_ids, lengths, token)
         with self._cond:
             if self._closed:
                 raise RuntimeError("the pooling engine is closed")
-            self._lanes[1 if priority > 0 else 0].extend(items)
-            self._pending_tokens += sum(it.length for it in items)
+            self._lanes[1 if priority > 0 else 0].append((request, 0, len(lengths)))
+            self._pending_tokens += ids.shape[0]
+            self._pending_seqs += len(lengths)
             self._cond.notify()
         return request.future
 
@@ -108,58 +152,88 @@ class Batcher:
         self._ready.put(None)
         self._worker.join()
         for lane in self._lanes:
-            for item in lane:
-                _fail(item.request, RuntimeError("the pooling engine is closed"))
+            for request, _, _ in lane:
+                _fail(request, RuntimeError("the pooling engine is closed"))
 
     # -- collator thread --------------------------------------------------
-    def _take_window(self) -> list[Item]:
+    def _take_segments(self) -> list[tuple[_Request, int, int]]:
         with self._cond:
-            while not self._queued() and not self._closed:
+            while not self._pending_seqs and not self._closed:
                 self._cond.wait()
             # Hold a lone small job at most max_wait, hoping for company.
-            heads = [lane[0].arrived for lane in self._lanes if lane]
+            heads = [lane[0][0].arrived for lane in self._lanes if lane]
             deadline = min(heads) + self.max_wait if heads else 0
             while (not self._closed and self._pending_tokens < self.max_tokens
-                   and self._queued() < self.max_seqs and time.monotonic() < deadline):
+                   and self._pending_seqs < self.max_seqs and time.monotonic() < deadline):
                 self._cond.wait(deadline - time.monotonic())
             lane = self._lanes[0] if self._lanes[0] else self._lanes[1]
-            window, tokens = [], 0
-            while lane and len(window) < self.window_seqs and tokens < self.window_tokens:
-                item = lane.popleft()
-                tokens += item.length
-                window.append(item)
+            taken, seqs, tokens = [], 0, 0
+            while lane and seqs < self.window_seqs and tokens < self.window_tokens:
+                request, begin, end = lane.popleft()
+                # Take as much of the segment as the window has room for.
+                stop = min(end, begin + self.window_seqs - seqs)
+                room = request.starts[begin] + self.window_tokens - tokens
+                stop = max(begin + 1, min(stop, int(np.searchsorted(request.starts, room, side="right")) - 1))
+                if stop < end:
+                    lane.appendleft((request, stop, end))
+                taken.append((request, begin, stop))
+                seqs += stop - begin
+                tokens += request.tokens(begin, stop)
+            self._pending_seqs -= seqs
             self._pending_tokens -= tokens
-        # A request that already failed wastes no more device time.
-        return [it for it in window if not it.request.future.done()]
+        # A request that already failed or was cancelled wastes no more device time.
+        return [seg for seg in taken if not seg[0].future.done()]
 
-    def _queued(self) -> int:
-        return len(self._lanes[0]) + len(self._lanes[1])
+    def _window(self, segments: list[tuple[_Request, int, int]]) -> _Window:
+        requests = [request for request, _, _ in segments]
+        ids, types, lengths, owner, index, token = [], [], [], [], [], []
+        any_types = any(r.type_ids is not None for r in requests)
+        for k, (request, begin, end) in enumerate(segments):
+            lo, hi = int(request.starts[begin]), int(request.starts[end])
+            ids.append(request.ids[lo:hi])
+            if any_types:
+                types.append(request.type_ids[lo:hi] if request.type_ids is not None
+                             else torch.zeros(hi - lo, dtype=torch.long))
+            lengths.append(request.lengths[begin:end])
+            owner.append(np.full(end - begin, k))
+            index.append(np.arange(begin, end))
+            token.append(np.full(end - begin, request.token))
+        lengths_arr = np.concatenate(lengths)
+        starts = np.concatenate(([0], np.cumsum(lengths_arr)[:-1]))
+        pad = torch.tensor([self.pad_id], dtype=torch.long)
+        return _Window(requests=requests, ids=torch.cat(ids + [pad]),
+                       type_ids=torch.cat(types + [torch.zeros(1, dtype=torch.long)]) if any_types else None,
+                       starts=starts, lengths=lengths_arr, owner=np.concatenate(owner),
+                       index=np.concatenate(index), token=np.concatenate(token))
 
     def _collate_loop(self) -> None:
         while True:
-            window = self._take_window()
-            if not window:
+            segments = self._take_segments()
+            if not segments:
                 if self._closed:
                     return
                 continue
-            window.sort(key=attrgetter("length"))
-            for items in plan_batches(window, self.max_tokens, self.max_seqs, self.max_len):
-                batch = self._to_device(items)
-                self._count(items, batch)
-                self._ready.put((items, batch))  # blocks while two batches wait: back-pressure
+            window = self._window(segments)
+            order = np.argsort(window.lengths, kind="stable")
+            for begin, end in plan_batches(window.lengths[order], self.max_tokens, self.max_seqs, self.max_len):
+                rows = order[begin:end]
+                batch = self._to_device(window, rows)
+                self._count(window, rows, batch)
+                self._ready.put((window, rows, batch))  # blocks while two batches wait: back-pressure
 
-    def _count(self, items: list[Item], batch) -> None:
+    def _count(self, window: _Window, rows: np.ndarray, batch) -> None:
         if isinstance(batch, Exception):
             return
         self.stats["batches"] += 1
-        self.stats["sequences"] += len(items)
-        self.stats["real_tokens"] += sum(it.length for it in items)
+        self.stats["sequences"] += len(rows)
+        self.stats["real_tokens"] += int(window.lengths[rows].sum())
         self.stats["padded_tokens"] += batch.input_ids.numel()
 
-    def _to_device(self, items: list[Item]):
+    def _to_device(self, window: _Window, rows: np.ndarray):
         try:
-            return collate(items, self.device, self.max_len, self.pad_id)
-        except Exception as exc:  # surfaced by the device thread, which isolates the bad item
+            return collate(window.ids, window.type_ids, window.starts[rows], window.lengths[rows],
+                           window.token[rows], self.device, self.max_len)
+        except Exception as exc:  # surfaced by the device thread, which isolates the bad request
             return exc
 
     # -- device thread ----------------------------------------------------
@@ -168,15 +242,15 @@ class Batcher:
             job = self._ready.get()
             if job is None:
                 return
-            items, batch = job
+            window, rows, batch = job
             try:
-                self._run(items, batch)
+                self._run(window, rows, batch)
             except Exception as exc:  # a bug in delivery must not kill the thread and hang every caller
                 log.exception("pooling batch delivery failed")
-                for item in items:
-                    _fail(item.request, exc)
+                for k in np.unique(window.owner[rows]).tolist():
+                    _fail(window.requests[k], exc)
 
-    def _run(self, items: list[Item], batch) -> None:
+    def _run(self, window: _Window, rows: np.ndarray, batch) -> None:
         try:
             if isinstance(batch, Exception):
                 raise batch
@@ -187,32 +261,34 @@ class Batcher:
         except Exception as exc:
             if isinstance(exc, torch.OutOfMemoryError) and self.device.type == "cuda":
                 torch.cuda.empty_cache()
-            if len(items) == 1:
+            if len(rows) == 1:
                 log.warning("pooling batch failed for one sequence: %s", exc)
-                _fail(items[0].request, exc)
+                _fail(window.requests[int(window.owner[rows[0]])], exc)
                 return
             # Split and retry: an OOM shrinks the batch, and any other error is
             # narrowed down to the request that causes it; the rest succeed.
-            half = len(items) // 2
-            for part in (items[:half], items[half:]):
-                self._run(part, self._to_device(part))
+            half = len(rows) // 2
+            for part in (rows[:half], rows[half:]):
+                self._run(window, part, self._to_device(window, part))
             return
-        self._deliver(items, seq, tok)
+        self._deliver(window, rows, seq, tok)
 
-    def _deliver(self, items: list[Item], seq: torch.Tensor | None, tok: torch.Tensor | None) -> None:
-        seq_items = [it for it in items if not it.token]
-        tok_items = [it for it in items if it.token]
-        outputs = []
-        if seq_items:
-            outputs.extend(zip(seq_items, seq.unbind(0)))
-        if tok_items:
-            outputs.extend(zip(tok_items, torch.split(tok, [it.length for it in tok_items])))
-        for item, out in outputs:
-            request = item.request
-            request.results[item.index] = out
-            request.remaining -= 1
-            if request.remaining == 0:
-                _settle(request.future.set_result, request.results)
+    def _deliver(self, window: _Window, rows: np.ndarray, seq: torch.Tensor | None,
+                 tok: torch.Tensor | None) -> None:
+        token = window.token[rows]
+        if seq is not None:
+            seq_rows = rows[~token]  # the order of DeviceBatch.seq_rows, so of seq
+            owners = window.owner[seq_rows]
+            for k in np.unique(owners).tolist():
+                mine = owners == k
+                window.requests[k].deliver_rows(window.index[seq_rows[mine]], seq[torch.from_numpy(mine)])
+        if tok is not None:
+            tok_rows = rows[token]
+            per_row = torch.split(tok, window.lengths[tok_rows].tolist())
+            owners = window.owner[tok_rows]
+            for k in np.unique(owners).tolist():
+                mine = np.flatnonzero(owners == k)
+                window.requests[k].deliver_tokens(window.index[tok_rows[mine]], [per_row[i] for i in mine])
 
 
 def _fail(request: _Request, exc: BaseException) -> None:

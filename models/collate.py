@@ -1,11 +1,14 @@
 """Batch planning and vectorized collation (no per-row Python tensor work).
 
-Rows are right padded: the collator scatters one flat concatenation of all
-ids into a [B, L] tensor through a boolean mask, so the cost is a handful of
-tensor ops whatever B is.
+The batcher keeps a window's sequences as one flat id tensor plus numpy
+arrays (start, length, ...), one entry per sequence. Planning cuts the
+length-sorted arrays into batches; collation builds a batch's [B, L] ids as
+one gather from the flat tensor, with out-of-row positions pointing at a pad
+id appended at its end. Either costs a handful of array ops whatever B is.
 """
 from __future__ import annotations
 
+import numpy as np
 import torch
 
 from .runner import DeviceBatch
@@ -19,44 +22,46 @@ def padded_len(n: int, max_len: int) -> int:
     return max(n, min(-(-n // PAD_MULTIPLE) * PAD_MULTIPLE, max_len))
 
 
-def plan_batches(items: list, max_tokens: int, max_seqs: int, max_len: int) -> list[list]:
-    """Cut length-sorted items into batches of at most max_tokens padded tokens."""
-    batches, start = [], 0
-    while start < len(items):
-        end = start + 1  # a sequence over the budget still runs, alone
-        while (end < len(items) and end - start < max_seqs
-               and (end - start + 1) * padded_len(items[end].length, max_len) <= max_tokens):
-            end += 1
-        batches.append(items[start:end])
-        start = end
-    return batches
+def padded_lens(lengths: np.ndarray, max_len: int) -> np.ndarray:
+    """`padded_len` over an array."""
+    rounded = -(-lengths // PAD_MULTIPLE) * PAD_MULTIPLE
+    return np.maximum(lengths, np.minimum(rounded, max_len))
 
 
-def _scatter(flat: torch.Tensor, mask: torch.Tensor, fill: int) -> torch.Tensor:
-    out = torch.full(mask.shape, fill, dtype=flat.dtype)
-    out[mask] = flat
-    return out
+def plan_batches(sorted_lengths: np.ndarray, max_tokens: int, max_seqs: int, max_len: int) -> list[tuple[int, int]]:
+    """Cut ascending lengths into [start, end) batches of at most max_tokens padded
+    tokens and max_seqs sequences; a sequence over the budget still runs, alone."""
+    padded = padded_lens(sorted_lengths, max_len)
+    bounds, start, n = [], 0, len(sorted_lengths)
+    while start < n:
+        m = min(max_seqs, n - start)
+        # Lengths ascend, so the cost of taking k+1 rows ascends with k and
+        # the rows that fit are a prefix.
+        fits = np.arange(1, m + 1) * padded[start:start + m] <= max_tokens
+        size = m if fits.all() else max(1, int(fits.argmin()))
+        bounds.append((start, start + size))
+        start += size
+    return bounds
 
 
-def collate(items: list, device: torch.device, max_len: int, pad_id: int = 0) -> DeviceBatch:
-    lengths = torch.tensor([it.length for it in items], dtype=torch.long)
+def collate(flat_ids: torch.Tensor, flat_types: torch.Tensor | None, starts: np.ndarray, lengths: np.ndarray,
+            token_flags: np.ndarray, device: torch.device, max_len: int) -> DeviceBatch:
+    """One right-padded batch. `flat_ids`/`flat_types` end with one pad element,
+    which every position past a row's length gathers."""
     width = padded_len(int(lengths.max()), max_len)
-    mask = torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)
-    input_ids = _scatter(torch.cat([it.ids for it in items]), mask, pad_id)
-    token_type_ids = None
-    if any(it.type_ids is not None for it in items):
-        types = [it.type_ids if it.type_ids is not None else torch.zeros_like(it.ids) for it in items]
-        token_type_ids = _scatter(torch.cat(types), mask, 0)
-    flags = torch.tensor([it.token for it in items], dtype=torch.bool)
-    token_rows = flags.nonzero().squeeze(1)
-    seq_rows = (~flags).nonzero().squeeze(1)
-    # nonzero keeps row order, matching the order the device thread hands results back in.
-    host = dict(input_ids=input_ids, attention_mask=mask.long(), token_type_ids=token_type_ids,
-                lengths=lengths)
+    cols = np.arange(width)
+    mask = cols < lengths[:, None]
+    index = torch.from_numpy(np.where(mask, starts[:, None] + cols, len(flat_ids) - 1))
+    token_rows = np.flatnonzero(token_flags)
+    seq_rows = np.flatnonzero(~token_flags)
+    # flatnonzero keeps row order, matching the order the device thread hands results back in.
+    host = dict(input_ids=flat_ids[index], attention_mask=torch.from_numpy(mask).long(),
+                token_type_ids=flat_types[index] if flat_types is not None else None,
+                lengths=torch.from_numpy(lengths.astype(np.int64)))
     return DeviceBatch(
         **{k: _move(v, device) for k, v in host.items()},
-        seq_rows=_move(seq_rows, device) if len(seq_rows) else None,
-        token_rows=_move(token_rows, device) if len(token_rows) else None,
+        seq_rows=_move(torch.from_numpy(seq_rows), device) if len(seq_rows) else None,
+        token_rows=_move(torch.from_numpy(token_rows), device) if len(token_rows) else None,
     )
 
 

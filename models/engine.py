@@ -1,15 +1,19 @@
 """PoolingEngine: the offline API (classify / encode / score), mirroring vLLM's LLM.
 
 Thread model: any number of caller threads tokenize and validate on their own
-thread (large requests fan out to a small tokenizer pool), submit sequences
-to the engine's single batcher, and block on futures; batches form across all
-callers. Activation and entity aggregation run back on the caller's thread.
+thread, submit sequences to the engine's single batcher, and block on
+futures; batches form across all callers. A large text request fans its
+chunks out to tokenizer helper processes when the engine has them (on a GPU,
+where one process cannot tokenize as fast as the device runs), else to a few
+threads. Activation and entity aggregation run back on the caller's thread.
 """
 from __future__ import annotations
 
+import logging
 import os
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Iterator
 
 import torch
 
@@ -22,12 +26,15 @@ from .entities import STRATEGIES, aggregate
 from .loader import load
 from .scoring import build_score_prompts
 from .templates import load_template
+from .tokenize_pool import BrokenProcessPool, TokenizerPool
 from .types import ClassificationOutput, Encoded, PoolingInputError, PoolingOutput, ScoringOutput
 
-# Prompts per tokenizer call: big enough for the Rust batch encoder to use
-# its threads, small enough that the device starts on the first chunk while
-# later ones are still being tokenized.
-CHUNK = 512
+log = logging.getLogger(__name__)
+
+# Prompts per tokenizer call: big enough to amortize the call (and, with
+# helper processes, the hand-off), small enough that the device starts on the
+# first chunk early and that a few thousand prompts keep a dozen helpers busy.
+CHUNK = 256
 
 
 def batch_defaults(device: torch.device) -> tuple[int, int, float]:
@@ -39,6 +46,30 @@ def batch_defaults(device: torch.device) -> tuple[int, int, float]:
     return 4096, 128, 2.0
 
 
+def default_tokenizer_processes(device: torch.device) -> int:
+    """Helper processes for tokenizing: on a GPU, enough to feed a small encoder
+    (~240k tokens/s each), leaving cores for the engine's own threads; on a CPU
+    the forward pass needs the cores more than the tokenizer does."""
+    if device.type != "cuda":
+        return 0
+    return min(12, max(0, (os.cpu_count() or 1) - 4))
+
+
+@dataclass
+class _Chunk:
+    """Up to CHUNK prompts, tokenized and validated, ready for the batcher."""
+
+    ids: torch.Tensor  # all prompts' ids back to back
+    type_ids: torch.Tensor | None
+    lengths: list[int]
+    encoded: list[Encoded] | None  # None when tokenized by a helper process (no offsets)
+
+    @classmethod
+    def of(cls, encoded: list[Encoded]) -> "_Chunk":
+        ids, type_ids = inp.to_tensors(encoded)
+        return cls(ids, type_ids, [len(e.input_ids) for e in encoded], encoded)
+
+
 class PoolingEngine:
     def __init__(self, model: str, revision: str | None = None, dtype: Any = "auto", device: Any = None,
                  max_batch_tokens: int | None = None, max_batch_seqs: int | None = None,
@@ -46,7 +77,7 @@ class PoolingEngine:
                  task: str | None = None, pooling_type: str | None = None,
                  hf_overrides: dict[str, Any] | None = None, score_template: str | None = None,
                  logit_mean: float | None = None, logit_sigma: float | None = None,
-                 max_model_len: int | None = None):
+                 max_model_len: int | None = None, tokenizer_processes: int | None = None):
         self.card = describe(str(model), revision=revision, hf_overrides=hf_overrides, task=task,
                              max_model_len=max_model_len)
         loaded = load(self.card, revision=revision, dtype=dtype, device=device, allow_pickle=allow_pickle,
@@ -73,6 +104,8 @@ class PoolingEngine:
             max_len=self.max_model_len, pad_id=int(pad_id))
         self._pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1),
                                         thread_name_prefix="poolq-tokenize")
+        self._process_pool = self._start_process_pool(
+            default_tokenizer_processes(self.device) if tokenizer_processes is None else tokenizer_processes)
 
     # -- public API --------------------------------------------------------
     # `priority` (all three methods) follows vLLM: lower runs earlier; above 0
@@ -80,12 +113,14 @@ class PoolingEngine:
     def classify(self, prompts, use_activation=None, truncate_prompt_tokens=None, truncation_side=None,
                  add_special_tokens=True, priority=0) -> list[ClassificationOutput]:
         self._require_task("classify")
-        encoded, logits = self._run_prompts(prompts, False, truncate_prompt_tokens, truncation_side,
-                                            add_special_tokens, priority=priority)
-        probs = self._activation(torch.stack(logits), use_activation)
+        lengths, _, logits = self._run_prompts(prompts, False, truncate_prompt_tokens, truncation_side,
+                                               add_special_tokens, priority=priority)
+        probs = self._activation(logits, use_activation)
         labels = probs.argmax(dim=-1).tolist()
-        return [ClassificationOutput(probs=p, label=self.card.id2label.get(k), num_prompt_tokens=len(e.input_ids))
-                for p, k, e in zip(probs.tolist(), labels, encoded)]
+        # numpy's tolist is several times faster than torch's, and at tens of
+        # thousands of prompts a second these per-prompt steps add up.
+        names = list(map(self.card.id2label.get, labels))
+        return list(map(ClassificationOutput, probs.numpy().tolist(), names, lengths))
 
     def encode(self, prompts, pooling_task="classify", use_activation=None, truncate_prompt_tokens=None,
                truncation_side=None, add_special_tokens=True, aggregation=None, priority=0) -> list[PoolingOutput]:
@@ -101,20 +136,20 @@ class PoolingEngine:
                                            add_special_tokens, priority)]
         if aggregation is not None and aggregation not in STRATEGIES:
             raise PoolingInputError(f"aggregation must be one of {STRATEGIES}", "aggregation")
-        encoded, logits = self._run_prompts(prompts, True, truncate_prompt_tokens, truncation_side,
-                                            add_special_tokens, with_offsets=aggregation is not None,
-                                            priority=priority)
-        lengths = [t.shape[0] for t in logits]
+        lengths, encoded, logits = self._run_prompts(prompts, True, truncate_prompt_tokens, truncation_side,
+                                                     add_special_tokens, with_offsets=aggregation is not None,
+                                                     priority=priority)
         flat = torch.cat(logits)
         data = self._activation(flat, use_activation).split(lengths)
         scores = torch.softmax(self._activation.calibrate(flat), -1).split(lengths) if aggregation else None
         outs = []
-        for i, (e, d) in enumerate(zip(encoded, data)):
+        for i, (n, d) in enumerate(zip(lengths, data)):
             entities = None
             if aggregation is not None:
+                e = encoded[i]  # with_offsets keeps tokenization in process, so encoded is complete
                 entities = aggregate(aggregation, scores[i].numpy(), e.input_ids, e.offsets, e.special_mask,
                                      e.text, self.tokenizer, self.card.id2label)
-            outs.append(PoolingOutput(data=d.tolist(), num_prompt_tokens=len(e.input_ids), entities=entities))
+            outs.append(PoolingOutput(data=d.numpy().tolist(), num_prompt_tokens=n, entities=entities))
         return outs
 
     def score(self, data_1, data_2, use_activation=None, max_tokens_per_query=0, max_tokens_per_doc=0,
@@ -131,17 +166,25 @@ class PoolingEngine:
             chat_template_kwargs=chat_template_kwargs, limit=limit, max_model_len=self.max_model_len)
         for e in encoded:
             inp.check_length(len(e.input_ids), self.max_model_len)
-        logits = self._gather(self._submit([encoded], token=False, priority=priority))
-        scores = self._activation(torch.stack(logits), use_activation)[:, 0].tolist()
+        futures, _, _ = self._submit([_Chunk.of(encoded)], token=False, priority=priority)
+        scores = self._activation(self._gather(futures, False), use_activation)[:, 0].tolist()
         return [ScoringOutput(score=s, num_prompt_tokens=len(e.input_ids)) for s, e in zip(scores, encoded)]
 
     def batch_stats(self) -> dict[str, int]:
         """Counters since start: batches, sequences, real and padded tokens."""
         return dict(self._batcher.stats)
 
+    @property
+    def tokenizer_processes(self) -> int:
+        """Helper processes tokenizing large text requests (0: all in process)."""
+        pool = self._process_pool
+        return pool.processes if pool is not None and not pool.broken else 0
+
     def close(self) -> None:
         self._batcher.close()
         self._pool.shutdown(wait=False)
+        if self._process_pool is not None:
+            self._process_pool.close()
 
     def __enter__(self):
         return self
@@ -163,23 +206,77 @@ class PoolingEngine:
             raise PoolingInputError(f"Unsupported task: {task!r} Supported tasks: {self.supported_tasks}", "task")
         raise PoolingInputError(f"Try switching the model's pooling_task via --pooler-config.task {task}.", "task")
 
+    def _start_process_pool(self, processes: int) -> TokenizerPool | None:
+        if processes <= 0:
+            return None
+        try:
+            pool = TokenizerPool(self.tokenizer, processes)
+        except (ValueError, OSError) as exc:
+            log.warning("tokenizing in process: no tokenizer helpers (%s)", exc)
+            return None
+        sample = ["poolq checks its tokenizer helpers", "Ünïcode, CJK 漢字 and emoji 🙂 too", "x " * 600]
+        side = self._tokenizers.default_side
+        if not pool.matches(self._tokenizers.get(side), sample, self.max_model_len + 1, side):
+            log.warning("tokenizing in process: helper processes disagree with the transformers tokenizer")
+            pool.close()
+            return None
+        return pool
+
     def _run_prompts(self, prompts, token, truncate_prompt_tokens, truncation_side, add_special_tokens,
-                     with_offsets=False, priority=0) -> tuple[list[Encoded], list[torch.Tensor]]:
+                     with_offsets=False, priority=0) -> tuple[list[int], list[Encoded], Any]:
+        """Per prompt: its token count and its encoding (complete only with offsets); and
+        the raw outputs: a [n, C] tensor, or (token) a list of [len_i, C] tensors."""
         items = inp.normalize_prompts(prompts)
         limit = inp.resolve_truncation(truncate_prompt_tokens, self.max_model_len)
         if truncation_side not in (None, "left", "right"):
             raise PoolingInputError("truncation_side must be 'left' or 'right'", "truncation_side")
         args = (limit, truncation_side, add_special_tokens, with_offsets)
+        futures, lengths, encoded = self._submit(self._tokenized_chunks(items, args), token, priority)
+        return lengths, encoded, self._gather(futures, token)
+
+    def _tokenized_chunks(self, items: list, args: tuple) -> Iterator[_Chunk]:
         chunks = [items[i:i + CHUNK] for i in range(0, len(items), CHUNK)]
         if len(chunks) == 1:
-            encoded_chunks: Iterable[list[Encoded]] = [self._encode_chunk(chunks[0], *args)]
-        else:
-            # Tokenize chunks in parallel and submit each as soon as it is ready, in order.
-            encoded_chunks = (f.result() for f in [self._pool.submit(self._encode_chunk, c, *args) for c in chunks])
-        futures, encoded = self._submit(encoded_chunks, token, collect=True, priority=priority)
-        return encoded, self._gather(futures)
+            yield self._encode_chunk(chunks[0], *args)
+            return
+        # Tokenize all chunks in parallel and hand each on as soon as it is
+        # ready, in order, so the device starts on the first one early.
+        pending = [self._start_chunk(c, args) for c in chunks]
+        for chunk, future in zip(chunks, pending):
+            yield self._finish_chunk(chunk, future, args)
 
-    def _encode_chunk(self, prompts, limit, side, add_special_tokens, with_offsets) -> list[Encoded]:
+    def _start_chunk(self, prompts: list, args: tuple) -> Future:
+        limit, side, add_special_tokens, with_offsets = args
+        pool = self._process_pool
+        if pool is not None and not pool.broken and not with_offsets and all(isinstance(p, str) for p in prompts):
+            try:
+                return pool.submit(prompts, limit if limit is not None else self.max_model_len + 1,
+                                   side or self._tokenizers.default_side, add_special_tokens)
+            except (BrokenProcessPool, RuntimeError):
+                self._pool_failed()
+        return self._pool.submit(self._encode_chunk, prompts, *args)
+
+    def _finish_chunk(self, prompts: list, future: Future, args: tuple) -> _Chunk:
+        try:
+            result = future.result()
+        except BrokenProcessPool:
+            self._pool_failed()
+            return self._encode_chunk(prompts, *args)
+        if isinstance(result, _Chunk):
+            return result
+        flat, lengths = result
+        bad = (lengths == 0) | (lengths > self.max_model_len)
+        if bad.any():
+            inp.check_length(int(lengths[bad.argmax()]), self.max_model_len)
+        return _Chunk(torch.from_numpy(flat).long(), None, lengths.tolist(), None)
+
+    def _pool_failed(self) -> None:
+        pool = self._process_pool
+        if pool is not None and not pool.broken:
+            pool.broken = True
+            log.error("a tokenizer helper process died; tokenizing in process from now on")
+
+    def _encode_chunk(self, prompts, limit, side, add_special_tokens, with_offsets) -> _Chunk:
         tok = self._tokenizers.get(side)
         texts = [p for p in prompts if isinstance(p, str)]
         by_text = iter(inp.tokenize(tok, texts, limit=limit, max_model_len=self.max_model_len,
@@ -196,24 +293,26 @@ class PoolingEngine:
                 e = Encoded(input_ids=ids, special_mask=mask)
             inp.check_length(len(e.input_ids), self.max_model_len)
             out.append(e)
-        return out
+        return _Chunk.of(out)
 
-    def _submit(self, encoded_chunks, token, collect=False, priority=0):
-        futures, encoded = [], []
+    def _submit(self, chunks, token, priority=0) -> tuple[list[Future], list[int], list[Encoded]]:
+        futures, lengths, encoded = [], [], []
         try:
-            for chunk in encoded_chunks:
-                encoded.extend(chunk)
-                futures.append(self._batcher.submit(inp.to_tensors(chunk), token, priority))
+            for chunk in chunks:
+                lengths.extend(chunk.lengths)
+                if chunk.encoded is not None:
+                    encoded.extend(chunk.encoded)
+                futures.append(self._batcher.submit(chunk.ids, chunk.lengths, token, chunk.type_ids, priority))
         except BaseException:
             # A later chunk failed validation: drop the work already queued.
             for f in futures:
                 f.cancel()
             raise
-        return (futures, encoded) if collect else futures
+        return futures, lengths, encoded
 
     @staticmethod
-    def _gather(futures) -> list[torch.Tensor]:
-        out: list[torch.Tensor] = []
-        for f in futures:
-            out.extend(f.result())
-        return out
+    def _gather(futures: list[Future], token: bool):
+        results = [f.result() for f in futures]
+        if token:
+            return [out for chunk in results for out in chunk]
+        return results[0] if len(results) == 1 else torch.cat(results)

@@ -116,11 +116,9 @@ def tokenize(tok: Any, texts: Sequence[str], pairs: Sequence[str] | None = None,
     return out
 
 
-def to_tensors(encoded: list[Encoded]) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
-    """One flat tensor per request, split into per-sequence views (no per-row copies)."""
-    lengths = [len(e.input_ids) for e in encoded]
-    ids = torch.tensor(list(chain.from_iterable(e.input_ids for e in encoded)), dtype=torch.long).split(lengths)
+def to_tensors(encoded: list[Encoded]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The batcher's input: all ids back to back (and token types, for pairs)."""
+    ids = torch.tensor(list(chain.from_iterable(e.input_ids for e in encoded)), dtype=torch.long)
     if encoded[0].token_type_ids is None:
-        return [(t, None) for t in ids]
-    types = torch.tensor(list(chain.from_iterable(e.token_type_ids for e in encoded)), dtype=torch.long)
-    return list(zip(ids, types.split(lengths)))
+        return ids, None
+    return ids, torch.tensor(list(chain.from_iterable(e.token_type_ids for e in encoded)), dtype=torch.long)

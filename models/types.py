@@ -21,14 +21,14 @@ class PoolingInputError(ValueError):
         self.parameter = parameter
 
 
-@dataclass
+@dataclass(slots=True)
 class ClassificationOutput:
     probs: list[float]
     label: str | None
     num_prompt_tokens: int
 
 
-@dataclass
+@dataclass(slots=True)
 class PoolingOutput:
     # [num_labels] for classify, [n_tokens][num_labels] for token_classify.
     data: list[Any]
@@ -37,7 +37,7 @@ class PoolingOutput:
     entities: list[dict[str, Any]] | None = None
 
 
-@dataclass
+@dataclass(slots=True)
 class ScoringOutput:
     score: float
     num_prompt_tokens: int

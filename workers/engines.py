@@ -60,6 +60,7 @@ class EngineRegistry:
             max_batch_tokens=s.max_batch_tokens,
             max_batch_seqs=s.max_batch_seqs,
             max_wait_ms=s.max_wait_ms,
+            tokenizer_processes=s.tokenizer_processes,
             allow_pickle=s.allow_pickle_weights,
             trust_remote_code=s.trust_remote_code,
         )

@@ -7,6 +7,7 @@ import sys
 import threading
 import time
 
+import numpy as np
 import pytest
 import torch
 
@@ -74,8 +75,8 @@ def test_mixed_tasks_share_batches(model_dirs, engine_factory):
     engine = engine_factory(model_dirs["qwen"], task="token_classify")
     seq_engine = engine_factory(model_dirs["qwen"])
     # The same runner pools some rows and returns all tokens of others.
-    fut_seq = engine._batcher.submit([(torch.tensor([101, 2000, 102]), None)], token=False)
-    fut_tok = engine._batcher.submit([(torch.tensor([101, 2000, 2001, 102]), None)], token=True)
+    fut_seq = engine._batcher.submit(torch.tensor([101, 2000, 102]), [3], token=False)
+    fut_tok = engine._batcher.submit(torch.tensor([101, 2000, 2001, 102]), [4], token=True)
     assert fut_tok.result()[0].shape == (4, 2)
     assert fut_seq.result()[0].tolist() == pytest.approx(
         seq_engine.classify([[101, 2000, 102]], use_activation=False)[0].probs, abs=TOL)
@@ -90,12 +91,16 @@ class _FlakyRunner:
         return (b.input_ids * b.attention_mask).sum(1, keepdim=True).float(), None
 
 
+def _one(ids):
+    return torch.tensor(ids), [len(ids)]
+
+
 def test_one_bad_request_never_fails_the_others():
     batcher = Batcher(_FlakyRunner(), torch.device("cpu"), 512, 64, 20.0, 128)
     try:
-        good = [batcher.submit([(torch.tensor([i, 1, 1]), None)], token=False) for i in range(10)]
-        bad = batcher.submit([(torch.tensor([666, 1]), None), (torch.tensor([5]), None)], token=False)
-        more = [batcher.submit([(torch.tensor([i, 2]), None)], token=False) for i in range(10)]
+        good = [batcher.submit(*_one([i, 1, 1]), token=False) for i in range(10)]
+        bad = batcher.submit(torch.tensor([666, 1, 5]), [2, 1], token=False)
+        more = [batcher.submit(*_one([i, 2]), token=False) for i in range(10)]
         with pytest.raises(RuntimeError, match="poisoned"):
             bad.result(10)
         assert [f.result(10)[0].item() for f in good] == [i + 2 for i in range(10)]
@@ -107,37 +112,63 @@ def test_one_bad_request_never_fails_the_others():
 def test_lone_request_waits_at_most_max_wait():
     batcher = Batcher(_FlakyRunner(), torch.device("cpu"), 4096, 64, 5.0, 128)
     try:
-        batcher.submit([(torch.tensor([1]), None)], token=False).result(10)  # warm
+        batcher.submit(*_one([1]), token=False).result(10)  # warm
         start = time.perf_counter()
-        batcher.submit([(torch.tensor([1, 2]), None)], token=False).result(10)
+        batcher.submit(*_one([1, 2]), token=False).result(10)
         assert time.perf_counter() - start < 0.25
     finally:
         batcher.close()
 
 
 def test_plan_batches_respects_budget():
-    class It:
-        def __init__(self, n):
-            self.length = n
+    lengths = np.array(sorted(random.Random(0).randint(1, 120) for _ in range(300)))
+    bounds = plan_batches(lengths, max_tokens=512, max_seqs=16, max_len=128)
+    assert bounds[0][0] == 0 and bounds[-1][1] == 300
+    assert all(a[1] == b[0] for a, b in zip(bounds, bounds[1:]))  # contiguous, nothing dropped
+    for begin, end in bounds:
+        assert end - begin <= 16
+        assert end - begin == 1 or (end - begin) * padded_len(int(lengths[end - 1]), 128) <= 512
+        # greedy: one more row would have broken a limit
+        if end < 300 and end - begin < 16:
+            assert (end - begin + 1) * padded_len(int(lengths[end]), 128) > 512
 
-    items = [It(n) for n in sorted(random.Random(0).randint(1, 120) for _ in range(300))]
-    batches = plan_batches(items, max_tokens=512, max_seqs=16, max_len=128)
-    assert sum(len(b) for b in batches) == 300
-    for b in batches:
-        assert len(b) <= 16
-        assert len(b) == 1 or len(b) * padded_len(b[-1].length, 128) <= 512
+
+def test_plan_batches_runs_an_over_budget_sequence_alone():
+    assert plan_batches(np.array([4, 300, 301]), max_tokens=256, max_seqs=8, max_len=512) == [(0, 1), (1, 2), (2, 3)]
 
 
 def test_collate_pads_right_to_multiple_of_8():
-    class It:
-        def __init__(self, ids, token=False):
-            self.ids, self.type_ids, self.length, self.token = torch.tensor(ids), None, len(ids), token
-
-    b = collate([It([5, 6, 7]), It([8] * 9, token=True)], torch.device("cpu"), 512, pad_id=1)
+    flat = torch.tensor([5, 6, 7] + [8] * 9 + [1])  # two rows, then the pad element
+    b = collate(flat, None, np.array([0, 3]), np.array([3, 9]), np.array([False, True]), torch.device("cpu"), 512)
     assert b.input_ids.shape == (2, 16)
     assert b.input_ids[0, :4].tolist() == [5, 6, 7, 1] and b.attention_mask[0].sum() == 3
+    assert b.input_ids[1].tolist() == [8] * 9 + [1] * 7
     assert b.seq_rows.tolist() == [0] and b.token_rows.tolist() == [1]
     assert padded_len(126, 128) == 128 and padded_len(127, 126) == 127
+
+
+def test_batcher_rejects_lengths_that_do_not_match_ids():
+    batcher = Batcher(_FlakyRunner(), torch.device("cpu"), 512, 64, 1.0, 128)
+    try:
+        with pytest.raises(ValueError):
+            batcher.submit(torch.tensor([1, 2, 3]), [2, 2], token=False)
+        with pytest.raises(ValueError):
+            batcher.submit(torch.tensor([1, 2]), [2, 0], token=False)
+    finally:
+        batcher.close()
+
+
+def test_a_request_larger_than_a_window_is_split_across_windows():
+    # window = 2 batches x 4 seqs; 50 sequences of one request span many windows.
+    batcher = Batcher(_FlakyRunner(), torch.device("cpu"), 64, 4, 1.0, 32, window_batches=2)
+    try:
+        rng = random.Random(5)
+        rows = [[rng.randint(1, 9) for _ in range(rng.randint(1, 20))] for _ in range(50)]
+        out = batcher.submit(torch.tensor([t for r in rows for t in r]), [len(r) for r in rows], token=False)
+        assert out.result(10)[:, 0].tolist() == [float(sum(r)) for r in rows]
+        assert batcher.stats["batches"] >= 13
+    finally:
+        batcher.close()
 
 
 def test_models_package_does_not_import_torch():

@@ -1,0 +1,116 @@
+"""Tokenizer helper processes: the same ids as the transformers tokenizer, the
+same results and errors through the engine, and survival of a dead helper."""
+from __future__ import annotations
+
+import os
+import random
+import signal
+
+import numpy as np
+import pytest
+import torch
+from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+from models import PoolingInputError
+from models.engine import CHUNK
+from models.tokenize_pool import TokenizerPool
+
+TOL = 1e-5
+
+
+def _texts(n, seed=0, max_words=60):
+    """Up to 60 words stays under the tiny models' 128 tokens."""
+    rng = random.Random(seed)
+    words = ["alpha", "Beta", "gamma,", "délta", "river", "stone!", "quickly", "under", "Berlin", "x", "漢字", "🙂"]
+    return [" ".join(rng.choice(words) for _ in range(rng.randint(1, max_words))) for _ in range(n)]
+
+
+def _byte_level_bpe() -> PreTrainedTokenizerFast:
+    """A GPT-2-style byte-level BPE, trained here, to cover a second tokenizer family."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(_texts(200, seed=9), trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<s>", "</s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.post_processor = processors.TemplateProcessing(
+        single="<s> $A </s>", special_tokens=[("<s>", tok.token_to_id("<s>")), ("</s>", tok.token_to_id("</s>"))])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>")
+
+
+@pytest.fixture(scope="module", params=["wordpiece", "byte_level_bpe"])
+def tokenizer_and_pool(request, model_dirs):
+    tok = AutoTokenizer.from_pretrained(str(model_dirs["bert"])) if request.param == "wordpiece" else _byte_level_bpe()
+    pool = TokenizerPool(tok, processes=2)
+    yield tok, pool
+    pool.close()
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("max_length,special", [(512, True), (20, True), (20, False), (3, True)])
+def test_helpers_give_the_transformers_ids(tokenizer_and_pool, side, max_length, special):
+    tok, pool = tokenizer_and_pool
+    texts = _texts(60, seed=max_length, max_words=400)
+    tok.truncation_side = side
+    want = tok(texts, truncation=True, max_length=max_length, add_special_tokens=special)["input_ids"]
+    flat, lengths = pool.submit(texts, max_length, side, special).result(30)
+    assert flat.dtype == np.int32 and lengths.tolist() == [len(w) for w in want]
+    assert [g.tolist() for g in np.split(flat, np.cumsum(lengths)[:-1])] == want
+    assert pool.matches(tok, texts, max_length, side)
+
+
+@pytest.fixture(scope="module")
+def pooled(model_dirs, engine_factory):
+    engine = engine_factory(model_dirs["bert"], tokenizer_processes=2)
+    assert engine.tokenizer_processes == 2  # the start-up check agreed with transformers
+    return engine
+
+
+def test_multi_chunk_request_equals_in_process_tokenization(pooled, bert):
+    texts = _texts(CHUNK * 2 + 37, seed=4, max_words=150)  # three chunks: the helper path
+    got = pooled.classify(texts, truncate_prompt_tokens=-1)
+    want = bert.classify(texts, truncate_prompt_tokens=-1)
+    assert [o.num_prompt_tokens for o in got] == [o.num_prompt_tokens for o in want]
+    assert [o.label for o in got] == [o.label for o in want]
+    assert torch.tensor([o.probs for o in got]) == pytest.approx(torch.tensor([o.probs for o in want]), abs=TOL)
+
+
+@pytest.mark.parametrize("kwargs", [dict(truncate_prompt_tokens=10, truncation_side="left"),
+                                    dict(truncate_prompt_tokens=10, add_special_tokens=False)])
+def test_truncation_options_reach_the_helpers(pooled, bert, kwargs):
+    texts = _texts(CHUNK + 5, seed=6)
+    got = pooled.classify(texts, use_activation=False, **kwargs)
+    want = bert.classify(texts, use_activation=False, **kwargs)
+    assert torch.tensor([o.probs for o in got]) == pytest.approx(torch.tensor([o.probs for o in want]), abs=TOL)
+
+
+def test_mixed_text_and_token_id_prompts(pooled, bert):
+    texts = _texts(CHUNK + 3, seed=7)
+    prompts = texts[:CHUNK] + [[101, 7592, 102], texts[-1]]  # the second chunk stays in process
+    got = pooled.classify(prompts)
+    want = bert.classify(prompts)
+    assert torch.tensor([o.probs for o in got]) == pytest.approx(torch.tensor([o.probs for o in want]), abs=TOL)
+
+
+@pytest.mark.parametrize("bad,message", [("", "cannot be empty"), ("word " * 300, "maximum context length")])
+def test_helper_path_errors_match_in_process(pooled, bert, bad, message):
+    prompts = _texts(CHUNK + 10, seed=8)
+    prompts[CHUNK + 3] = bad
+    messages = []
+    for engine in (pooled, bert):
+        with pytest.raises(PoolingInputError, match=message) as err:
+            engine.classify(prompts, add_special_tokens=bool(bad))
+        messages.append(str(err.value))
+    assert messages[0] == messages[1]
+
+
+def test_a_dead_helper_falls_back_to_in_process(model_dirs, engine_factory, bert):
+    engine = engine_factory(model_dirs["bert"], tokenizer_processes=1)
+    texts = _texts(CHUNK + 20, seed=11)
+    for pid in list(engine._process_pool._executor._processes):
+        os.kill(pid, signal.SIGKILL)
+    got = engine.classify(texts)
+    assert engine.tokenizer_processes == 0
+    assert torch.tensor([o.probs for o in got]) == pytest.approx(
+        torch.tensor([o.probs for o in bert.classify(texts)]), abs=TOL)
