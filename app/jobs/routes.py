@@ -54,7 +54,7 @@ def _replay(key: str, fingerprint: str):
         raise APIError(409, "This Idempotency-Key was used with a different request body.", "ConflictError",
                        param="Idempotency-Key")
     response = accepted(job)
-    response.set_data(jsonify(services.job_resource(job, services.job_result_body(db_session(), job))).get_data())
+    response.set_data(_resource_json(job))
     response.headers["Idempotent-Replayed"] = "true"
     return response
 
@@ -69,9 +69,12 @@ def list_jobs():
 
 @bp.get("/v1/jobs/<job_id>")
 def get_job(job_id: str):
-    session = db_session()
-    job = services.get_job(session, job_id, current_tenant_id())
-    return jsonify(services.job_resource(job, services.job_result_body(session, job)))
+    job = services.get_job(db_session(), job_id, current_tenant_id())
+    return current_app.response_class(_resource_json(job), mimetype="application/json")
+
+
+def _resource_json(job) -> str:
+    return services.job_resource_json(job, services.job_result_json(db_session(), job), current_app.json.dumps)
 
 
 @bp.post("/v1/jobs/<job_id>/cancel")

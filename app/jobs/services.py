@@ -12,7 +12,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import Text, cast, select, update
 from sqlalchemy.orm import Session
 
 from app.db.base import as_utc, utcnow
@@ -104,6 +104,22 @@ def job_result_body(session: Session, job: Job) -> dict[str, Any] | None:
     if job.status != "succeeded":
         return None
     return session.scalar(select(JobResult.body).where(JobResult.job_id == job.id))
+
+
+def job_result_json(session: Session, job: Job) -> str | None:
+    """The stored result as the worker wrote it, JSON text never parsed here: a
+    bulk result is megabytes, and parsing it only to serialize it again costs
+    the API more than reading it."""
+    if job.status != "succeeded":
+        return None
+    return session.scalar(select(cast(JobResult.body, Text)).where(JobResult.job_id == job.id))
+
+
+def job_resource_json(job: Job, result_json: str | None, dumps) -> str:
+    """`job_resource` serialized with `dumps`, the stored result spliced in verbatim."""
+    resource = job_resource(job, None)
+    del resource["result"]
+    return f'{dumps(resource)[:-1]}, "result": {result_json or "null"}}}'
 
 
 def job_resource(job: Job, result: dict[str, Any] | None) -> dict[str, Any]:

@@ -52,7 +52,8 @@ def handle(endpoint: str):
     session.expire_all()  # the submit left a `queued` copy of the row in this session
     job = services.get_job(session, str(job_id), current_tenant_id())
     if job.status == "succeeded":
-        return jsonify(services.job_result_body(session, job))
+        # Verbatim: the body the worker stored is already vLLM's response.
+        return current_app.response_class(services.job_result_json(session, job), mimetype="application/json")
     error = job.error or error_body(f"The job was {job.status}.", "JobCancelled", None, 409)["error"]
     response = jsonify({"error": error})
     response.status_code = int(error.get("code") or 500)
