@@ -103,14 +103,21 @@ def _with_model(content: bytes, model: str) -> bytes:
 
 
 class Progress:
-    """One status line on stderr, redrawn in place with \\r: done/total, rate, ETA."""
+    """A status line on stderr: done/total, rate, ETA.
+
+    On a terminal it is redrawn in place with \\r. Elsewhere (a log file, CI)
+    carriage returns would pile up into one unreadable line, so a new line is
+    written only when the status changes or another tenth of the work is done.
+    """
 
     WIDTH = 30
 
-    def __init__(self, stream=None):
+    def __init__(self, stream=None, interactive: bool | None = None):
         self.stream = stream or sys.stderr
+        self.interactive = self.stream.isatty() if interactive is None else interactive
         self.start: tuple[float, int] | None = None  # (time, done) when work was first seen
         self.last_len = 0
+        self.last_step: tuple[str, int] | None = None  # non-interactive: what the last line showed
 
     def render(self, batch: dict[str, Any], now: float) -> str:
         counts = batch["request_counts"]
@@ -129,13 +136,23 @@ class Progress:
 
     def draw(self, batch: dict[str, Any], now: float | None = None) -> None:
         text = self.render(batch, time.monotonic() if now is None else now)
-        self.stream.write("\r" + text + " " * max(0, self.last_len - len(text)))
+        if self.interactive:
+            self.stream.write("\r" + text + " " * max(0, self.last_len - len(text)))
+        else:
+            counts = batch["request_counts"]
+            done, total = counts["completed"] + counts["failed"], counts["total"]
+            step = (batch["status"], 10 * done // total if total else 0)
+            if step == self.last_step:
+                return
+            self.last_step = step
+            self.stream.write(text + "\n")
         self.stream.flush()
         self.last_len = len(text)
 
     def close(self) -> None:
-        self.stream.write("\n")
-        self.stream.flush()
+        if self.interactive and self.last_len:
+            self.stream.write("\n")
+            self.stream.flush()
 
 
 def _duration(seconds: float) -> str:

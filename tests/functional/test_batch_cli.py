@@ -52,9 +52,10 @@ def test_submit_wait_shows_progress_and_writes_the_output_beside_the_file(poolq_
     assert batch_id.startswith("batch_") and Path(written) == tmp_path / "nightly.output.jsonl"
     out = [json.loads(line) for line in Path(written).read_text().splitlines()]
     assert [o["custom_id"] for o in out] == ids and all(o["response"]["status_code"] == 200 for o in out)
-    frames = done.stderr.split("\r")
-    assert len(frames) > 1 and all("lines/s" in f and "ETA" in f for f in frames[1:])
-    assert f"{batch_id} completed" in frames[-1] and "1200/1200 100%" in frames[-1]
+    # stderr is a pipe here, not a terminal: whole lines, no carriage returns.
+    lines = [line for line in done.stderr.splitlines() if line.startswith(batch_id)]
+    assert "\r" not in done.stderr and lines and all("lines/s" in line and "ETA" in line for line in lines)
+    assert f"{batch_id} completed" in lines[-1] and "1200/1200 100%" in lines[-1]
     shown = poolq_batch("status", batch_id, "--json")
     assert shown.returncode == 0 and json.loads(shown.stdout)["metadata"] == {"run": "cli"}
 
@@ -121,7 +122,7 @@ def test_http_errors_exit_non_zero_with_the_servers_message(poolq_batch, tmp_pat
 
 def test_the_progress_line_has_done_total_rate_and_eta():
     stream = io.StringIO()
-    bar = Progress(stream)
+    bar = Progress(stream, interactive=True)
     batch = {"id": "batch_x", "status": "in_progress", "request_counts": {"total": 1000, "completed": 0, "failed": 0}}
     bar.draw(batch, now=100.0)
     batch["request_counts"].update(completed=240, failed=10)
@@ -131,3 +132,19 @@ def test_the_progress_line_has_done_total_rate_and_eta():
     assert "0/1000" in frames[1] and "ETA --:--" in frames[1]
     assert "250/1000  25%" in frames[2] and "50.0 lines/s" in frames[2] and "ETA 0:15" in frames[2]
     assert frames[2].endswith("\n")
+
+
+def test_without_a_terminal_progress_writes_a_line_per_tenth_and_status_change():
+    stream = io.StringIO()  # not a TTY
+    bar = Progress(stream)
+    batch = {"id": "batch_x", "status": "in_progress", "request_counts": {"total": 100, "completed": 0, "failed": 0}}
+    for done in range(0, 101):
+        batch["request_counts"]["completed"] = done
+        bar.draw(batch, now=100.0 + done)
+    batch["status"] = "completed"
+    bar.draw(batch, now=300.0)
+    bar.close()
+    lines = stream.getvalue().split("\n")
+    assert "\r" not in stream.getvalue()
+    assert lines[-1] == "" and len(lines) - 1 == 12  # 0%, 10%, ..., 100%, then the status change
+    assert "50/100" in lines[5] and lines[-2].startswith("batch_x completed")
