@@ -120,6 +120,10 @@ class Settings:
     # worker claims and stores at once), and chunks of one batch in flight
     # (keeps bulk work from filling the workers' prefetch and threads).
     max_file_bytes: int = 200 * 1024 * 1024
+    # Uploaded files expire this long after upload unless the upload says
+    # otherwise (`expires_after`); 0: kept until deleted. 30 days, as OpenAI
+    # does for batch files.
+    file_expiry_s: int = 30 * 24 * 3600
     batch_chunk_lines: int = 512
     batch_parallel_chunks: int = 2
     extra: Mapping[str, str] = field(default_factory=dict, repr=False)
@@ -190,6 +194,7 @@ class Settings:
             job_retention_s=_int(env, "POOLQ_JOB_RETENTION_S") if env.get("POOLQ_JOB_RETENTION_S") else 7 * 24 * 3600,
             max_items_per_request=_int(env, "POOLQ_MAX_ITEMS_PER_REQUEST") or 100_000,
             max_file_bytes=_int(env, "POOLQ_MAX_FILE_BYTES") or 200 * 1024 * 1024,
+            file_expiry_s=_int(env, "POOLQ_FILE_EXPIRY_S") if env.get("POOLQ_FILE_EXPIRY_S") else 30 * 24 * 3600,
             batch_chunk_lines=_int(env, "POOLQ_BATCH_CHUNK_LINES") or 512,
             batch_parallel_chunks=_int(env, "POOLQ_BATCH_PARALLEL_CHUNKS") or 2,
         )

@@ -11,6 +11,7 @@ import datetime as dt
 import re
 import secrets
 import uuid
+from collections.abc import Mapping
 from typing import Any
 
 from sqlalchemy import delete, select, tuple_
@@ -28,9 +29,34 @@ def new_file_id() -> str:
     return f"file-{secrets.token_hex(12)}"
 
 
-def create_file(session: Session, tenant_id: uuid.UUID, filename: str, purpose: str, content: bytes) -> File:
+# OpenAI's bounds for `expires_after[seconds]`: one hour to thirty days.
+MIN_EXPIRY_S, MAX_EXPIRY_S = 3600, 30 * 24 * 3600
+
+
+def parse_expires_after(form: Mapping[str, str], default_s: int) -> int | None:
+    """Seconds after upload at which the file expires (None: never), from OpenAI's
+    multipart fields `expires_after[anchor]` and `expires_after[seconds]`."""
+    anchor, seconds = form.get("expires_after[anchor]"), form.get("expires_after[seconds]")
+    if anchor is None and seconds is None:
+        return default_s or None
+    if anchor != "created_at":
+        raise bad_request("expires_after[anchor] must be 'created_at'", "expires_after")
+    try:
+        value = int(seconds or "")
+    except ValueError:
+        value = -1
+    if not MIN_EXPIRY_S <= value <= MAX_EXPIRY_S:
+        raise bad_request(f"expires_after[seconds] must be an integer from {MIN_EXPIRY_S} to {MAX_EXPIRY_S}",
+                          "expires_after")
+    return value
+
+
+def create_file(session: Session, tenant_id: uuid.UUID, filename: str, purpose: str, content: bytes,
+                expires_after_s: int | None = None) -> File:
+    now = utcnow()
     file = File(id=new_file_id(), tenant_id=tenant_id, filename=filename.replace("\x00", "")[:255] or "upload.jsonl",
-                purpose=purpose, size=len(content), content=content, created_at=utcnow())
+                purpose=purpose, size=len(content), content=content, created_at=now,
+                expires_at=now + dt.timedelta(seconds=expires_after_s) if expires_after_s else None)
     session.add(file)
     session.flush()
     return file
@@ -85,4 +111,4 @@ def epoch(value: dt.datetime | None) -> int | None:
 def file_resource(file: File) -> dict[str, Any]:
     return {"id": file.id, "object": "file", "bytes": file.size, "created_at": epoch(file.created_at),
             "filename": file.filename, "purpose": file.purpose, "status": "processed", "status_details": None,
-            "expires_at": None}
+            "expires_at": epoch(file.expires_at)}

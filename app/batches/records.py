@@ -20,7 +20,8 @@ class File(Base):
     """An uploaded batch input, or a batch's output or error file. The bytes live here, in the database."""
 
     __tablename__ = "files"
-    __table_args__ = (Index("ix_files_tenant_created_at", "tenant_id", "created_at", "id"),)
+    __table_args__ = (Index("ix_files_tenant_created_at", "tenant_id", "created_at", "id"),
+                      Index("ix_files_expires_at", "expires_at"))
 
     id: Mapped[str] = mapped_column(String(64), primary_key=True)  # "file-<24 hex>"
     tenant_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("tenants.id", ondelete="CASCADE"))
@@ -30,6 +31,10 @@ class File(Base):
     # Deferred: listing and describing files never loads their content.
     content: Mapped[bytes] = mapped_column(LargeBinary, deferred=True)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
+    # Uploads expire (OpenAI's `expires_after`; by default after
+    # POOLQ_FILE_EXPIRY_S); None: kept until deleted. The files poolq writes
+    # for a batch go with the batch instead (its retention).
+    expires_at: Mapped[dt.datetime | None] = mapped_column(default=None)
 
 
 class Batch(Base):

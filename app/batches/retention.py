@@ -2,8 +2,8 @@
 
 A batch in a final state longer than POOLQ_JOB_RETENTION_S is deleted with
 its chunks, its output lines, its webhook deliveries (all ON DELETE CASCADE)
-and the output and error files poolq wrote for it. Input files are the
-caller's uploads: they stay until the caller deletes them.
+and the output and error files poolq wrote for it. Uploaded files expire at
+their `expires_at` (see `expire_files`).
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.orm import Session
 
 from app.batches.records import Batch, File
+from app.schedules.records import Schedule
 from app.db.base import utcnow
 
 FINAL = ("completed", "failed", "expired", "cancelled")
@@ -33,3 +34,17 @@ def expire_finished_batches(session: Session, retention_s: int, batch: int = 200
         session.execute(delete(File).where(File.id.in_(written)))
     session.execute(delete(Batch).where(Batch.id.in_([row.id for row in rows])))
     return len(rows)
+
+
+def expire_files(session: Session, batch: int = 200) -> int:
+    """Delete uploads past their `expires_at`, except those still in use: the
+    input of a batch that has not ended, or of a schedule (a nightly run would
+    otherwise break a month after its file was uploaded)."""
+    busy_batches = select(Batch.input_file_id).where(Batch.status.not_in(FINAL))
+    scheduled = select(Schedule.input_file_id).where(Schedule.input_file_id.is_not(None))
+    ids = list(session.scalars(
+        select(File.id).where(File.expires_at < utcnow(), File.id.not_in(busy_batches), File.id.not_in(scheduled))
+        .limit(batch)))
+    if ids:
+        session.execute(delete(File).where(File.id.in_(ids)))
+    return len(ids)

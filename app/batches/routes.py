@@ -22,8 +22,9 @@ def upload_file():
     content = upload.read(settings.max_file_bytes + 1) if upload is not None else b""
     files.check_upload(purpose, upload.filename if upload is not None else None, settings.max_file_bytes,
                        len(content))
+    expires_after_s = files.parse_expires_after(request.form, settings.file_expiry_s)
     session = db_session()
-    file = files.create_file(session, current_tenant_id(), upload.filename, purpose, content)
+    file = files.create_file(session, current_tenant_id(), upload.filename, purpose, content, expires_after_s)
     session.commit()
     return jsonify(files.file_resource(file))
 

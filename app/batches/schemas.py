@@ -131,7 +131,10 @@ def openapi_paths(json_response: Callable[..., dict[str, Any]],
 
     upload = {"required": True, "content": {"multipart/form-data": {"schema": {
         "type": "object", "required": ["file", "purpose"],
-        "properties": {"file": {"type": "string", "format": "binary"}, "purpose": {"enum": ["batch"]}}}}}}
+        "properties": {"file": {"type": "string", "format": "binary"}, "purpose": {"enum": ["batch"]},
+                       # OpenAI's expiry policy; without it, POOLQ_FILE_EXPIRY_S applies.
+                       "expires_after[anchor]": {"enum": ["created_at"]},
+                       "expires_after[seconds]": {"type": "integer", "minimum": 3600, "maximum": 2592000}}}}}}
     create = {"required": True, "content": {"application/json": {
         "schema": {"$ref": "#/components/schemas/BatchCreateRequest"}}}}
     page = (query("limit", {"type": "integer"}), query("after", {"type": "string"}))

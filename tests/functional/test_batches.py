@@ -321,3 +321,53 @@ def test_finished_batches_and_their_output_files_expire_with_the_retention(oai, 
         oai.files.retrieve(old.output_file_id)
     assert oai.files.retrieve(old.input_file_id).id == old.input_file_id
     assert oai.batches.retrieve(new.id).status == "completed"
+
+
+def test_uploads_expire_unless_a_schedule_or_an_unfinished_batch_uses_them(oai, client, db):
+    """OpenAI's `expires_after` (and POOLQ_FILE_EXPIRY_S by default) bound how long uploads stay."""
+    import datetime as dt
+
+    import openai
+
+    from app.batches.records import File
+    from app.batches.retention import expire_files
+
+    line = {"custom_id": "a", "method": "POST", "url": "/classify", "body": {"model": "tiny", "input": "x"}}
+    hour = oai.files.create(file=("a.jsonl", jsonl([line])), purpose="batch",
+                            expires_after={"anchor": "created_at", "seconds": 3600})
+    assert hour.expires_at == hour.created_at + 3600
+    default = oai.files.create(file=("b.jsonl", jsonl([line])), purpose="batch")
+    assert default.expires_at == default.created_at + 30 * 24 * 3600  # the deployment's default
+    scheduled = oai.files.create(file=("c.jsonl", jsonl([line])), purpose="batch",
+                                 expires_after={"anchor": "created_at", "seconds": 3600})
+    schedule = client.post("/v1/schedules", json={"name": "nightly-expiry", "cron": "0 2 * * *", "model": "tiny",
+                                                  "endpoint": "/classify", "input_file_id": scheduled.id})
+    assert schedule.status_code == 200, schedule.text
+    in_use = oai.files.create(file=("d.jsonl", jsonl([line])), purpose="batch",
+                              expires_after={"anchor": "created_at", "seconds": 3600})
+    running = oai.batches.create(input_file_id=in_use.id, endpoint="/classify", completion_window="24h")
+    past = dt.datetime.now(dt.timezone.utc) - dt.timedelta(seconds=1)
+    with db() as session:
+        # An unfinished batch: held in `validating` for the sweep (the worker may be quick).
+        session.execute(update(Batch).where(Batch.id == running.id).values(status="validating"))
+        session.execute(update(File).where(File.id.in_([hour.id, scheduled.id, in_use.id])).values(expires_at=past))
+        assert expire_files(session) == 1
+        session.commit()
+    with pytest.raises(openai.NotFoundError):
+        oai.files.retrieve(hour.id)
+    for kept in (default, scheduled, in_use):
+        assert oai.files.retrieve(kept.id).id == kept.id
+    client.delete(f"/v1/schedules/{schedule.json()['id']}")
+
+
+@pytest.mark.parametrize("form,message", [
+    ({"expires_after[anchor]": "last_active_at", "expires_after[seconds]": "3600"}, "anchor"),
+    ({"expires_after[anchor]": "created_at", "expires_after[seconds]": "59"}, "seconds"),
+    ({"expires_after[anchor]": "created_at", "expires_after[seconds]": "soon"}, "seconds"),
+    ({"expires_after[anchor]": "created_at"}, "seconds"),
+])
+def test_a_bad_expires_after_is_a_400(client, form, message):
+    response = client.post("/v1/files", data={"purpose": "batch", **form}, files={"file": ("x.jsonl", b"{}\n")})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == "expires_after" and message in error["message"]

@@ -7,7 +7,7 @@ import logging
 from celery import shared_task
 
 from app.celery import EXPIRE_JOBS, SWEEP_JOBS
-from app.batches.retention import expire_finished_batches
+from app.batches.retention import expire_files, expire_finished_batches
 from app.jobs import dispatch, lifecycle, services
 from workers.base import PoolqTask
 
@@ -33,7 +33,8 @@ def sweep_jobs(self: PoolqTask) -> int:
 
 @shared_task(bind=True, base=PoolqTask, name=EXPIRE_JOBS, ignore_result=True)
 def expire_jobs(self: PoolqTask) -> int:
-    """Delete finished jobs and batches (with their results) past POOLQ_JOB_RETENTION_S, in bounded batches."""
+    """Delete finished jobs and batches (with their results) past POOLQ_JOB_RETENTION_S, and
+    uploaded files past their expiry, in bounded batches."""
     total = 0
     retention = self.poolq.settings.job_retention_s
     while True:
@@ -48,6 +49,13 @@ def expire_jobs(self: PoolqTask) -> int:
         total += deleted
         if deleted < 200:
             break
-    if total:
-        log.info("expired %d finished job(s)", total)
-    return total
+    files = 0
+    while True:
+        with self.unit_of_work() as session:
+            deleted = expire_files(session)
+        files += deleted
+        if deleted < 200:
+            break
+    if total or files:
+        log.info("expired %d finished job(s) and batch(es), %d uploaded file(s)", total, files)
+    return total + files
