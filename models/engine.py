@@ -220,6 +220,7 @@ class PoolingEngine:
             log.warning("tokenizing in process: helper processes disagree with the transformers tokenizer")
             pool.close()
             return None
+        log.info("tokenizing large text requests in %d helper processes", processes)
         return pool
 
     def _run_prompts(self, prompts, token, truncate_prompt_tokens, truncation_side, add_special_tokens,

@@ -62,6 +62,9 @@ def deployment_env(tmp_path_factory, pg_url, redis_url, served_models, namespace
         "POOLQ_BROKER_URL": redis_url,
         "POOLQ_MODELS": ",".join(f"{name}={path}" for name, path in served_models.items()),
         "POOLQ_WORKER_THREADS": "8",
+        # The GPU default, forced on here: large jobs in these tests are tokenized
+        # by helper processes spawned from the Celery worker, as in production.
+        "POOLQ_TOKENIZER_PROCESSES": "2",
         "POOLQ_MAX_WAIT_MS": "2",
         "POOLQ_NAMESPACE": namespace,
         "POOLQ_WORKER_METRICS_PORT": str(free_port()),

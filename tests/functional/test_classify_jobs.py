@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import concurrent.futures as cf
+import random
 import time
 import uuid
+from pathlib import Path
 
 import pytest
 import torch
@@ -60,6 +62,30 @@ def test_classify_job_matches_transformers(client, worker_process, reference):
         assert item["label"] == labels[int(expected[i].argmax())]
     assert result["usage"]["prompt_tokens"] == result["usage"]["total_tokens"] > 0
     assert done["usage"]["prompt_tokens"] == result["usage"]["prompt_tokens"]
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            kids.append(int(stat.parent.name))
+    return kids
+
+
+def test_a_large_job_is_tokenized_by_the_workers_helper_processes(client, worker_process, reference):
+    rng = random.Random(3)
+    words = ["alpha", "Beta", "gamma,", "river", "stone!", "quickly", "under", "Berlin"]
+    texts = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 60))) for _ in range(700)]  # 3 chunks
+    done = client.wait_job(submit(client, {"task": "classify", "model": "tiny", "input": texts})["id"])
+    assert done["status"] == "succeeded", done
+    expected = reference(texts).softmax(-1)
+    got = torch.tensor([item["probs"] for item in done["result"]["data"]])
+    assert torch.allclose(got, expected, atol=1e-4)
+    assert len(_children(worker_process.pid)) >= 2  # POOLQ_TOKENIZER_PROCESSES=2 in the deployment
 
 
 def test_use_activation_false_returns_raw_logits(client, worker_process, reference):
