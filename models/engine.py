@@ -211,8 +211,12 @@ class PoolingEngine:
             return None
         try:
             pool = TokenizerPool(self.tokenizer, processes)
-        except (ValueError, OSError) as exc:
-            log.warning("tokenizing in process: no tokenizer helpers (%s)", exc)
+        except (ValueError, OSError, RuntimeError) as exc:
+            # RuntimeError covers BrokenProcessPool: helpers re-import the main
+            # script (multiprocessing's spawn), and one that builds an engine at
+            # import time, outside `if __name__ == "__main__":`, kills them.
+            log.warning("tokenizing in process: tokenizer helpers did not start (%s); if the engine is built "
+                        "by a script, build it under `if __name__ == \"__main__\":`", exc)
             return None
         sample = ["poolq checks its tokenizer helpers", "Ünïcode, CJK 漢字 and emoji 🙂 too", "x " * 600]
         side = self._tokenizers.default_side
