@@ -124,6 +124,8 @@ class Settings:
     # otherwise (`expires_after`); 0: kept until deleted. 30 days, as OpenAI
     # does for batch files.
     file_expiry_s: int = 30 * 24 * 3600
+    # Schedules one tenant may hold (0: no limit).
+    max_schedules_per_tenant: int = 100
     batch_chunk_lines: int = 512
     batch_parallel_chunks: int = 2
     extra: Mapping[str, str] = field(default_factory=dict, repr=False)
@@ -194,6 +196,8 @@ class Settings:
             job_retention_s=_int(env, "POOLQ_JOB_RETENTION_S") if env.get("POOLQ_JOB_RETENTION_S") else 7 * 24 * 3600,
             max_items_per_request=_int(env, "POOLQ_MAX_ITEMS_PER_REQUEST") or 100_000,
             max_file_bytes=_int(env, "POOLQ_MAX_FILE_BYTES") or 200 * 1024 * 1024,
+            max_schedules_per_tenant=_int(env, "POOLQ_MAX_SCHEDULES_PER_TENANT")
+            if env.get("POOLQ_MAX_SCHEDULES_PER_TENANT") else 100,
             file_expiry_s=_int(env, "POOLQ_FILE_EXPIRY_S") if env.get("POOLQ_FILE_EXPIRY_S") else 30 * 24 * 3600,
             batch_chunk_lines=_int(env, "POOLQ_BATCH_CHUNK_LINES") or 512,
             batch_parallel_chunks=_int(env, "POOLQ_BATCH_PARALLEL_CHUNKS") or 2,

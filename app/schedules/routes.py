@@ -28,8 +28,9 @@ def create_schedule():
     except ValidationError as exc:
         raise validation_error(exc) from None
     session = db_session()
-    schedule = services.create_schedule(session, current_tenant_id(), body, current_app.extensions["poolq"].served,
-                                        utcnow())
+    poolq = current_app.extensions["poolq"]
+    schedule = services.create_schedule(session, current_tenant_id(), body, poolq.served, utcnow(),
+                                        poolq.settings.max_schedules_per_tenant)
     session.commit()
     return jsonify(services.schedule_resource(schedule))
 

@@ -8,7 +8,7 @@ import secrets
 import uuid
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import delete, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from app.batches.files import FILE_ID, epoch
@@ -59,7 +59,15 @@ def served_model_for(served: ServedModels, name: str, endpoint: str, revision: s
 
 
 def create_schedule(session: Session, tenant_id: uuid.UUID, body: ScheduleCreateRequest, served: ServedModels,
-                    now: dt.datetime) -> Schedule:
+                    now: dt.datetime, max_per_tenant: int = 0) -> Schedule:
+    if max_per_tenant:
+        # Each schedule fires batches on its own; a bound keeps one tenant's
+        # automation from crowding the bulk lane. Two racing creates may both
+        # pass at the limit: a soft bound is enough for that.
+        count = session.scalar(select(func.count()).select_from(Schedule).where(Schedule.tenant_id == tenant_id))
+        if count >= max_per_tenant:
+            raise bad_request(f"This API key's tenant already has {count} schedules, the limit "
+                              f"(POOLQ_MAX_SCHEDULES_PER_TENANT). Delete one first.", "name")
     try:
         cron = normalize_cron(body.cron)
     except CronError as exc:

@@ -316,3 +316,23 @@ def test_the_cli_over_http(client, api_url, api_keys, worker_process):
     for schedule_id in (sid, json.loads(selected.stdout)["id"]):
         assert "deleted" in poolq_cli("delete", schedule_id).stdout
     assert client.get(f"/v1/schedules/{sid}").status_code == 404
+
+
+def test_a_tenant_past_its_schedule_limit_gets_a_400(client, db, poolq):
+    from app.errors import APIError
+    from app.schedules.schemas import ScheduleCreateRequest
+    from app.schedules.services import create_schedule
+
+    file_id = upload(client, classify_lines(1))
+    made = create(client, name="limit-1", input_file_id=file_id)
+    body = ScheduleCreateRequest.model_validate({"name": "limit-2", "cron": "@daily", "endpoint": "/classify",
+                                                 "model": "tiny", "input_file_id": file_id})
+    with db() as session:
+        tenant_id = session.get(Schedule, made["id"]).tenant_id
+        count = session.query(Schedule).filter(Schedule.tenant_id == tenant_id).count()
+        with pytest.raises(APIError) as refused:
+            create_schedule(session, tenant_id, body, poolq.served, utcnow(), max_per_tenant=count)
+        assert refused.value.status == 400 and "limit" in refused.value.message
+        assert create_schedule(session, tenant_id, body, poolq.served, utcnow(), max_per_tenant=count + 1).id
+        session.rollback()
+    client.delete(f"/v1/schedules/{made['id']}")
