@@ -38,13 +38,23 @@ _PROBLEM_TYPES = {
 
 # Sentence-Transformers cross-encoders may name their activation in config.json.
 _ST_CLASSES = {"Identity": "identity", "Sigmoid": "classify", "Softmax": "classify"}
+# Any other class is instantiated and applied as is (vLLM wraps it), but only
+# from torch's activation module: a config must not name arbitrary code.
+_TORCH_ACTIVATIONS = "torch.nn.modules.activation."
 
 
 def get_activation(name: str) -> Activation:
-    try:
+    if name in ACTIVATIONS:
         return ACTIVATIONS[name]
-    except KeyError:
-        raise ValueError(f"unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)}") from None
+    if name.startswith(_TORCH_ACTIVATIONS):
+        cls = getattr(torch.nn.modules.activation, name[len(_TORCH_ACTIVATIONS):], None)
+        if isinstance(cls, type) and issubclass(cls, torch.nn.Module):
+            try:
+                return cls()
+            except TypeError as exc:  # e.g. Threshold, MultiheadAttention need arguments
+                raise ValueError(f"activation {name!r} cannot be built without arguments: {exc}") from None
+    raise ValueError(f"unknown activation {name!r}; expected one of {sorted(ACTIVATIONS)} "
+                     f"or a class of {_TORCH_ACTIVATIONS[:-1]}")
 
 
 def activation_name_for(config: dict[str, Any]) -> str:
@@ -54,9 +64,13 @@ def activation_name_for(config: dict[str, Any]) -> str:
         return _PROBLEM_TYPES[problem_type]
     st = (config.get("sentence_transformers") or {}).get("activation_fn") or config.get(
         "sbert_ce_default_activation_function")
-    if st and st.startswith("torch.nn.modules."):
-        return _ST_CLASSES.get(st.rsplit(".", 1)[-1], "classify")
-    return "classify"
+    if not st:
+        return "classify"
+    # Identity lives in torch.nn.modules.linear, Sigmoid/Softmax in .activation.
+    module, _, cls = st.rpartition(".")
+    if module.startswith("torch.nn.modules") and cls in _ST_CLASSES:
+        return _ST_CLASSES[cls]
+    return st  # get_activation builds it, or refuses it, when the engine loads
 
 
 class Calibrated:

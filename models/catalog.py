@@ -156,6 +156,11 @@ def describe(
 
 def _conversion(config: dict[str, Any]) -> tuple[tuple[str, ...] | None, str | None]:
     tokens = config.get("classifier_from_token")
+    if config.get("is_original_qwen3_reranker") and (not isinstance(tokens, (list, tuple)) or len(tokens) != 2):
+        # Without the tokens there is no score head to build from the LM head:
+        # the checkpoint has none, so the model would score with random weights.
+        raise ModelSourceError('is_original_qwen3_reranker needs classifier_from_token with two tokens, '
+                               'e.g. "classifier_from_token": ["no", "yes"]')
     if not tokens:
         return None, None
     method = config.get("method")

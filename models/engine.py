@@ -195,9 +195,10 @@ class PoolingEngine:
     # -- internals ---------------------------------------------------------
     @property
     def _use_sep_token(self) -> bool:
-        # Converted LLM rerankers concatenate query and document (vLLM sets
-        # use_sep_token False for them); encoders use the tokenizer's pair encoding.
-        return not self.card.is_converted and bool(self.card.config.get("use_sep_token", True))
+        # Converted LLM rerankers concatenate query and document (vLLM defaults
+        # use_sep_token to False for them); encoders use the tokenizer's pair
+        # encoding. An explicit use_sep_token (config or hf_overrides) wins.
+        return bool(self.card.config.get("use_sep_token", not self.card.is_converted))
 
     def _require_task(self, task: str) -> None:
         if task == self.card.task and task in self.supported_tasks:

@@ -3,17 +3,20 @@
 The engine runs the backbone once per batch and applies the pooler and the
 head itself, so pooling can be overridden (vLLM's `seq_pooling_type`) and a
 sequence classifier can also serve `token_classify` with the same weights.
-A family not listed here falls back to the model's own forward (`None`).
+A family not listed here, or one with a layer the head would skip, falls
+back to the model's own forward (`None`).
 """
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 from torch import nn
 
-Head = Callable[[torch.Tensor], torch.Tensor]
+log = logging.getLogger(__name__)
+
+Head = nn.Module
 
 
 @dataclass
@@ -64,17 +67,21 @@ class FromTokenHead(nn.Module):
         return pooled.float() @ self.weight.T
 
 
-def _distilbert_head(model: nn.Module) -> Head:
-    def head(pooled: torch.Tensor) -> torch.Tensor:
-        return model.classifier(torch.relu(model.pre_classifier(pooled)))
-    return head
+def _distilbert_head(model: nn.Module) -> nn.Module:
+    return nn.Sequential(model.pre_classifier, nn.ReLU(), model.classifier)
 
 
-def build_heads(model: nn.Module, architecture: str) -> Heads:
-    """Heads for a native `*ForSequenceClassification` / `*ForTokenClassification`."""
+def _token_head(model: nn.Module, classifier: nn.Module) -> nn.Module:
+    # ModernBERT applies its prediction head (dense + act + norm) to every
+    # token before the classifier; BERT-like families have no such `head`.
+    pre = getattr(model, "head", None)
+    return nn.Sequential(pre, classifier) if isinstance(pre, nn.Module) else classifier
+
+
+def _choose(model: nn.Module, architecture: str) -> Heads:
     classifier = getattr(model, "classifier", None)
     if architecture.endswith("ForTokenClassification") and isinstance(classifier, nn.Linear):
-        return Heads(seq=None, token=classifier)
+        return Heads(seq=None, token=_token_head(model, classifier))
     score = getattr(model, "score", None)
     if isinstance(score, nn.Linear):  # decoder classifiers: Qwen2/3, Llama, Gemma, Mistral...
         return Heads(seq=score, token=score)
@@ -90,3 +97,25 @@ def build_heads(model: nn.Module, architecture: str) -> Heads:
     if isinstance(classifier, nn.Linear) and hasattr(model, "pre_classifier"):
         return Heads(seq=_distilbert_head(model), token=None)
     return Heads(seq=None, token=None)
+
+
+def _skipped_layers(model: nn.Module, heads: Heads) -> list[str]:
+    """Top-level layers with weights that neither the backbone nor a head uses."""
+    used = {id(p) for m in (model.base_model, heads.seq, heads.token) if m is not None for p in m.parameters()}
+    return [name for name, child in model.named_children()
+            if any(id(p) not in used for p in child.parameters())]
+
+
+def build_heads(model: nn.Module, architecture: str) -> Heads:
+    """Heads for a native `*ForSequenceClassification` / `*ForTokenClassification`.
+
+    A head that would skip one of the model's layers (a family whose shape
+    only looks like a known one) is refused, so the model's own forward runs
+    instead of silently wrong logits.
+    """
+    heads = _choose(model, architecture)
+    skipped = _skipped_layers(model, heads) if heads.seq is not None or heads.token is not None else []
+    if skipped:
+        log.info("%s: running the model's own forward; the pooling head would skip %s", architecture, skipped)
+        return Heads(seq=None, token=None)
+    return heads

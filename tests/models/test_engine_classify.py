@@ -1,7 +1,9 @@
 """classify / encode(classify) against transformers' text-classification pipeline."""
 from __future__ import annotations
 
+import json
 import math
+import shutil
 
 import pytest
 import torch
@@ -157,3 +159,62 @@ def test_task_errors(bert, ner):
 def test_card(bert):
     assert bert.card.task == "classify" and bert.card.num_labels == 3
     assert bert.card.labels == ["neg", "neu", "pos"] and bert.card.max_model_len == 128
+
+
+def test_modernbert_classify_matches_transformers(tmp_path_factory, engine_factory):
+    import tiny_models
+
+    path = tiny_models.build_modernbert_classifier(tmp_path_factory.mktemp("mb") / "mbseq")
+    expected = _pipeline_scores(path, TEXTS, "softmax")
+    for out, ref in zip(engine_factory(path).classify(TEXTS), expected):
+        assert out.probs == pytest.approx(ref, abs=TOL)
+
+
+def _with_config(src, dst, **changes):
+    shutil.copytree(src, dst)
+    config = json.loads((dst / "config.json").read_text())
+    (dst / "config.json").write_text(json.dumps({**config, **changes}))
+    return dst
+
+
+def test_sentence_transformers_activation_is_applied(model_dirs, tmp_path, engine_factory, cross_encoder):
+    # vLLM applies any other torch.nn activation named by the cross-encoder as is.
+    path = _with_config(model_dirs["ce"], tmp_path / "ce_tanh",
+                        sentence_transformers={"activation_fn": "torch.nn.modules.activation.Tanh"})
+    engine = engine_factory(path)
+    raw = [o.probs[0] for o in cross_encoder.classify(TEXTS, use_activation=False)]
+    assert [o.probs[0] for o in engine.classify(TEXTS)] == pytest.approx(torch.tanh(torch.tensor(raw)).tolist(),
+                                                                        abs=1e-6)
+    assert [o.probs[0] for o in engine.classify(TEXTS, use_activation=False)] == pytest.approx(raw, abs=1e-6)
+
+
+@pytest.mark.parametrize("name", ["torch.nn.modules.linear.Linear", "torch.nn.modules.activation.Threshold",
+                                  "torch.nn.modules.activation.NoSuchThing", "os.system"])
+def test_unusable_sentence_transformers_activation_fails_at_load(model_dirs, tmp_path, engine_factory, name):
+    path = _with_config(model_dirs["ce"], tmp_path / "ce_bad", sbert_ce_default_activation_function=name)
+    with pytest.raises(ValueError, match="activation"):
+        engine_factory(path)
+
+
+def _bare(cls, config_cls, **extra):
+    return cls(config_cls(vocab_size=99, hidden_size=8, num_hidden_layers=1, num_attention_heads=2,
+                          intermediate_size=16, **extra)).eval()
+
+
+def test_build_heads_refuses_a_skipped_layer():
+    from transformers import (BertConfig, BertForSequenceClassification, DistilBertConfig,
+                              DistilBertForSequenceClassification, Qwen3Config, Qwen3ForSequenceClassification,
+                              RobertaConfig, RobertaForSequenceClassification)
+
+    from models.heads import build_heads
+
+    known = [_bare(BertForSequenceClassification, BertConfig), _bare(RobertaForSequenceClassification, RobertaConfig),
+             _bare(Qwen3ForSequenceClassification, Qwen3Config, num_key_value_heads=1, head_dim=4),
+             DistilBertForSequenceClassification(DistilBertConfig(vocab_size=99, dim=8, n_layers=1, n_heads=2,
+                                                                  hidden_dim=16))]
+    for model in known:
+        assert build_heads(model, type(model).__name__).seq is not None
+        # An unknown family that only looks like a known one: a layer no head uses.
+        model.extra = torch.nn.Linear(2, 2)
+        heads = build_heads(model, type(model).__name__)
+        assert heads.seq is None and heads.token is None

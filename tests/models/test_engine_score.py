@@ -109,3 +109,31 @@ def test_no_post_processing(model_dirs, engine_factory, lm_reference):
     with torch.inference_mode():
         z = model(**tok("is it", return_tensors="pt")).logits[0, -1]
     assert out.probs == pytest.approx([z[tok.convert_tokens_to_ids("yes")].item()], abs=1e-5)
+
+
+def test_explicit_use_sep_token_on_converted_lm(model_dirs, engine_factory, lm_reference):
+    # use_sep_token only *defaults* to False for a converted LM (vLLM §3.5).
+    engine = engine_factory(model_dirs["lm"], hf_overrides={"classifier_from_token": ["no", "yes"],
+                                                            "use_sep_token": True})
+    tok, model = lm_reference
+    no, yes = tok.convert_tokens_to_ids(["no", "yes"])
+    for out, doc in zip(engine.score(QUERY, DOCS), DOCS):
+        ids = tok(QUERY, doc, return_tensors="pt")["input_ids"]
+        with torch.inference_mode():
+            z = model(input_ids=ids).logits[0, -1].float()
+        assert out.num_prompt_tokens == ids.shape[1]
+        assert out.score == pytest.approx(torch.softmax(z[[no, yes]], -1)[1].item(), abs=1e-5)
+
+
+def test_qwen3_reranker_flag_needs_its_tokens(model_dirs, engine_factory):
+    from models.catalog import ModelSourceError
+
+    with pytest.raises(ModelSourceError, match=r'classifier_from_token": \["no", "yes"\]'):
+        engine_factory(model_dirs["lm"], hf_overrides={"architectures": ["Qwen3ForSequenceClassification"],
+                                                       "is_original_qwen3_reranker": True})
+
+
+def test_head_missing_from_checkpoint_is_refused(model_dirs, engine_factory):
+    # A causal LM checkpoint has no `score` weights for a sequence classifier.
+    with pytest.raises(ValueError, match=r"no weights for score\.weight"):
+        engine_factory(model_dirs["lm"], hf_overrides={"architectures": ["Qwen3ForSequenceClassification"]})

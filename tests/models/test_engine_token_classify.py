@@ -77,3 +77,17 @@ def test_bad_aggregation(ner):
 
     with pytest.raises(PoolingInputError):
         ner.encode("x", pooling_task="token_classify", aggregation="bogus")
+
+
+def test_modernbert_applies_its_prediction_head(tmp_path_factory, engine_factory):
+    # ModernBERT runs `head` (dense + act + norm) before `classifier` on every token.
+    import tiny_models
+
+    path = tiny_models.build_modernbert_token_classifier(tmp_path_factory.mktemp("mb") / "mbtok")
+    tok, model = AutoTokenizer.from_pretrained(str(path)), AutoModelForTokenClassification.from_pretrained(
+        str(path)).eval()
+    engine = engine_factory(path)
+    for text, out in zip(NER_TEXTS, engine.encode(NER_TEXTS, pooling_task="token_classify")):
+        with torch.inference_mode():
+            probs = torch.softmax(model(**tok(text, return_tensors="pt")).logits[0], -1)
+        assert torch.tensor(out.data) == pytest.approx(probs, abs=1e-5)
