@@ -5,15 +5,21 @@ and starts; nothing on the hot path is a Python object per sequence, so one
 process keeps up with a GPU running a small encoder at tens of thousands of
 sequences per second.
 
-Two threads own the hot path:
+Three threads own the hot path:
 - the collator forms batches across all pending requests (length-sorted
   within a window, capped by a padded-token budget and a sequence count,
   padded to a multiple of 8) and collates them with a few tensor ops;
-- the device thread runs the forward pass and hands rows back.
-A bounded queue of depth 2 between them lets batch n+1 be collated (and
-copied to the device from pinned memory) while batch n runs, and back-
-pressures the collator so pending work piles up into fuller, better-sorted
-windows when the device is the bottleneck.
+- the device thread launches the forward pass and an asynchronous copy of
+  its outputs to pinned host memory, then goes straight on to the next
+  batch, so the GPU never idles while Python launches kernels or hands
+  results back (on a small encoder a batch runs in a few milliseconds,
+  about what launching it costs);
+- the delivery thread waits for each batch's copy and hands rows back.
+Bounded queues between them (two collated batches, one launched batch
+waiting for delivery) let batch n+1 be collated and copied to the device
+while batch n runs, keep at most three batches queued on the device, and
+back-pressure the collator so pending work piles up into fuller,
+better-sorted windows when the device is the bottleneck.
 
 Two lanes: interactive work (priority 0) and bulk work (priority > 0, e.g.
 batch chunks). A window is taken from the interactive lane whenever it holds
@@ -114,13 +120,16 @@ class Batcher:
         self._pending_seqs = 0
         self._cond = threading.Condition()
         self._ready: queue.Queue = queue.Queue(maxsize=2)
+        self._launched: queue.Queue = queue.Queue(maxsize=1)
         # Written by the collator thread only; read for benchmarks and metrics.
         self.stats = {"batches": 0, "sequences": 0, "real_tokens": 0, "padded_tokens": 0}
         self._closed = False
         self._collator = threading.Thread(target=self._collate_loop, name="poolq-collator", daemon=True)
         self._worker = threading.Thread(target=self._device_loop, name="poolq-device", daemon=True)
+        self._deliverer = threading.Thread(target=self._delivery_loop, name="poolq-deliver", daemon=True)
         self._collator.start()
         self._worker.start()
+        self._deliverer.start()
 
     # -- submitters' side -------------------------------------------------
     def submit(self, ids: torch.Tensor, lengths: Sequence[int], token: bool, type_ids: torch.Tensor | None = None,
@@ -151,6 +160,7 @@ class Batcher:
         self._collator.join()
         self._ready.put(None)
         self._worker.join()
+        self._deliverer.join()
         for lane in self._lanes:
             for request, _, _ in lane:
                 _fail(request, RuntimeError("the pooling engine is closed"))
@@ -241,25 +251,24 @@ class Batcher:
         while True:
             job = self._ready.get()
             if job is None:
+                self._launched.put(None)
                 return
             window, rows, batch = job
             try:
-                self._run(window, rows, batch)
-            except Exception as exc:  # a bug in delivery must not kill the thread and hang every caller
-                log.exception("pooling batch delivery failed")
-                for k in np.unique(window.owner[rows]).tolist():
-                    _fail(window.requests[k], exc)
+                self._launch(window, rows, batch)
+            except Exception as exc:  # a bug here must not kill the thread and hang every caller
+                log.exception("pooling batch launch failed")
+                _fail_owners(window, rows, exc)
 
-    def _run(self, window: _Window, rows: np.ndarray, batch) -> None:
+    def _launch(self, window: _Window, rows: np.ndarray, batch) -> None:
         try:
             if isinstance(batch, Exception):
                 raise batch
             with torch.inference_mode():
                 seq, tok = self.runner(batch)
-                seq = seq.cpu() if seq is not None else None
-                tok = tok.cpu() if tok is not None else None
+                launched = _Launched(window, rows, _to_host(seq), _to_host(tok), _copy_done_event(self.device))
         except Exception as exc:
-            if isinstance(exc, torch.OutOfMemoryError) and self.device.type == "cuda":
+            if isinstance(exc, torch.cuda.OutOfMemoryError) and self.device.type == "cuda":
                 torch.cuda.empty_cache()
             if len(rows) == 1:
                 log.warning("pooling batch failed for one sequence: %s", exc)
@@ -269,9 +278,22 @@ class Batcher:
             # narrowed down to the request that causes it; the rest succeed.
             half = len(rows) // 2
             for part in (rows[:half], rows[half:]):
-                self._run(window, part, self._to_device(window, part))
+                self._launch(window, part, self._to_device(window, part))
             return
-        self._deliver(window, rows, seq, tok)
+        self._launched.put(launched)  # blocks while one launched batch waits: at most three on the device
+
+    # -- delivery thread --------------------------------------------------
+    def _delivery_loop(self) -> None:
+        while True:
+            launched = self._launched.get()
+            if launched is None:
+                return
+            try:
+                launched.wait()
+                self._deliver(launched.window, launched.rows, launched.seq, launched.tok)
+            except Exception as exc:  # an asynchronous device error, or a bug in delivery
+                log.exception("pooling batch delivery failed")
+                _fail_owners(launched.window, launched.rows, exc)
 
     def _deliver(self, window: _Window, rows: np.ndarray, seq: torch.Tensor | None,
                  tok: torch.Tensor | None) -> None:
@@ -289,6 +311,43 @@ class Batcher:
             for k in np.unique(owners).tolist():
                 mine = np.flatnonzero(owners == k)
                 window.requests[k].deliver_tokens(window.index[tok_rows[mine]], [per_row[i] for i in mine])
+
+
+@dataclass
+class _Launched:
+    """A batch whose forward pass is queued on the device, its outputs on their way to the host."""
+
+    window: _Window
+    rows: np.ndarray
+    seq: torch.Tensor | None
+    tok: torch.Tensor | None
+    copied: torch.cuda.Event | None  # None on a CPU, where the outputs are ready already
+
+    def wait(self) -> None:
+        if self.copied is not None:
+            self.copied.synchronize()
+
+
+def _to_host(t: torch.Tensor | None) -> torch.Tensor | None:
+    """Start copying a device tensor to pinned host memory; don't wait for it."""
+    if t is None or t.device.type == "cpu":
+        return t
+    host = torch.empty(t.shape, dtype=t.dtype, pin_memory=True)
+    host.copy_(t, non_blocking=True)
+    return host
+
+
+def _copy_done_event(device: torch.device) -> torch.cuda.Event | None:
+    if device.type != "cuda":
+        return None
+    event = torch.cuda.Event()
+    event.record()  # after the copies, on the stream that ran them
+    return event
+
+
+def _fail_owners(window: _Window, rows: np.ndarray, exc: BaseException) -> None:
+    for k in np.unique(window.owner[rows]).tolist():
+        _fail(window.requests[k], exc)
 
 
 def _fail(request: _Request, exc: BaseException) -> None:
