@@ -15,7 +15,11 @@ whether the host or the device bounds the engine on this machine.
 
 Env: N, OUT (default /tmp), POOLQ_BENCH_REF (folder of the reference scripts),
 SKIP_REFERENCE=1 (reuse the JSON files already in OUT), TOKENIZER_PROCESSES
-(default: the engine's own choice for the device).
+(default: the engine's own choice for the device), BASELINE_N (texts for
+user_baselines.py, default N: its figures are rates, and the token-
+classification pipeline alone takes minutes at N=20000 on a GPU),
+BUDGETS (extra batch limits to time, e.g. `32768:512,65536:1024`, as
+max_batch_tokens:max_batch_seqs, beside the engine's defaults).
 """
 from __future__ import annotations
 
@@ -64,13 +68,17 @@ def texts_like_user_baselines(ref: pathlib.Path, n: int) -> list[str]:
     return [" ".join(random.choice(words) for _ in range(k)) for k in n_words]
 
 
+BASELINE_N = int(os.environ.get("BASELINE_N", N))
+BUDGETS = [tuple(int(x) for x in b.split(":")) for b in os.environ.get("BUDGETS", "").split(",") if b]
+
+
 def run_reference(ref: pathlib.Path) -> dict:
     out = {}
-    for script in ("raw_ceiling.py", "user_baselines.py"):
+    for script, n in (("raw_ceiling.py", N), ("user_baselines.py", BASELINE_N)):
         target = OUT / script.replace(".py", ".json")
         if not os.environ.get("SKIP_REFERENCE"):
-            print(f"# running {script} N={N}", flush=True)
-            env = {**os.environ, "N": str(N), "OUT": str(OUT)}
+            print(f"# running {script} N={n}", flush=True)
+            env = {**os.environ, "N": str(n), "OUT": str(OUT)}
             subprocess.run([sys.executable, str(ref / script)], check=True, env=env)
         out[script] = json.loads(target.read_text())
     return out
@@ -103,6 +111,11 @@ def time_engine(engine: PoolingEngine, texts: list[str], threads: int) -> dict:
                 batches=after["batches"] - before["batches"])
 
 
+def set_limits(batcher, tokens: int, seqs: int) -> None:
+    batcher.max_tokens, batcher.max_seqs = tokens, seqs
+    batcher.window_tokens, batcher.window_seqs = 8 * tokens, 8 * seqs
+
+
 def bench_shape(name: str, shape: dict, ref: pathlib.Path, texts: list[str]) -> dict:
     tok = AutoTokenizer.from_pretrained(str(ref / "tok"))
     with tempfile.TemporaryDirectory() as d:
@@ -115,6 +128,14 @@ def bench_shape(name: str, shape: dict, ref: pathlib.Path, texts: list[str]) -> 
         try:
             engine.classify(texts[:2048])  # warm-up: first shapes, allocator, tokenizer copies and helpers
             runs = [time_engine(engine, texts, t) for t in (1, 8)]
+            batcher = engine._batcher
+            defaults = (batcher.max_tokens, batcher.max_seqs)
+            for tokens, seqs in BUDGETS:
+                # Other batch limits on the same engine (the collator reads them per window).
+                set_limits(batcher, tokens, seqs)
+                engine.classify(texts[:2048])  # the new shapes' first runs
+                runs.append({"max_batch_tokens": tokens, "max_batch_seqs": seqs, **time_engine(engine, texts, 8)})
+            set_limits(batcher, *defaults)
             # Host path alone: the batcher's runner swapped for one that only
             # allocates the output, so every other step runs as in production.
             # At least HOST_N texts (repeating them), or a small CPU-sized N
@@ -123,8 +144,8 @@ def bench_shape(name: str, shape: dict, ref: pathlib.Path, texts: list[str]) -> 
             host = time_engine(engine, (texts * -(-HOST_N // len(texts)))[:max(HOST_N, len(texts))], 8)
         finally:
             engine.close()
-    best = max(runs, key=lambda r: r["seqs_per_s"])
-    return dict(runs=runs, best=best, host_path=host, tokenizer_processes=engine.tokenizer_processes,
+    best = max(runs[:2], key=lambda r: r["seqs_per_s"])  # the engine's own defaults
+    return dict(runs=runs, best=best, best_of_all=max(runs, key=lambda r: r["seqs_per_s"]), host_path=host, tokenizer_processes=engine.tokenizer_processes,
                 device=str(engine.device), dtype=str(engine.dtype))
 
 
@@ -167,6 +188,11 @@ def main() -> None:
               f"{q['raw_sorted_seqs_per_s']} | {q['engine_over_raw_sorted']} | {q['pipeline_seqs_per_s']} | "
               f"{q['engine_over_pipeline']} | {q['engine_over_tuned_loop']} | {q['host_path_seqs_per_s']} | "
               f"{r['tokenizer_processes']} |")
+    for name, r in report["shapes"].items():
+        raw = r["ratios"]["raw_sorted_seqs_per_s"]
+        for run in r["runs"][2:]:
+            print(f"{name}: max_batch_tokens={run['max_batch_tokens']} max_batch_seqs={run['max_batch_seqs']}: "
+                  f"{run['seqs_per_s']} seqs/s, pad {run['pad_fraction']}, {run['seqs_per_s'] / raw:.3f} of raw sorted")
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ import secrets
 import sys
 from pathlib import Path
 
-import psycopg
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/tiny_models.py
@@ -27,6 +26,10 @@ REDIS_URL = os.environ.get("POOLQ_TEST_REDIS", f"redis://127.0.0.1:6379/{os.envi
 @pytest.fixture(scope="session")
 def pg_url():
     """A new Postgres database at the migrations' head; dropped afterwards."""
+    # Imported here, not at the top: the engine tests also run on the GPU
+    # machine, which has torch but neither psycopg nor poolq's service stack.
+    import psycopg
+
     from app.db.migrate import upgrade
 
     name = f"poolq_test_{secrets.token_hex(4)}"

@@ -1,6 +1,7 @@
 """Tiny local models (built once per session) and engines over them."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -37,12 +38,22 @@ def model_dirs(tmp_path_factory):
     }
 
 
+# The engine tests run on the CPU in fp32 unless told otherwise, also on a GPU
+# machine, so their tight tolerances hold everywhere; test_engine_gpu.py checks
+# the GPU's own defaults. POOLQ_TEST_DEVICE=cuda POOLQ_TEST_DTYPE=float32 runs
+# the whole engine suite through the CUDA path instead.
+TEST_DEVICE = os.environ.get("POOLQ_TEST_DEVICE", "cpu")
+TEST_DTYPE = os.environ.get("POOLQ_TEST_DTYPE", "auto")
+
+
 @pytest.fixture(scope="session")
 def engine_factory():
     """Build engines on demand and close them all at the end of the session."""
     engines = []
 
     def make(path, **kwargs):
+        kwargs.setdefault("device", TEST_DEVICE)
+        kwargs.setdefault("dtype", TEST_DTYPE)
         engine = PoolingEngine(str(path), **kwargs)
         engines.append(engine)
         return engine

@@ -114,13 +114,3 @@ def test_a_dead_helper_falls_back_to_in_process(model_dirs, engine_factory, bert
     assert engine.tokenizer_processes == 0
     assert torch.tensor([o.probs for o in got]) == pytest.approx(
         torch.tensor([o.probs for o in bert.classify(texts)]), abs=TOL)
-
-
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
-def test_gpu_engine_tokenizes_large_requests_in_helpers_by_default(model_dirs, engine_factory, bert):
-    gpu = engine_factory(model_dirs["bert"], device="cuda")
-    assert gpu.tokenizer_processes == min(12, max(0, (os.cpu_count() or 1) - 4))
-    texts = _texts(CHUNK * 3 + 1, seed=12)
-    got = torch.tensor([o.probs for o in gpu.classify(texts)])
-    want = torch.tensor([o.probs for o in bert.classify(texts)])
-    assert got == pytest.approx(want, abs=3e-2)  # bf16 on the GPU against fp32 on the CPU
