@@ -23,6 +23,8 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import threading
+import time
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from itertools import chain
@@ -35,15 +37,28 @@ log = logging.getLogger(__name__)
 _tokenizer: Any = None  # the helper process's own tokenizer
 
 
-def _init_helper(tokenizer_json: str) -> None:
+def _init_helper(tokenizer_json: str, parent_pid: int) -> None:
     # Read by the tokenizers library at call time: no Rust thread pool per
     # helper, or N helpers x all cores threads would fight for the CPU.
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    threading.Thread(target=_exit_with_parent, args=(parent_pid,), name="poolq-orphan-check", daemon=True).start()
     from tokenizers import Tokenizer
 
     global _tokenizer
     _tokenizer = Tokenizer.from_str(tokenizer_json)
     _tokenizer.no_padding()
+
+
+def _exit_with_parent(parent_pid: int, every_s: float = 1.0) -> None:
+    """End this helper once its engine's process is gone.
+
+    A worker killed outright (SIGKILL, the OOM killer) runs no shutdown, and
+    an idle helper would wait forever: it holds the write end of its own
+    call queue, so it never reads end-of-file there. Reparenting is the sign.
+    """
+    while os.getppid() == parent_pid:
+        time.sleep(every_s)
+    os._exit(0)
 
 
 def _encode(texts: Sequence[str], max_length: int, side: str, add_special_tokens: bool) -> tuple[np.ndarray, np.ndarray]:
@@ -72,7 +87,7 @@ class TokenizerPool:
         # spawn, not fork: the parent holds CUDA state and running threads.
         self._executor = ProcessPoolExecutor(
             max_workers=processes, mp_context=multiprocessing.get_context("spawn"),
-            initializer=_init_helper, initargs=(backend.to_str(),))
+            initializer=_init_helper, initargs=(backend.to_str(), os.getpid()))
         self.processes = processes
         self.broken = False
         # Start every helper now: spawning takes a second or more, which

@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 import random
 import signal
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
@@ -114,3 +117,38 @@ def test_a_dead_helper_falls_back_to_in_process(model_dirs, engine_factory, bert
     assert engine.tokenizer_processes == 0
     assert torch.tensor([o.probs for o in got]) == pytest.approx(
         torch.tensor([o.probs for o in bert.classify(texts)]), abs=TOL)
+
+
+def test_helpers_exit_when_their_process_is_killed(model_dirs, tmp_path):
+    """A worker SIGKILLed (the OOM killer, say) runs no shutdown; its helpers must not linger."""
+    script = tmp_path / "holder.py"
+    script.write_text(
+        "import sys, time\n"
+        "from transformers import AutoTokenizer\n"
+        "from models.tokenize_pool import TokenizerPool\n"
+        "if __name__ == '__main__':\n"
+        f"    pool = TokenizerPool(AutoTokenizer.from_pretrained({str(model_dirs['bert'])!r}), processes=2)\n"
+        "    print(*pool._executor._processes, flush=True)\n"
+        "    time.sleep(600)\n")
+    root = str(__import__("pathlib").Path(__file__).resolve().parents[2])
+    holder = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, cwd=root,
+                              env={**os.environ, "PYTHONPATH": root})
+    try:
+        helpers = [int(pid) for pid in holder.stdout.readline().split()]
+        assert len(helpers) == 2 and all(_alive(pid) for pid in helpers)
+    finally:
+        holder.kill()
+        holder.wait()
+    deadline = time.monotonic() + 15
+    while any(_alive(pid) for pid in helpers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in helpers)
+
+
+def _alive(pid: int) -> bool:
+    # A zombie is gone in all but name (its parent has not reaped it yet).
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
