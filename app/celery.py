@@ -50,10 +50,11 @@ def celery_init_app(app: Flask, settings: Settings) -> Celery:
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=4,
         task_default_queue=settings.maintenance_queue,
-        # Flower shows sent/received/started/succeeded events with the job id
-        # and model (POOLQ_TASK_EVENTS=0 trades that for throughput).
+        # Flower shows received/started/succeeded events with the job id and
+        # model (POOLQ_TASK_EVENTS=0 trades that for throughput), and the
+        # sent event only with POOLQ_TASK_SENT_EVENTS=1 (see Settings).
         worker_send_task_events=settings.task_events,
-        task_send_sent_event=settings.task_events,
+        task_send_sent_event=settings.task_events and settings.task_sent_events,
         worker_hijack_root_logger=False,
         beat_schedule={
             "sweep-jobs": {"task": SWEEP_JOBS, "schedule": 30.0, "options": {"queue": settings.maintenance_queue}},

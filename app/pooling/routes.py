@@ -48,12 +48,10 @@ def handle(endpoint: str):
         done = wait(poolq.settings.sync_timeout_s, lambda: is_finished(job_id))
     if not done:
         return accepted(job)
-    session = db_session()
-    session.expire_all()  # the submit left a `queued` copy of the row in this session
-    job = services.get_job(session, str(job_id), current_tenant_id())
+    job, result_json = services.finished_job_json(db_session(), job_id, current_tenant_id())
     if job.status == "succeeded":
         # Verbatim: the body the worker stored is already vLLM's response.
-        return current_app.response_class(services.job_result_json(session, job), mimetype="application/json")
+        return current_app.response_class(result_json, mimetype="application/json")
     error = job.error or error_body(f"The job was {job.status}.", "JobCancelled", None, 409)["error"]
     response = jsonify({"error": error})
     response.status_code = int(error.get("code") or 500)
