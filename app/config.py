@@ -13,7 +13,11 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
+
+if TYPE_CHECKING:
+    from app.webhooks.settings import WebhookSettings
 
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 MODEL_OPTIONS = ("revision", "dtype", "task")
@@ -133,6 +137,8 @@ class Settings:
     max_schedules_per_tenant: int = 100
     batch_chunk_lines: int = 512
     batch_parallel_chunks: int = 2
+    # Delivery retries, timeouts, the callback allowlist (POOLQ_WEBHOOK_*).
+    webhooks: WebhookSettings = field(default_factory=lambda: _webhook_settings({}))
     extra: Mapping[str, str] = field(default_factory=dict, repr=False)
 
     @property
@@ -207,9 +213,17 @@ class Settings:
             file_expiry_s=_int(env, "POOLQ_FILE_EXPIRY_S") if env.get("POOLQ_FILE_EXPIRY_S") else 30 * 24 * 3600,
             batch_chunk_lines=_int(env, "POOLQ_BATCH_CHUNK_LINES") or 512,
             batch_parallel_chunks=_int(env, "POOLQ_BATCH_PARALLEL_CHUNKS") or 2,
+            webhooks=_webhook_settings(env),
         )
         settings = replace(settings, auth=_auth_mode(env.get("POOLQ_AUTH"), settings.embedded_database))
         return replace(settings, **overrides) if overrides else settings
+
+
+def _webhook_settings(env: Mapping[str, str]) -> WebhookSettings:
+    # Imported here: app.webhooks.settings raises this module's SettingsError.
+    from app.webhooks.settings import webhook_settings
+
+    return webhook_settings(env)
 
 
 def _database_url(url: str | None, home: Path) -> str:

@@ -14,13 +14,12 @@ from app.tenants.auth import current_tenant_id
 from app.webhooks import services, tenant_secrets
 from app.webhooks.dispatch import send_deliveries
 from app.webhooks.records import WebhookDelivery
-from app.webhooks.settings import for_app
 
 bp = Blueprint("webhooks", __name__)
 
 
 def _grace_s() -> float:
-    return for_app(current_app.extensions["poolq"].settings).secret_grace_s
+    return current_app.extensions["poolq"].settings.webhooks.secret_grace_s
 
 
 @bp.get("/v1/webhooks/secret")

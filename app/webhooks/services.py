@@ -20,7 +20,6 @@ from app.errors import APIError, bad_request, not_found
 from app.jobs.records import Job
 from app.jobs.services import job_resource, job_result_body
 from app.webhooks.records import DisabledEndpoint, WebhookDelivery
-from app.webhooks.settings import for_app
 from app.webhooks.ssrf import RefusedURL, check_url
 
 EVENTS = ("started", "completed")  # "completed" covers succeeded, failed and cancelled
@@ -42,7 +41,7 @@ def validate_subscription(url: str | None, events: list[str] | None, settings: A
             raise bad_request("`webhook_events_filter` needs a `webhook` URL.", param="webhook_events_filter")
         return None, None
     try:
-        check_url(url, for_app(settings))
+        check_url(url, settings.webhooks)
     except RefusedURL as exc:
         raise bad_request(f"The webhook URL is not allowed: {exc}.", param="webhook") from None
     if endpoint_disabled(session or _request_session(), tenant_id or _request_tenant(), url):

@@ -1,14 +1,9 @@
-"""Webhook settings, read from the environment when asked (never at import).
-
-Kept apart from `app.config.Settings` for now; `webhook_settings(env)` is the
-one place these variables are read, so folding them into Settings later is a
-matter of calling it from `Settings.from_env` (see `for_app`).
-"""
+"""Webhook settings: `Settings.webhooks`, parsed from POOLQ_WEBHOOK_* by
+`webhook_settings(env)` when `Settings.from_env` runs (never at import)."""
 
 from __future__ import annotations
 
 import ipaddress
-import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -39,8 +34,7 @@ class WebhookSettings:
     requeue_after_s: float = 60.0
 
 
-def webhook_settings(environ: Mapping[str, str] | None = None) -> WebhookSettings:
-    env = os.environ if environ is None else environ
+def webhook_settings(env: Mapping[str, str]) -> WebhookSettings:
     hosts, networks = parse_allowlist(env.get("POOLQ_WEBHOOK_ALLOWLIST", ""))
     defaults = WebhookSettings()
     return WebhookSettings(
@@ -53,13 +47,6 @@ def webhook_settings(environ: Mapping[str, str] | None = None) -> WebhookSetting
         read_timeout_s=_number(env, "POOLQ_WEBHOOK_READ_TIMEOUT_S", defaults.read_timeout_s),
         requeue_after_s=_number(env, "POOLQ_WEBHOOK_REQUEUE_AFTER_S", defaults.requeue_after_s),
     )
-
-
-def for_app(settings: object) -> WebhookSettings:
-    """The webhook settings of a deployment: `settings.webhooks` once Settings
-    carries them, else the environment."""
-    folded = getattr(settings, "webhooks", None)
-    return folded if isinstance(folded, WebhookSettings) else webhook_settings()
 
 
 def parse_allowlist(raw: str) -> tuple[frozenset[str], tuple[Network, ...]]:

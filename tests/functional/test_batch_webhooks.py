@@ -8,7 +8,6 @@ with no chunk sent, so the test, not a race with the worker, decides how it ends
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -69,17 +68,10 @@ class Receiver:
 
 
 @pytest.fixture(scope="module")
-def receiver(deployment_env):
-    # The API in this process reads the allowlist from the environment (app/webhooks/settings.py).
-    saved = os.environ.get("POOLQ_WEBHOOK_ALLOWLIST")
-    os.environ["POOLQ_WEBHOOK_ALLOWLIST"] = deployment_env["POOLQ_WEBHOOK_ALLOWLIST"]
+def receiver():
     receiver = Receiver()
     yield receiver
     receiver.server.shutdown()
-    if saved is None:
-        os.environ.pop("POOLQ_WEBHOOK_ALLOWLIST", None)
-    else:
-        os.environ["POOLQ_WEBHOOK_ALLOWLIST"] = saved
 
 
 @pytest.fixture(scope="module")

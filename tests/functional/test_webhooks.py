@@ -44,8 +44,8 @@ from tests_support import free_port
 REPO = Path(__file__).resolve().parents[2]
 SCHEDULE = (0.0, 1.0, 2.0)  # seconds before attempts 1, 2, 3 of a cycle
 JITTER = 0.1
-# What the webhook worker and this process's API read (the API reads os.environ
-# until these settings are folded into app.config.Settings).
+# This module's webhook settings: its worker reads them from its environment,
+# its in-process API gets them through Settings.webhooks.
 WEBHOOK_ENV = {
     "POOLQ_WEBHOOK_ALLOWLIST": "127.0.0.1",
     "POOLQ_WEBHOOK_RETRY_SCHEDULE": ",".join(str(s) for s in SCHEDULE),
@@ -129,18 +129,6 @@ class Receiver:
 # -- fixtures -----------------------------------------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def webhook_environ():
-    saved = {key: os.environ.get(key) for key in WEBHOOK_ENV}
-    os.environ.update(WEBHOOK_ENV)
-    yield WEBHOOK_ENV
-    for key, value in saved.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
-
-
-@pytest.fixture(scope="module")
 def receiver():
     receiver = Receiver()
     yield receiver
@@ -148,9 +136,9 @@ def receiver():
 
 
 @pytest.fixture(scope="module")
-def hooks_settings(settings, namespace, webhook_environ):
+def hooks_settings(settings, namespace):
     # A namespace of their own: only this module's webhook worker takes these messages.
-    return dataclasses.replace(settings, namespace=f"{namespace}wh.")
+    return dataclasses.replace(settings, namespace=f"{namespace}wh.", webhooks=webhook_settings(WEBHOOK_ENV))
 
 
 @pytest.fixture(scope="module")
@@ -208,8 +196,8 @@ class WebhookWorker:
 
 
 @pytest.fixture(scope="module")
-def webhook_worker(deployment_env, hooks_settings, webhook_environ, tmp_path_factory):
-    env = {**os.environ, **deployment_env, **webhook_environ, "POOLQ_NAMESPACE": hooks_settings.namespace}
+def webhook_worker(deployment_env, hooks_settings, tmp_path_factory):
+    env = {**os.environ, **deployment_env, **WEBHOOK_ENV, "POOLQ_NAMESPACE": hooks_settings.namespace}
     worker = WebhookWorker(env, tmp_path_factory.mktemp("logs") / "webhook-worker.log")
     worker.start()
     yield worker
@@ -426,7 +414,7 @@ def test_rotation_signs_with_both_secrets_during_the_grace_period_only(api, emit
     Webhook(new).verify(during.body, during.headers)
 
     with poolq.session_factory() as session:  # the grace period ends
-        grace = webhook_settings().secret_grace_s
+        grace = poolq.settings.webhooks.secret_grace_s
         session.execute(update(Tenant).where(Tenant.id == tenant.id).values(
             secret_rotated_at=utcnow() - dt.timedelta(seconds=grace + 1)))
         session.commit()
@@ -485,7 +473,7 @@ def test_subscriptions_default_to_completed_and_refuse_unknown_events(poolq, ten
 # -- end to end, through the deployment's API and worker ---------------------------------------------------------
 
 @pytest.fixture
-def integrated(client, deployment_env, webhook_environ):
+def integrated(client, deployment_env):
     if client.get("/v1/webhooks/secret").status_code == 404:
         pytest.skip("the webhooks blueprint is not registered in create_app yet")
     if "POOLQ_WEBHOOK_ALLOWLIST" not in deployment_env:

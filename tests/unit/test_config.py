@@ -60,3 +60,16 @@ def test_bad_numbers_are_refused():
 def test_overrides_win(tmp_path):
     settings = Settings.from_env({"POOLQ_HOME": str(tmp_path)}, port=9999)
     assert settings.port == 9999 and isinstance(settings.home, Path)
+
+
+def test_webhook_settings_are_part_of_settings():
+    from app.webhooks.settings import STANDARD_RETRY_SCHEDULE
+
+    assert Settings.from_env({}).webhooks.retry_schedule == STANDARD_RETRY_SCHEDULE
+    assert Settings(Path("/tmp"), "sqlite://", "filesystem://").webhooks.allowed_hosts == frozenset()
+    settings = Settings.from_env({"POOLQ_WEBHOOK_ALLOWLIST": "hooks.internal,10.0.0.0/8",
+                                  "POOLQ_WEBHOOK_RETRY_SCHEDULE": "0,1", "POOLQ_WEBHOOK_READ_TIMEOUT_S": "3"})
+    assert settings.webhooks.allowed_hosts == frozenset({"hooks.internal"})
+    assert settings.webhooks.retry_schedule == (0.0, 1.0) and settings.webhooks.read_timeout_s == 3.0
+    with pytest.raises(SettingsError, match="POOLQ_WEBHOOK_READ_TIMEOUT_S"):
+        Settings.from_env({"POOLQ_WEBHOOK_READ_TIMEOUT_S": "soon"})

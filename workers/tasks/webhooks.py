@@ -16,7 +16,6 @@ from sqlalchemy.exc import OperationalError
 from app.db.base import utcnow
 from app.webhooks import delivery
 from app.webhooks.dispatch import DELIVER_WEBHOOK, SWEEP_WEBHOOKS, send_delivery
-from app.webhooks.settings import for_app
 from workers.base import PoolqTask
 
 log = logging.getLogger(__name__)
@@ -25,7 +24,7 @@ log = logging.getLogger(__name__)
 @shared_task(bind=True, base=PoolqTask, name=DELIVER_WEBHOOK, acks_late=True, reject_on_worker_lost=True,
              ignore_result=True, autoretry_for=(OperationalError,), retry_backoff=True, max_retries=8)
 def deliver_webhook(self: PoolqTask, delivery_id: str) -> None:
-    settings = for_app(self.poolq.settings)
+    settings = self.poolq.settings.webhooks
     key = uuid.UUID(delivery_id)
     with self.unit_of_work() as session:
         claimed = delivery.claim_attempt(session, key, settings)
@@ -47,7 +46,7 @@ def deliver_webhook(self: PoolqTask, delivery_id: str) -> None:
 def sweep_webhooks(self: PoolqTask) -> int:
     """Send every pending delivery whose message is missing: never sent, refused, or lost."""
     with self.unit_of_work() as session:
-        ids = delivery.sweep_due(session, for_app(self.poolq.settings))
+        ids = delivery.sweep_due(session, self.poolq.settings.webhooks)
     unsent = [key for key in ids if not send_delivery(self.poolq.celery, key)]
     if unsent:
         with self.unit_of_work() as session:
