@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from dataclasses import replace
 
 import click
 
@@ -82,7 +83,10 @@ def worker(models, gpu, threads, beat, preload, webhooks) -> None:
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)  # before torch is first imported
     settings = _settings(models, worker_threads=threads)
-    from workers.main import run_worker
+    from workers.main import run_worker, shared_helper_budget
+
+    if gpu is not None and settings.tokenizer_processes is None:
+        settings = replace(settings, tokenizer_processes=shared_helper_budget(len(settings.models)))
 
     run_worker(settings, beat=beat, preload=preload, name_suffix=f"gpu{gpu}" if gpu is not None else None,
                webhooks=webhooks)

@@ -26,7 +26,7 @@ from .entities import STRATEGIES, aggregate
 from .loader import load
 from .scoring import build_score_prompts
 from .templates import load_template
-from .tokenize_pool import BrokenProcessPool, TokenizerPool
+from .tokenize_pool import BrokenProcessPool, TokenizerPool, helper_budget
 from .types import ClassificationOutput, Encoded, PoolingInputError, PoolingOutput, ScoringOutput
 
 log = logging.getLogger(__name__)
@@ -50,9 +50,7 @@ def default_tokenizer_processes(device: torch.device) -> int:
     """Helper processes for tokenizing: on a GPU, enough to feed a small encoder
     (~240k tokens/s each), leaving cores for the engine's own threads; on a CPU
     the forward pass needs the cores more than the tokenizer does."""
-    if device.type != "cuda":
-        return 0
-    return min(12, max(0, (os.cpu_count() or 1) - 4))
+    return helper_budget() if device.type == "cuda" else 0
 
 
 @dataclass

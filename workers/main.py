@@ -5,6 +5,7 @@ from __future__ import annotations
 import gc
 import logging
 import socket
+from pathlib import Path
 
 from app import create_app
 from app.config import Settings
@@ -54,6 +55,25 @@ def run_worker(settings: Settings, beat: bool = False, preload: bool = True, nam
         argv += ["--beat", f"--schedule={settings.home / 'celerybeat-schedule'}"]
     log.info("worker %s consuming %s", name, ", ".join(queues))
     celery.worker_main(argv)
+
+
+def shared_helper_budget(models: int, gpus_root: Path = Path("/proc/driver/nvidia/gpus")) -> int:
+    """Tokenizer helpers per engine for a worker pinned to one of the host's GPUs.
+
+    Production runs one worker per GPU (`--gpu N`), each with an engine per
+    served model, and each engine would otherwise start a full helper budget
+    of its own: eight workers on a 64-core host, 96 helpers. So the host's
+    budget is divided by its GPUs (what the NVIDIA driver lists; 1 where it
+    cannot be read) and by the models.
+    """
+    from models.tokenize_pool import helper_budget  # torch-free
+
+    try:
+        gpus = sum(1 for _ in gpus_root.iterdir())
+    except OSError:
+        gpus = 1
+    budget = helper_budget()
+    return max(1, budget // (max(1, gpus) * max(1, models))) if budget else 0
 
 
 def run_webhook_worker(settings: Settings, threads: int = 16) -> None:
