@@ -6,7 +6,6 @@ from app.jobs.records import Job, JobResult
 from app.schedules.records import Schedule  # noqa: F401  (registers the table)
 from app.tenants.records import ApiKey, Tenant
 from app.webhooks.records import DisabledEndpoint, WebhookAttempt, WebhookDelivery
-from app.webhooks.records import DisabledEndpoint, WebhookAttempt, WebhookDelivery
 
 metadata = Base.metadata
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 import random
 import subprocess
 import sys
-import threading
 import time
 
 import numpy as np
 import pytest
 import torch
 
+from engine_cases import classify_concurrently
 from models.batcher import Batcher
 from models.collate import collate, padded_len, plan_batches
 
@@ -47,18 +47,7 @@ def test_concurrent_callers_get_their_own_results(bert, model_dirs, engine_facto
     shared = engine_factory(model_dirs["bert"], max_batch_tokens=1024, max_wait_ms=5)
     jobs = [_texts(random.Random(i).randint(1, 12), seed=100 + i) for i in range(24)]
     expected = [[o.probs for o in bert.classify(j)] for j in jobs]
-    results: dict[int, list] = {}
-    barrier = threading.Barrier(len(jobs))
-
-    def call(i):
-        barrier.wait()
-        results[i] = [o.probs for o in shared.classify(jobs[i])]
-
-    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(jobs))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(60)
+    results = classify_concurrently(shared, jobs, timeout=60)
     for i, want in enumerate(expected):
         assert torch.tensor(results[i]) == pytest.approx(torch.tensor(want), abs=TOL)
 

@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import os
 import random
-import threading
 
 import pytest
 import torch
 
-from engine_cases import TEXTS
+from engine_cases import TEXTS, classify_concurrently
 from models.engine import CHUNK, default_tokenizer_processes
 
 ACCEL = os.environ.get("POOLQ_TEST_ACCELERATOR") or ("cuda" if torch.cuda.is_available() else None)
@@ -117,18 +116,7 @@ def test_concurrent_callers_get_their_own_results(model_dirs, engine_factory, on
     cpu = engine_factory(model_dirs["bert"], device="cpu", dtype="float32")
     engine = on_accel("bert")
     jobs = [_texts(random.Random(i).randint(1, 40), seed=100 + i) for i in range(32)]
-    results: dict[int, list] = {}
-    barrier = threading.Barrier(len(jobs))
-
-    def call(i):
-        barrier.wait()
-        results[i] = [o.probs for o in engine.classify(jobs[i])]
-
-    threads = [threading.Thread(target=call, args=(i,)) for i in range(len(jobs))]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(120)
+    results = classify_concurrently(engine, jobs)
     for i, job in enumerate(jobs):
         _close(results[i], [o.probs for o in cpu.classify(job)], BF16)
 
