@@ -133,7 +133,7 @@ def finished_job_json(session: Session, job_id: uuid.UUID, tenant_id: uuid.UUID)
         select(Job, cast(JobResult.body, Text))
         .outerjoin(JobResult, JobResult.job_id == Job.id)
         .where(Job.id == job_id, Job.tenant_id == tenant_id)
-        .execution_options(populate_existing=True)  # the submit may have left a `queued` copy
+        .execution_options(populate_existing=True)  # fresh, whatever this session saw of the row before
     ).one_or_none()
     if row is None:
         raise not_found(f"Job {str(job_id)!r} does not exist.")
@@ -176,8 +176,6 @@ def _epoch(value: dt.datetime | None) -> float | None:
 
 def mark_unsent(session: Session, job_id: uuid.UUID) -> None:
     session.execute(update(Job).where(Job.id == job_id, Job.status == "queued").values(enqueued_at=None))
-
-
 
 
 @dataclass(frozen=True)
