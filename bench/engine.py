@@ -111,11 +111,6 @@ def time_engine(engine: PoolingEngine, texts: list[str], threads: int) -> dict:
                 batches=after["batches"] - before["batches"])
 
 
-def set_limits(batcher, tokens: int, seqs: int) -> None:
-    batcher.max_tokens, batcher.max_seqs = tokens, seqs
-    batcher.window_tokens, batcher.window_seqs = 8 * tokens, 8 * seqs
-
-
 def bench_shape(name: str, shape: dict, ref: pathlib.Path, texts: list[str]) -> dict:
     tok = AutoTokenizer.from_pretrained(str(ref / "tok"))
     with tempfile.TemporaryDirectory() as d:
@@ -130,12 +125,11 @@ def bench_shape(name: str, shape: dict, ref: pathlib.Path, texts: list[str]) -> 
             runs = [time_engine(engine, texts, t) for t in (1, 8)]
             batcher = engine._batcher
             defaults = (batcher.max_tokens, batcher.max_seqs)
-            for tokens, seqs in BUDGETS:
-                # Other batch limits on the same engine (the collator reads them per window).
-                set_limits(batcher, tokens, seqs)
+            for tokens, seqs in BUDGETS:  # other batch limits on the same engine
+                batcher.set_limits(tokens, seqs)
                 engine.classify(texts[:2048])  # the new shapes' first runs
                 runs.append({"max_batch_tokens": tokens, "max_batch_seqs": seqs, **time_engine(engine, texts, 8)})
-            set_limits(batcher, *defaults)
+            batcher.set_limits(*defaults)
             # Host path alone: the batcher's runner swapped for one that only
             # allocates the output, so every other step runs as in production.
             # At least HOST_N texts (repeating them), or a small CPU-sized N
@@ -145,8 +139,8 @@ def bench_shape(name: str, shape: dict, ref: pathlib.Path, texts: list[str]) -> 
         finally:
             engine.close()
     best = max(runs[:2], key=lambda r: r["seqs_per_s"])  # the engine's own defaults
-    return dict(runs=runs, best=best, best_of_all=max(runs, key=lambda r: r["seqs_per_s"]), host_path=host, tokenizer_processes=engine.tokenizer_processes,
-                device=str(engine.device), dtype=str(engine.dtype))
+    return dict(runs=runs, best=best, best_of_all=max(runs, key=lambda r: r["seqs_per_s"]), host_path=host,
+                tokenizer_processes=engine.tokenizer_processes, device=str(engine.device), dtype=str(engine.dtype))
 
 
 def ratios(name: str, engine: dict, reference: dict) -> dict:

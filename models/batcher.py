@@ -106,13 +106,11 @@ class Batcher:
                  max_wait_ms: float, max_len: int, pad_id: int = 0, window_batches: int = 8):
         self.runner = runner
         self.device = device
-        self.max_tokens = max_batch_tokens
-        self.max_seqs = max_batch_seqs
         self.max_wait = max_wait_ms / 1000.0
         self.max_len = max_len
         self.pad_id = pad_id  # RoBERTa derives positions from it, so it must be the model's
-        self.window_seqs = window_batches * max_batch_seqs
-        self.window_tokens = window_batches * max_batch_tokens
+        self.window_batches = window_batches
+        self.set_limits(max_batch_tokens, max_batch_seqs)
         # [interactive, bulk] lanes of (request, begin, end) segments; the
         # pending counters cover both.
         self._lanes: tuple[collections.deque, collections.deque] = (collections.deque(), collections.deque())
@@ -130,6 +128,13 @@ class Batcher:
         self._collator.start()
         self._worker.start()
         self._deliverer.start()
+
+    def set_limits(self, max_batch_tokens: int, max_batch_seqs: int) -> None:
+        """Batch limits, and the window of `window_batches` batches they imply.
+        The collator reads them per window, so a change applies to the next one."""
+        self.max_tokens, self.max_seqs = max_batch_tokens, max_batch_seqs
+        self.window_tokens = self.window_batches * max_batch_tokens
+        self.window_seqs = self.window_batches * max_batch_seqs
 
     # -- submitters' side -------------------------------------------------
     def submit(self, ids: torch.Tensor, lengths: Sequence[int], token: bool, type_ids: torch.Tensor | None = None,
