@@ -145,18 +145,26 @@ class Batcher:
         tensor for sequence-level outputs, or (token=True) a list of n [len_i, C]
         tensors. `priority` follows vLLM: lower runs earlier; above 0 is bulk.
         """
-        lengths = np.asarray(lengths, dtype=np.int64)
-        if not len(lengths) or lengths.min() < 1 or int(lengths.sum()) != ids.shape[0]:
-            raise ValueError("lengths must be positive and add up to the number of ids")
-        request = _Request(ids, type_ids, lengths, token)
+        return self.submit_many([(ids, lengths, token, type_ids, priority)])[0]
+
+    def submit_many(self, requests: Sequence[tuple]) -> list[Future]:
+        """Queue several requests (`submit`'s arguments as tuples) at once: one lock and one
+        wake-up, so the collator sees them all together and batches them as one window."""
+        made = []
+        for ids, lengths, token, type_ids, priority in requests:
+            lengths = np.asarray(lengths, dtype=np.int64)
+            if not len(lengths) or lengths.min() < 1 or int(lengths.sum()) != ids.shape[0]:
+                raise ValueError("lengths must be positive and add up to the number of ids")
+            made.append((_Request(ids, type_ids, lengths, token), priority))
         with self._cond:
             if self._closed:
                 raise RuntimeError("the pooling engine is closed")
-            self._lanes[1 if priority > 0 else 0].append((request, 0, len(lengths)))
-            self._pending_tokens += ids.shape[0]
-            self._pending_seqs += len(lengths)
+            for request, priority in made:
+                self._lanes[1 if priority > 0 else 0].append((request, 0, len(request.lengths)))
+                self._pending_tokens += request.ids.shape[0]
+                self._pending_seqs += len(request.lengths)
             self._cond.notify()
-        return request.future
+        return [request.future for request, _ in made]
 
     def close(self) -> None:
         with self._cond:

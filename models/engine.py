@@ -24,6 +24,7 @@ from .catalog import describe
 from .collate import padded_len
 from .entities import STRATEGIES, aggregate
 from .loader import load
+from .prepared import Prepared
 from .scoring import build_score_prompts
 from .templates import load_template
 from .tokenize_pool import BrokenProcessPool, TokenizerPool, helper_budget
@@ -111,47 +112,50 @@ class PoolingEngine:
     def classify(self, prompts, use_activation=None, truncate_prompt_tokens=None, truncation_side=None,
                  add_special_tokens=True, priority=0) -> list[ClassificationOutput]:
         self._require_task("classify")
-        lengths, _, logits = self._run_prompts(prompts, False, truncate_prompt_tokens, truncation_side,
-                                               add_special_tokens, priority=priority)
-        probs = self._activation(logits, use_activation)
-        labels = probs.argmax(dim=-1).tolist()
-        # numpy's tolist is several times faster than torch's, and at tens of
-        # thousands of prompts a second these per-prompt steps add up.
-        names = list(map(self.card.id2label.get, labels))
-        return list(map(ClassificationOutput, probs.numpy().tolist(), names, lengths))
+        lengths, encoded, logits = self._run_prompts(prompts, False, truncate_prompt_tokens, truncation_side,
+                                                     add_special_tokens, priority=priority)
+        return self._classified(use_activation)(lengths, encoded, logits)
 
     def encode(self, prompts, pooling_task="classify", use_activation=None, truncate_prompt_tokens=None,
                truncation_side=None, add_special_tokens=True, aggregation=None, priority=0) -> list[PoolingOutput]:
-        if pooling_task not in ("classify", "token_classify"):
-            raise PoolingInputError(f"Unsupported task: {pooling_task!r} Supported tasks: "
-                                    f"{self.supported_tasks}", "task")
-        self._require_task(pooling_task)
+        self._check_encode(pooling_task, aggregation)
         if pooling_task == "classify":
-            if aggregation is not None:
-                raise PoolingInputError("aggregation applies to token_classify only", "aggregation")
-            return [PoolingOutput(data=o.probs, num_prompt_tokens=o.num_prompt_tokens)
-                    for o in self.classify(prompts, use_activation, truncate_prompt_tokens, truncation_side,
-                                           add_special_tokens, priority)]
-        if aggregation is not None and aggregation not in STRATEGIES:
-            raise PoolingInputError(f"aggregation must be one of {STRATEGIES}", "aggregation")
+            return self._as_pooling(self.classify(prompts, use_activation, truncate_prompt_tokens, truncation_side,
+                                                  add_special_tokens, priority))
         lengths, encoded, logits = self._run_prompts(prompts, True, truncate_prompt_tokens, truncation_side,
                                                      add_special_tokens, with_offsets=aggregation is not None,
                                                      priority=priority)
-        flat = torch.cat(logits)
-        data = self._activation(flat, use_activation).split(lengths)
-        scores = torch.softmax(self._activation.calibrate(flat), -1).split(lengths) if aggregation else None
-        outs = []
-        for i, (n, d) in enumerate(zip(lengths, data)):
-            entities = None
-            if aggregation is not None:
-                e = encoded[i]  # with_offsets keeps tokenization in process, so encoded is complete
-                entities = aggregate(aggregation, scores[i].numpy(), e.input_ids, e.offsets, e.special_mask,
-                                     e.text, self.tokenizer, self.card.id2label)
-            outs.append(PoolingOutput(data=d.numpy().tolist(), num_prompt_tokens=n, entities=entities))
-        return outs
+        return self._token_classified(use_activation, aggregation)(lengths, encoded, logits)
 
     def score(self, data_1, data_2, use_activation=None, max_tokens_per_query=0, max_tokens_per_doc=0,
               chat_template_kwargs=None, truncate_prompt_tokens=None, priority=0) -> list[ScoringOutput]:
+        prepared = self.prepare_score(data_1, data_2, use_activation, max_tokens_per_query, max_tokens_per_doc,
+                                      chat_template_kwargs, truncate_prompt_tokens)
+        return prepared.finish([self._batcher.submit(*prepared.slice_args(0, len(prepared), priority)).result()])
+
+    # -- scheduling API: prepare now, run in slices later --------------------
+    # For a caller that orders the work of many requests itself (the worker's
+    # scheduler): the same validation, errors and outputs as the methods
+    # above, split into tokenizing (prepare_*), running slices (submit) and
+    # shaping the outputs (Prepared.finish).
+    def prepare_classify(self, prompts, use_activation=None, truncate_prompt_tokens=None, truncation_side=None,
+                         add_special_tokens=True) -> Prepared:
+        self._require_task("classify")
+        return self._prepare(prompts, False, truncate_prompt_tokens, truncation_side, add_special_tokens, False,
+                             self._classified(use_activation))
+
+    def prepare_encode(self, prompts, pooling_task="classify", use_activation=None, truncate_prompt_tokens=None,
+                       truncation_side=None, add_special_tokens=True, aggregation=None) -> Prepared:
+        self._check_encode(pooling_task, aggregation)
+        if pooling_task == "classify":
+            classified = self._classified(use_activation)
+            return self._prepare(prompts, False, truncate_prompt_tokens, truncation_side, add_special_tokens, False,
+                                 lambda *raw: self._as_pooling(classified(*raw)))
+        return self._prepare(prompts, True, truncate_prompt_tokens, truncation_side, add_special_tokens,
+                             aggregation is not None, self._token_classified(use_activation, aggregation))
+
+    def prepare_score(self, data_1, data_2, use_activation=None, max_tokens_per_query=0, max_tokens_per_doc=0,
+                      chat_template_kwargs=None, truncate_prompt_tokens=None) -> Prepared:
         if not self.card.supports_score:
             if self.card.task == "classify":
                 raise PoolingInputError("Scoring API is only enabled for num_labels == 1.")
@@ -164,9 +168,62 @@ class PoolingEngine:
             chat_template_kwargs=chat_template_kwargs, limit=limit, max_model_len=self.max_model_len)
         for e in encoded:
             inp.check_length(len(e.input_ids), self.max_model_len)
-        futures, _, _ = self._submit([_Chunk.of(encoded)], token=False, priority=priority)
-        scores = self._activation(self._gather(futures, False), use_activation)[:, 0].tolist()
-        return [ScoringOutput(score=s, num_prompt_tokens=len(e.input_ids)) for s, e in zip(scores, encoded)]
+        chunk = _Chunk.of(encoded)
+
+        def scored(lengths, _encoded, logits):
+            scores = self._activation(logits, use_activation)[:, 0].tolist()
+            return list(map(ScoringOutput, scores, lengths))
+
+        return Prepared(chunk.ids, chunk.type_ids, chunk.lengths, False, encoded, scored)
+
+    def submit(self, slices: list[tuple[Prepared, int, int, int]]) -> list[Future]:
+        """Queue slices (prepared, begin, end, priority) together; each future yields that
+        slice's raw outputs, which `Prepared.finish` takes back in order."""
+        return self._batcher.submit_many([prepared.slice_args(begin, end, priority)
+                                          for prepared, begin, end, priority in slices])
+
+    # -- output shaping, shared by both APIs --------------------------------
+    def _classified(self, use_activation):
+        def finish(lengths, _encoded, logits) -> list[ClassificationOutput]:
+            probs = self._activation(logits, use_activation)
+            labels = probs.argmax(dim=-1).tolist()
+            # numpy's tolist is several times faster than torch's, and at tens of
+            # thousands of prompts a second these per-prompt steps add up.
+            names = list(map(self.card.id2label.get, labels))
+            return list(map(ClassificationOutput, probs.numpy().tolist(), names, lengths))
+
+        return finish
+
+    @staticmethod
+    def _as_pooling(outputs: list[ClassificationOutput]) -> list[PoolingOutput]:
+        return [PoolingOutput(data=o.probs, num_prompt_tokens=o.num_prompt_tokens) for o in outputs]
+
+    def _check_encode(self, pooling_task, aggregation) -> None:
+        if pooling_task not in ("classify", "token_classify"):
+            raise PoolingInputError(f"Unsupported task: {pooling_task!r} Supported tasks: "
+                                    f"{self.supported_tasks}", "task")
+        self._require_task(pooling_task)
+        if pooling_task == "classify" and aggregation is not None:
+            raise PoolingInputError("aggregation applies to token_classify only", "aggregation")
+        if aggregation is not None and aggregation not in STRATEGIES:
+            raise PoolingInputError(f"aggregation must be one of {STRATEGIES}", "aggregation")
+
+    def _token_classified(self, use_activation, aggregation):
+        def finish(lengths, encoded, logits) -> list[PoolingOutput]:
+            flat = torch.cat(logits)
+            data = self._activation(flat, use_activation).split(lengths)
+            scores = torch.softmax(self._activation.calibrate(flat), -1).split(lengths) if aggregation else None
+            outs = []
+            for i, (n, d) in enumerate(zip(lengths, data)):
+                entities = None
+                if aggregation is not None:
+                    e = encoded[i]  # with_offsets keeps tokenization in process, so encoded is complete
+                    entities = aggregate(aggregation, scores[i].numpy(), e.input_ids, e.offsets, e.special_mask,
+                                         e.text, self.tokenizer, self.card.id2label)
+                outs.append(PoolingOutput(data=d.numpy().tolist(), num_prompt_tokens=n, entities=entities))
+            return outs
+
+        return finish
 
     def batch_stats(self) -> dict[str, int]:
         """Counters since start: batches, sequences, real and padded tokens."""
@@ -231,12 +288,29 @@ class PoolingEngine:
         """Per prompt: its token count and its encoding (complete only with offsets); and
         the raw outputs: a [n, C] tensor, or (token) a list of [len_i, C] tensors."""
         items = inp.normalize_prompts(prompts)
+        args = self._tokenize_args(truncate_prompt_tokens, truncation_side, add_special_tokens, with_offsets)
+        futures, lengths, encoded = self._submit(self._tokenized_chunks(items, args), token, priority)
+        return lengths, encoded, self._gather(futures, token)
+
+    def _prepare(self, prompts, token, truncate_prompt_tokens, truncation_side, add_special_tokens, with_offsets,
+                 finish) -> Prepared:
+        items = inp.normalize_prompts(prompts)
+        args = self._tokenize_args(truncate_prompt_tokens, truncation_side, add_special_tokens, with_offsets)
+        chunks = list(self._tokenized_chunks(items, args))
+        if len(chunks) == 1:
+            chunk = chunks[0]
+            return Prepared(chunk.ids, chunk.type_ids, chunk.lengths, token, chunk.encoded or [], finish)
+        ids = torch.cat([c.ids for c in chunks])
+        type_ids = (None if all(c.type_ids is None for c in chunks) else
+                    torch.cat([c.type_ids if c.type_ids is not None else torch.zeros_like(c.ids) for c in chunks]))
+        encoded = [e for c in chunks for e in (c.encoded or [])] if with_offsets else []
+        return Prepared(ids, type_ids, [n for c in chunks for n in c.lengths], token, encoded, finish)
+
+    def _tokenize_args(self, truncate_prompt_tokens, truncation_side, add_special_tokens, with_offsets) -> tuple:
         limit = inp.resolve_truncation(truncate_prompt_tokens, self.max_model_len)
         if truncation_side not in (None, "left", "right"):
             raise PoolingInputError("truncation_side must be 'left' or 'right'", "truncation_side")
-        args = (limit, truncation_side, add_special_tokens, with_offsets)
-        futures, lengths, encoded = self._submit(self._tokenized_chunks(items, args), token, priority)
-        return lengths, encoded, self._gather(futures, token)
+        return limit, truncation_side, add_special_tokens, with_offsets
 
     def _tokenized_chunks(self, items: list, args: tuple) -> Iterator[_Chunk]:
         chunks = [items[i:i + CHUNK] for i in range(0, len(items), CHUNK)]
