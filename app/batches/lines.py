@@ -26,6 +26,7 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
+from app import jsonparse
 from app.errors import APIError, bad_request
 from app.pooling.requests import parse
 from app.pooling.routes import ROUTES as URL_ENDPOINTS  # URL -> endpoint kind, as the HTTP routes
@@ -80,7 +81,7 @@ def parse_file(content: bytes, endpoint: str, served: ServedModels, max_items: i
             continue  # blank lines (a trailing newline) are not requests
         no, line_no = line_no, line_no + 1
         try:
-            item = json.loads(raw)
+            item = jsonparse.loads(raw)  # refuses too-deep nesting, NaN: the line is invalid, not a crash
             decoded += 1
         except ValueError:
             out.errors.append((no, error_line(None, 400, _error(bad_request(f"Line {no + 1} is not valid JSON.")))))

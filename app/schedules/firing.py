@@ -32,6 +32,7 @@ from sqlalchemy.orm import Session
 from app.batches.files import create_file, file_content
 from app.batches.records import Batch, File
 from app.batches.services import create_batch
+from app import jsonparse
 from app.errors import APIError
 from app.jobs.records import Job
 from app.pooling.routes import ROUTES as URL_ENDPOINTS
@@ -144,7 +145,7 @@ def with_model(content: bytes, model: str) -> bytes | None:
     out, changed = [], False
     for raw in text.split("\n"):
         try:
-            item = json.loads(raw) if raw.strip() else None
+            item = jsonparse.loads(raw) if raw.strip() else None
         except ValueError:
             item = None
         if isinstance(item, dict) and isinstance(item.get("body"), dict) and item["body"].get("model") != model:
