@@ -21,6 +21,14 @@ from app.metrics import init_metrics
 from app.served import ServedModels
 from app.tenants.auth import init_auth
 
+# No API statement runs longer than this (the longest are a 200 MB file's
+# insert or read): a request never holds a connection, or the locks it took,
+# for longer, whatever the database is doing.
+API_STATEMENT_TIMEOUT_MS = 30_000
+# A request waits this long for a pooled connection, then answers 503: with
+# the database hung, requests fail fast instead of piling up behind the pool.
+API_POOL_TIMEOUT_S = 5
+
 
 @dataclass
 class Poolq:
@@ -30,6 +38,9 @@ class Poolq:
     served: ServedModels
     db_engine: Engine
     session_factory: sessionmaker[Session]
+    # The API's own sessions (requests, their polls), with a statement timeout
+    # a worker's long writes must not have. Lazy: a worker never connects it.
+    request_session_factory: sessionmaker[Session]
     celery: Celery
     events: object  # app.jobs.events: wakes synchronous requests when their job finishes
     admission: Admission
@@ -43,12 +54,15 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json.sort_keys = False
 
     db_engine = make_engine(settings.database_url)
+    request_engine = make_engine(settings.database_url, statement_timeout_ms=API_STATEMENT_TIMEOUT_MS,
+                                 pool_timeout=API_POOL_TIMEOUT_S)
     celery = celery_init_app(app, settings)
     poolq = Poolq(
         settings=settings,
         served=ServedModels.load(settings.models),
         db_engine=db_engine,
         session_factory=make_session_factory(db_engine),
+        request_session_factory=make_session_factory(request_engine),
         celery=celery,
         events=job_events(settings.broker_url, settings.namespace),
         admission=Admission(settings.max_queued_jobs, settings.tenant_max_queued_jobs),

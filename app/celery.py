@@ -6,6 +6,7 @@ from celery import Celery
 from flask import Flask
 
 from app.batches.dispatch import EXPIRE_BATCHES, SWEEP_BATCHES
+from app.broker import BROKER_SOCKET_TIMEOUT_S
 from app.config import Settings
 from app.schedules import FIRE_SCHEDULES
 from app.webhooks.dispatch import SWEEP_WEBHOOKS, webhook_queue
@@ -30,7 +31,8 @@ def broker_options(settings: Settings) -> dict:
         }
     # Redis: a message not acked within this window is delivered again. Keep
     # it above the longest job so a slow job is not run twice.
-    return {"visibility_timeout": max(3600, settings.running_timeout_s)}
+    return {"visibility_timeout": max(3600, settings.running_timeout_s),
+            "socket_timeout": BROKER_SOCKET_TIMEOUT_S, "socket_connect_timeout": BROKER_SOCKET_TIMEOUT_S}
 
 
 def celery_init_app(app: Flask, settings: Settings) -> Celery:
@@ -39,6 +41,8 @@ def celery_init_app(app: Flask, settings: Settings) -> Celery:
         broker_url=settings.broker_url,
         broker_transport_options=broker_options(settings),
         broker_connection_retry_on_startup=True,
+        # AMQP's connect timeout (Redis takes socket_connect_timeout above).
+        broker_connection_timeout=BROKER_SOCKET_TIMEOUT_S,
         task_serializer="json",
         accept_content=["json"],
         result_serializer="json",

@@ -13,6 +13,7 @@ from typing import Any
 from flask import Flask, jsonify
 from pydantic import ValidationError
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
@@ -112,6 +113,13 @@ def register_error_handlers(app: Flask) -> None:
             return _unexpected(exc)
         log.warning("database unavailable: %s", exc.__class__.__name__)
         return _service_unavailable("The database is unavailable; retry shortly.")
+
+    @app.errorhandler(PoolTimeout)
+    def _pool_exhausted(exc: PoolTimeout):
+        # Every pooled connection is busy (the database is hung or slow):
+        # nothing was accepted, retry shortly.
+        log.warning("no database connection free: %s", exc)
+        return _service_unavailable("The database is busy; retry shortly.")
 
     @app.errorhandler(Exception)
     def _unexpected(exc: Exception):

@@ -47,7 +47,7 @@ class BacklogCollector:
 
         gauge = GaugeMetricFamily("poolq_jobs", "Jobs waiting or running, by status and model.",
                                   labels=["status", "model"])
-        with self._app.extensions["poolq"].session_factory() as session:
+        with self._app.extensions["poolq"].request_session_factory() as session:
             rows = session.execute(
                 select(Job.status, Job.model, func.count()).where(Job.status.in_(("queued", "running")))
                 .group_by(Job.status, Job.model))

@@ -11,6 +11,8 @@ import logging
 
 from celery import Celery
 
+from app.broker import send_policy
+
 log = logging.getLogger(__name__)
 
 VALIDATE_BATCH = "poolq.validate_batch"
@@ -19,12 +21,10 @@ FINALIZE_BATCH = "poolq.finalize_batch"
 SWEEP_BATCHES = "poolq.sweep_batches"
 EXPIRE_BATCHES = "poolq.expire_batches"
 
-_RETRY = {"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5}
-
 
 def _send(celery: Celery, name: str, args: list, queue: str, **kwargs) -> bool:
     try:
-        celery.send_task(name, args=args, kwargs=kwargs, queue=queue, retry=True, retry_policy=_RETRY)
+        celery.send_task(name, args=args, kwargs=kwargs, queue=queue, retry=True, retry_policy=send_policy())
         return True
     except Exception:  # kombu's OperationalError and friends: all mean "not sent"
         log.warning("broker refused %s%s; the sweeper will resend it", name, args, exc_info=True)

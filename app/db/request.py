@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session
 
 def db_session() -> Session:
     if "db_session" not in g:
-        g.db_session = current_app.extensions["poolq"].session_factory()
+        g.db_session = current_app.extensions["poolq"].request_session_factory()
     return g.db_session
 
 

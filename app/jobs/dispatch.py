@@ -6,6 +6,7 @@ import logging
 
 from celery import Celery
 
+from app.broker import send_policy
 from app.jobs.records import Job
 
 log = logging.getLogger(__name__)
@@ -27,7 +28,7 @@ def send_job(celery: Celery, job: Job) -> bool:
             kwargs={"model": job.model, "task": job.task},
             queue=celery.poolq.settings.queue_for(job.model),
             retry=True,
-            retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5},
+            retry_policy=send_policy(),
         )
         return True
     except Exception:  # kombu raises OperationalError and friends; all mean "not sent"

@@ -17,9 +17,31 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from app.broker import BROKER_SOCKET_TIMEOUT_S
+
 log = logging.getLogger(__name__)
 
 CHANNEL = "poolq:jobs:finished"  # prefixed with the deployment's namespace
+
+# Every Redis call here is bounded (see app.broker): a hung Redis costs a
+# publisher one timeout, never a stuck worker thread.
+SOCKET_TIMEOUT_S = BROKER_SOCKET_TIMEOUT_S
+# The listener pings after this long without hearing anything, and drops the
+# connection if the pong is this late: a connection that died silently (a
+# failover, a NAT timeout) is replaced instead of listening to nothing forever.
+LISTEN_CHECK_S = 10.0
+PONG_WAIT_S = 5.0
+
+
+def redis_client(url: str, read_timeout_s: float | None = SOCKET_TIMEOUT_S):
+    """A client whose every call is bounded, retried once on a fresh connection
+    (a pooled one that died with a restarted Redis), and no more."""
+    import redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    return redis.Redis.from_url(url, socket_connect_timeout=SOCKET_TIMEOUT_S, socket_timeout=read_timeout_s,
+                                retry=Retry(NoBackoff(), 1))
 
 
 class PolledJobEvents:
@@ -27,6 +49,9 @@ class PolledJobEvents:
 
     def publish(self, job_id: str) -> None:
         return None  # nothing listens; waiters poll
+
+    def publish_many(self, job_ids) -> None:
+        return None
 
     @contextmanager
     def expect(self, job_id: str) -> Iterator[Callable[[float, Callable[[], bool]], bool]]:
@@ -59,14 +84,21 @@ class RedisJobEvents:
         self._publisher = None
 
     def publish(self, job_id: str) -> None:
+        self.publish_many([job_id])
+
+    def publish_many(self, job_ids) -> None:
+        """Every id in one round trip (a pipeline of PUBLISHes): a worker finishes jobs in groups."""
         try:
             if self._publisher is None:
                 import redis
 
-                self._publisher = redis.Redis.from_url(self._url, socket_timeout=2)
-            self._publisher.publish(self._channel, str(job_id))
+                self._publisher = redis.Redis.from_url(self._url, socket_timeout=2, socket_connect_timeout=2)
+            pipe = self._publisher.pipeline(transaction=False)
+            for job_id in job_ids:
+                pipe.publish(self._channel, str(job_id))
+            pipe.execute()
         except Exception:  # waiters fall back to re-reading the job
-            log.warning("could not publish completion of job %s", job_id, exc_info=True)
+            log.warning("could not publish completion of %d job(s)", len(list(job_ids)), exc_info=True)
 
     @contextmanager
     def expect(self, job_id: str) -> Iterator[Callable[[float, Callable[[], bool]], bool]]:
@@ -104,22 +136,41 @@ class RedisJobEvents:
         self._subscribed.wait(timeout=1.0)
 
     def _listen(self) -> None:
-        import redis
-
         while True:
             try:
-                pubsub = redis.Redis.from_url(self._url).pubsub(ignore_subscribe_messages=True)
-                pubsub.subscribe(self._channel)
-                self._subscribed.set()
-                for message in pubsub.listen():
-                    data = message.get("data")
-                    key = data.decode() if isinstance(data, bytes) else str(data)
-                    event = self._waiters.get(key)
-                    if event is not None:
-                        event.set()
+                self._listen_once()
             except Exception:
                 log.warning("job events listener lost Redis; reconnecting", exc_info=True)
                 time.sleep(1.0)
+
+    def _listen_once(self) -> None:
+        pubsub = redis_client(self._url).pubsub(ignore_subscribe_messages=True)
+        try:
+            pubsub.subscribe(self._channel)
+            self._subscribed.set()
+            last_heard, pinged = time.monotonic(), False
+            while True:
+                message = pubsub.get_message(timeout=1.0)  # bounded: the checks below get their turn
+                now = time.monotonic()
+                if message is not None:
+                    last_heard, pinged = now, False
+                    if message.get("type") == "message":
+                        self._wake(message.get("data"))
+                    continue
+                silent = now - last_heard
+                if silent > LISTEN_CHECK_S + PONG_WAIT_S:
+                    raise TimeoutError(f"no answer from Redis for {silent:.0f} s")
+                if silent > LISTEN_CHECK_S and not pinged:
+                    pubsub.ping()  # its pong comes back as a message and resets the clock
+                    pinged = True
+        finally:
+            pubsub.close()
+
+    def _wake(self, data) -> None:
+        key = data.decode() if isinstance(data, bytes) else str(data)
+        event = self._waiters.get(key)
+        if event is not None:
+            event.set()
 
 
 def job_events(broker_url: str, namespace: str = ""):

@@ -6,9 +6,14 @@ here, so a job is durable before any response, whatever the route.
 
 from __future__ import annotations
 
+import logging
 import uuid
+from dataclasses import dataclass
 
 from flask import current_app, jsonify, request, url_for
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.orm import Session
 
 from app.db.request import db_session
 from app.jobs import dispatch, services
@@ -18,26 +23,94 @@ from app.metrics import job_accepted
 from app.served import ServedModel
 from app.tenants.auth import current_tenant_id
 
+log = logging.getLogger(__name__)
+
+# What the database raises when it is unreachable, restarting or hung, as
+# opposed to refusing the statement itself.
+UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeout)
+
+
+@dataclass(frozen=True)
+class Submitted:
+    job: Job
+    sent: bool  # False: the broker refused; the sweeper sends it later
+
 
 def submit(model: ServedModel, job_request: dict, options: JobOptions, job_id: uuid.UUID | None = None,
            idempotency: tuple[str, str] | None = None) -> Job:
-    """Commit the job, then send it to its model's queue."""
+    return submit_job(model, job_request, options, job_id, idempotency).job
+
+
+def submit_job(model: ServedModel, job_request: dict, options: JobOptions, job_id: uuid.UUID | None = None,
+               idempotency: tuple[str, str] | None = None) -> Submitted:
+    """Commit the job, then send it to its model's queue.
+
+    The client's answer must be the truth: once the row is committed the
+    answer is 202 whatever happens to the send or to the bookkeeping after
+    it, and an error (503) is raised only while nothing is kept.
+    """
     poolq = current_app.extensions["poolq"]
     session = db_session()
     tenant_id = current_tenant_id()
     poolq.admission.check(session, model.name, tenant_id)
     job = services.create_job(session, model, job_request, tenant_id, options, idempotency, job_id)
-    session.commit()
-    if not dispatch.send_job(poolq.celery, job):
-        services.mark_unsent(session, job.id)
-        session.commit()
+    _commit_job(session, job.id)
+    sent = dispatch.send_job(poolq.celery, job)
+    if not sent:
+        _mark_unsent(session, job.id)
     job_accepted(job.model, job.task)
-    return job
+    return Submitted(job, sent)
+
+
+def _commit_job(session: Session, job_id: uuid.UUID) -> None:
+    """COMMIT, or raise if the job is not kept.
+
+    A connection lost during COMMIT leaves it unknown whether the server
+    committed; a fresh read settles it, so a kept job is never answered 503
+    (a client retrying without an Idempotency-Key would run it twice).
+    """
+    try:
+        session.commit()
+    except UNAVAILABLE:
+        _rollback(session)
+        if not _is_kept(job_id):
+            raise
+        log.warning("the commit of job %s raised, but the job is kept", job_id, exc_info=True)
+
+
+def _is_kept(job_id: uuid.UUID) -> bool:
+    try:
+        with current_app.extensions["poolq"].request_session_factory() as fresh:
+            return services.job_status(fresh, job_id) is not None
+    except UNAVAILABLE:
+        return False  # still unknown: answer 503, which says "retry" (an Idempotency-Key makes that safe)
+
+
+def _mark_unsent(session: Session, job_id: uuid.UUID) -> None:
+    """Flag the job for the sweeper's next pass (enqueued_at NULL); best effort.
+
+    If this write fails too (the database went with the broker), the job
+    still has its optimistic enqueued_at, so the sweeper sends it once that
+    is older than POOLQ_REQUEUE_AFTER_S: later, but it runs. The answer stays 202.
+    """
+    try:
+        services.mark_unsent(session, job_id)
+        session.commit()
+    except (DBAPIError, PoolTimeout):
+        _rollback(session)
+        log.warning("could not mark job %s unsent; the sweeper sends it once overdue", job_id, exc_info=True)
+
+
+def _rollback(session: Session) -> None:
+    try:
+        session.rollback()
+    except Exception:  # the connection is gone; the session is discarded with the request anyway
+        log.debug("rollback after a failed commit raised", exc_info=True)
 
 
 def is_finished(job_id: uuid.UUID) -> bool:
     """A fresh read each time: a long-lived SQLite read transaction would see a stale snapshot."""
-    with current_app.extensions["poolq"].session_factory() as session:
+    with current_app.extensions["poolq"].request_session_factory() as session:
         return services.job_finished(session, job_id)
 
 

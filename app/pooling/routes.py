@@ -17,7 +17,7 @@ from app.errors import error_body
 from app.http import json_body
 from app.jobs import services
 from app.jobs.options import parse_job_options, with_webhook
-from app.jobs.submission import accepted, is_finished, prefers_async, submit
+from app.jobs.submission import UNAVAILABLE, accepted, is_finished, prefers_async, submit, submit_job
 from app.pooling.requests import parse
 from app.tenants.auth import current_tenant_id
 
@@ -44,11 +44,20 @@ def handle(endpoint: str):
     if prefers_async():
         return accepted(submit(model, job_request, options, job_id), applied_async=True)
     with poolq.events.expect(job_id) as wait:
-        job = submit(model, job_request, options, job_id)
-        done = wait(poolq.settings.sync_timeout_s, lambda: is_finished(job_id))
+        submitted = submit_job(model, job_request, options, job_id)
+        job = submitted.job
+        if not submitted.sent:
+            return accepted(job)  # it runs once the sweeper sends it: no point holding the client
+        try:
+            done = wait(poolq.settings.sync_timeout_s, lambda: is_finished(job_id))
+        except UNAVAILABLE:
+            done = False  # the job is kept: its Location is the truthful answer, not a 503
     if not done:
         return accepted(job)
-    job, result_json = services.finished_job_json(db_session(), job_id, current_tenant_id())
+    try:
+        job, result_json = services.finished_job_json(db_session(), job_id, current_tenant_id())
+    except UNAVAILABLE:
+        return accepted(job)
     if job.status == "succeeded":
         # Verbatim: the body the worker stored is already vLLM's response.
         return current_app.response_class(result_json, mimetype="application/json")

@@ -46,9 +46,15 @@ def _check_database() -> str:
 
 
 def _check_broker(celery) -> str:
+    # One attempt, no retry: a probe wants a prompt answer, and the socket
+    # timeouts in the broker options (app.broker) bound it. The PING matters:
+    # a hung Redis still accepts TCP connections, so connecting proves nothing.
     try:
         with celery.connection_for_write() as conn:
-            conn.ensure_connection(max_retries=1, timeout=2)
+            conn.ensure_connection(max_retries=0)
+            client = getattr(conn.default_channel, "client", None)  # Redis transports only
+            if client is not None:
+                client.ping()
         return "ok"
     except Exception as exc:
         return f"error: {type(exc).__name__}"

@@ -8,6 +8,8 @@ from collections.abc import Iterable
 
 from celery import Celery
 
+from app.broker import send_policy
+
 from app.webhooks import delivery
 
 log = logging.getLogger(__name__)
@@ -30,7 +32,7 @@ def send_delivery(celery: Celery, delivery_id: uuid.UUID, countdown: float | Non
             queue=webhook_queue(celery.poolq.settings),
             countdown=countdown or None,
             retry=True,
-            retry_policy={"max_retries": 2, "interval_start": 0, "interval_step": 0.2, "interval_max": 0.5},
+            retry_policy=send_policy(),
         )
         return True
     except Exception:  # kombu raises OperationalError and friends; all mean "not sent"
