@@ -92,8 +92,16 @@ class Settings:
     # A queued job whose message may have been lost (crash between commit and
     # send) is sent again after this long; duplicates are harmless no-ops.
     requeue_after_s: int = 900
-    # A running job whose worker vanished is re-queued after this long.
-    running_timeout_s: int = 3600
+    # Leases: a worker holds its running jobs and chunks for this long and
+    # renews them every third of it; a lease that lapsed (its worker died) is
+    # taken over by another worker at its next heartbeat.
+    lease_s: float = 15.0
+    # Claims of one job; a job whose worker died on every one fails (a poison job).
+    max_attempts: int = 3
+    # Messages (jobs and chunks) one worker process holds at once: the prefetch.
+    max_jobs_in_flight: int = 2048
+    # SIGTERM: work that finishes within this long is stored; the rest is given back.
+    shutdown_grace_s: float = 30.0
     # Big enough for a 100k-text bulk job in one request.
     max_request_bytes: int = 256 * 1024 * 1024
     # Celery task events (what Flower shows) cost a few Redis publishes per
@@ -195,7 +203,10 @@ class Settings:
             allow_pickle_weights=_bool(env, "POOLQ_ALLOW_PICKLE_WEIGHTS"),
             trust_remote_code=_bool(env, "POOLQ_TRUST_REMOTE_CODE"),
             requeue_after_s=_int(env, "POOLQ_REQUEUE_AFTER_S") or 900,
-            running_timeout_s=_int(env, "POOLQ_RUNNING_TIMEOUT_S") or 3600,
+            lease_s=_float(env, "POOLQ_LEASE_S") or 15.0,
+            max_attempts=_int(env, "POOLQ_MAX_ATTEMPTS") or 3,
+            max_jobs_in_flight=_int(env, "POOLQ_MAX_JOBS_IN_FLIGHT") or 2048,
+            shutdown_grace_s=_float(env, "POOLQ_SHUTDOWN_GRACE_S") if env.get("POOLQ_SHUTDOWN_GRACE_S") else 30.0,
             max_request_bytes=_int(env, "POOLQ_MAX_REQUEST_BYTES") or 256 * 1024 * 1024,
             task_events=_bool(env, "POOLQ_TASK_EVENTS", default=True),
             task_sent_events=_bool(env, "POOLQ_TASK_SENT_EVENTS"),

@@ -225,6 +225,15 @@ class PoolingEngine:
 
         return finish
 
+    @property
+    def max_batch_tokens(self) -> int:
+        """The batcher's padded-token budget per batch."""
+        return self._batcher.max_tokens
+
+    @property
+    def max_batch_seqs(self) -> int:
+        return self._batcher.max_seqs
+
     def batch_stats(self) -> dict[str, int]:
         """Counters since start: batches, sequences, real and padded tokens."""
         return dict(self._batcher.stats)

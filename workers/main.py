@@ -36,11 +36,16 @@ def run_worker(settings: Settings, beat: bool = False, preload: bool = True, nam
     # collector stops re-scanning it: a bulk job's outputs otherwise trigger
     # full collections that walk it all, ~0.2 s each.
     gc.freeze()
+    scheduler = start_scheduler(flask_app.extensions["poolq"], celery, engine_registry(settings))
     queues = [settings.queue_for(spec.name) for spec in settings.models] + [settings.maintenance_queue]
     queues += [settings.bulk_queue_for(spec.name) for spec in settings.models]
     if webhooks:
         queues.append(webhook_queue(settings))
     name = f"poolq-{name_suffix or 'worker'}@{socket.gethostname()}"
+    # The pool threads run only the light tasks (validation, finalization,
+    # sweeps, webhooks); jobs and chunks go to the scheduler without a thread,
+    # so the prefetch, not the threads, bounds the work a worker holds.
+    celery.conf.worker_prefetch_multiplier = max(1, settings.max_jobs_in_flight // settings.worker_threads)
     argv = [
         "worker",
         "--pool=threads",
@@ -54,7 +59,37 @@ def run_worker(settings: Settings, beat: bool = False, preload: bool = True, nam
     if beat:
         argv += ["--beat", f"--schedule={settings.home / 'celerybeat-schedule'}"]
     log.info("worker %s consuming %s", name, ", ".join(queues))
-    celery.worker_main(argv)
+    try:
+        celery.worker_main(argv)
+    finally:
+        scheduler.stop(0)
+
+
+def start_scheduler(poolq, celery, engines):
+    """The scheduler of this worker process, fed by the run_job / run_batch_chunk strategies;
+    on shutdown (SIGTERM) it finishes what it can within POOLQ_SHUTDOWN_GRACE_S and gives the rest back."""
+    from celery import bootsteps
+
+    from workers.scheduler import handoff
+    from workers.scheduler.runtime import Scheduler, worker_identity
+
+    s = poolq.settings
+    scheduler = Scheduler(poolq, engines, worker_identity(), lease_s=s.lease_s, max_attempts=s.max_attempts)
+    scheduler.start()
+    handoff.install(scheduler)
+
+    class DrainOnShutdown(bootsteps.StartStopStep):
+        """Runs when the consumer shuts down for good (not on a broker reconnect, which only
+        restarts it): the consumer has stopped taking messages, the connection is still open
+        for the acks."""
+
+        requires = ("celery.worker.consumer.tasks:Tasks",)
+
+        def shutdown(self, parent):
+            scheduler.stop(s.shutdown_grace_s)
+
+    celery.steps["consumer"].add(DrainOnShutdown)
+    return scheduler
 
 
 def shared_helper_budget(models: int, gpus_root: Path = Path("/proc/driver/nvidia/gpus")) -> int:

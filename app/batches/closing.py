@@ -14,18 +14,20 @@ from sqlalchemy import exists, func, select, update
 from sqlalchemy.orm import Session
 
 from app.batches.files import create_file
+from app.batches.progress import lock_batches
 from app.batches.records import Batch, BatchChunk, BatchOutput
 from app.db.base import utcnow
 
 
 def start_closing(session: Session, batch_id: str) -> str | None:
     """in_progress (all chunks stored) -> finalizing; the final status to close with, or None if not due."""
+    lock_batches(session, [batch_id])
     now = utcnow()
     if session.execute(update(Batch).where(Batch.id == batch_id, Batch.status == "in_progress",
                                            Batch.chunks_done >= Batch.chunks_total)
                        .values(status="finalizing", finalizing_at=now)).rowcount:
         return "completed"
-    status = session.scalar(select(Batch.status).where(Batch.id == batch_id).with_for_update())
+    status = session.scalar(select(Batch.status).where(Batch.id == batch_id))
     if status == "finalizing":
         return "completed"  # a finalize that died half-way: do it again
     if status == "cancelling":
@@ -39,8 +41,15 @@ def start_closing(session: Session, batch_id: str) -> str | None:
 
 
 def close(session: Session, batch_id: str, status: str) -> bool:
-    """finalizing -> completed or cancelling -> cancelled, with the files; False if another closer won."""
+    """finalizing -> completed or cancelling -> cancelled, with the files; False if another closer won.
+
+    The batch is locked and its status checked before any file is written:
+    a losing closer writes nothing, so it leaves no orphan file behind.
+    """
     source = {"completed": "finalizing", "cancelled": "cancelling"}[status]
+    lock_batches(session, [batch_id])
+    if session.scalar(select(Batch.status).where(Batch.id == batch_id)) != source:
+        return False
     output_id, error_id = _write_files(session, batch_id)
     return bool(session.execute(
         update(Batch).where(Batch.id == batch_id, Batch.status == source)
@@ -51,6 +60,7 @@ def close(session: Session, batch_id: str, status: str) -> bool:
 def expire(session: Session, batch_id: str) -> bool:
     """Past its completion window: stop every unfinished chunk (a running one's
     late result is refused by its compare-and-set) and keep what finished."""
+    lock_batches(session, [batch_id])
     if not session.execute(update(Batch).where(Batch.id == batch_id,
                                                Batch.status.in_(("validating", "in_progress")))
                            .values(status="expired", expired_at=utcnow())).rowcount:
@@ -90,12 +100,12 @@ def _write_files(session: Session, batch_id: str) -> tuple[str | None, str | Non
     return ids[0], ids[1]
 
 
-def overdue(session: Session, requeue_after_s: int, running_timeout_s: int, limit: int = 500):
+def overdue(session: Session, requeue_after_s: int, limit: int = 500):
     """What the sweeper must (re)send: (validations, chunks, pumps, finalizations).
 
     - validating batches whose message is presumed lost;
-    - chunks sent long ago and still pending, or running past the timeout
-      (their worker died and the broker did not give the message back);
+    - chunks sent long ago and still pending (a running chunk is held by a
+      lease, and a worker takes it over when the lease lapses);
     - in_progress batches with nothing in flight but chunks left (a send
       failed, or the process died between commit and send);
     - batches whose finalize is due: all chunks stored, stuck finalizing,
@@ -103,12 +113,10 @@ def overdue(session: Session, requeue_after_s: int, running_timeout_s: int, limi
     """
     now = utcnow()
     stale_send = now - dt.timedelta(seconds=requeue_after_s)
-    stale_run = now - dt.timedelta(seconds=running_timeout_s)
     validations = list(session.scalars(select(Batch.id).where(Batch.status == "validating",
                                                               Batch.created_at < stale_send).limit(limit)))
     chunks = session.execute(select(BatchChunk.batch_id, BatchChunk.index, BatchChunk.model).where(
-        ((BatchChunk.status == "pending") & (BatchChunk.sent_at < stale_send))
-        | ((BatchChunk.status == "running") & (BatchChunk.started_at < stale_run))).limit(limit)).all()
+        (BatchChunk.status == "pending") & (BatchChunk.sent_at < stale_send)).limit(limit)).all()
     inflight = exists().where(BatchChunk.batch_id == Batch.id, (BatchChunk.status == "running")
                               | ((BatchChunk.status == "pending") & BatchChunk.sent_at.is_not(None)))
     pumps = list(session.scalars(select(Batch.id).where(Batch.status == "in_progress",
@@ -124,6 +132,7 @@ def overdue(session: Session, requeue_after_s: int, running_timeout_s: int, limi
 
 def resend_chunks(session: Session, keys: list) -> None:
     """Overdue chunks back to pending, marked as sent now; the caller sends after commit."""
+    lock_batches(session, [key[0] for key in keys])
     for batch_id, index, _ in keys:
         session.execute(update(BatchChunk).where(BatchChunk.batch_id == batch_id, BatchChunk.index == index,
                                                  BatchChunk.status.in_(("pending", "running")))

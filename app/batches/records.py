@@ -88,6 +88,7 @@ class BatchChunk(Base):
     __table_args__ = (
         CheckConstraint("status IN ('pending', 'running', 'done', 'cancelled')", name="status_known"),
         Index("ix_batch_chunks_status_sent_at", "status", "sent_at"),
+        Index("ix_batch_chunks_status_lease_expires_at", "status", "lease_expires_at"),
     )
 
     batch_id: Mapped[str] = mapped_column(ForeignKey("batches.id", ondelete="CASCADE"), primary_key=True)
@@ -106,6 +107,9 @@ class BatchChunk(Base):
     sent_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     started_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     finished_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    # The lease, as on jobs: the worker running the chunk and until when.
+    worker: Mapped[str | None] = mapped_column(String(255), default=None)
+    lease_expires_at: Mapped[dt.datetime | None] = mapped_column(default=None)
 
 
 class BatchOutput(Base):

@@ -23,6 +23,8 @@ class Job(Base):
         ),
         # The sweeper and the reaper scan by status and age.
         Index("ix_jobs_status_created_at", "status", "created_at"),
+        # Workers look for running jobs whose lease lapsed.
+        Index("ix_jobs_status_lease_expires_at", "status", "lease_expires_at"),
         # Listing a tenant's jobs, newest first, with a (created_at, id) cursor.
         Index("ix_jobs_tenant_created_at", "tenant_id", "created_at", "id"),
         # One job per (tenant, Idempotency-Key); NULL keys never collide.
@@ -51,7 +53,10 @@ class Job(Base):
     prompt_tokens: Mapped[int | None] = mapped_column(default=None)
     # Each claim increments it; only the latest claimer may finish the job.
     attempts: Mapped[int] = mapped_column(default=0)
+    # The lease: the worker (process incarnation) holding a running job, and
+    # until when; it renews all its leases at once every few seconds.
     worker: Mapped[str | None] = mapped_column(String(255), default=None)
+    lease_expires_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     # NULL while no broker message is known to be out for the job.
     enqueued_at: Mapped[dt.datetime | None] = mapped_column(default=None)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as dt
 import uuid
-from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Text, cast, insert, select, update
@@ -178,89 +177,24 @@ def mark_unsent(session: Session, job_id: uuid.UUID) -> None:
     session.execute(update(Job).where(Job.id == job_id, Job.status == "queued").values(enqueued_at=None))
 
 
-@dataclass(frozen=True)
-class ClaimedJob:
-    id: uuid.UUID
-    task: str
-    model: str
-    request: dict[str, Any]
-    attempt: int
-    # Whether the job has a webhook: the worker skips the event bookkeeping
-    # (a row read per transition) for the many jobs that have none.
-    has_webhook: bool = False
+def unsent_jobs(session: Session, requeue_after_s: int, limit: int = 500) -> list[uuid.UUID]:
+    """Queued jobs with no message known to be out: the send was refused (enqueued_at NULL),
+    or the API died between the commit and the send (a job still queued long after it was
+    sent; a duplicate message of a job that was only waiting is a no-op claim).
 
-
-def claim(session: Session, job_id: uuid.UUID, worker: str) -> ClaimedJob | None:
-    """queued -> running. A running job is claimed again: its worker died and
-    the broker redelivered; the higher attempt number wins the final write."""
-    jobs = JOBS_TABLE.c
-    row = session.execute(
-        update(JOBS_TABLE)
-        .where(jobs.id == job_id, jobs.status.in_(("queued", "running")))
-        .values(status="running", attempts=jobs.attempts + 1, started_at=utcnow(), worker=worker)
-        .returning(jobs.task, jobs.model, jobs.request, jobs.attempts, jobs.webhook_url)
-    ).one_or_none()
-    if row is None:
-        return None  # finished, cancelled or deleted: a redelivery, nothing to do
-    return ClaimedJob(job_id, row.task, row.model, row.request, row.attempts, row.webhook_url is not None)
-
-
-def complete(session: Session, claimed: ClaimedJob, body: dict[str, Any], prompt_tokens: int) -> bool:
-    """running -> succeeded with the result, in the caller's one transaction."""
-    finished = _finish(session, claimed, "succeeded", prompt_tokens=prompt_tokens)
-    if finished:
-        session.execute(insert(JobResult.__table__).values(job_id=claimed.id, body=body, created_at=utcnow()))
-    return finished
-
-
-def fail(session: Session, claimed: ClaimedJob, error: dict[str, Any]) -> bool:
-    return _finish(session, claimed, "failed", error=error)
-
-
-def _finish(session: Session, claimed: ClaimedJob, status: str, **values: Any) -> bool:
-    jobs = JOBS_TABLE.c
-    result = session.execute(
-        update(JOBS_TABLE)
-        .where(jobs.id == claimed.id, jobs.status == "running", jobs.attempts == claimed.attempt)
-        .values(status=status, finished_at=utcnow(), **values)
-    )
-    return result.rowcount == 1
-
-
-def stale_jobs(session: Session, requeue_after_s: int, running_timeout_s: int, limit: int = 500) -> list[uuid.UUID]:
-    """Jobs whose broker message is missing or presumed lost.
-
-    - queued and never sent (the broker refused at submit time);
-    - queued and sent long ago (a crash between commit and send);
-    - running for longer than the timeout (the worker vanished and the
-      broker did not redeliver).
+    Running jobs are not here: they are held by leases, and a worker takes
+    over a job whose lease lapsed (app/jobs/claims.py).
     """
-    now = utcnow()
-    stale_send = now - dt.timedelta(seconds=requeue_after_s)
-    stale_run = now - dt.timedelta(seconds=running_timeout_s)
-    query = (
-        select(Job.id)
-        .where(
-            ((Job.status == "queued") & (Job.enqueued_at.is_(None) | (Job.enqueued_at < stale_send)))
-            | ((Job.status == "running") & (Job.started_at < stale_run))
-        )
-        .order_by(Job.created_at)
-        .limit(limit)
-    )
+    stale_send = utcnow() - dt.timedelta(seconds=requeue_after_s)
+    query = (select(Job.id)
+             .where(Job.status == "queued", Job.enqueued_at.is_(None) | (Job.enqueued_at < stale_send))
+             .order_by(Job.created_at).limit(limit))
     return list(session.scalars(query))
 
 
-def requeue(session: Session, job_ids: list[uuid.UUID]) -> list[Job]:
-    """Put jobs back to `queued`, marked as sent now; the caller sends after commit.
-
-    A worker still busy with one of them loses the race: its final write
-    needs `running` and its own attempt number.
-    """
+def mark_sent(session: Session, job_ids: list[uuid.UUID]) -> list[Job]:
+    """Mark queued jobs as sent now; the caller sends after commit."""
     if not job_ids:
         return []
-    session.execute(
-        update(Job)
-        .where(Job.id.in_(job_ids), Job.status.in_(("queued", "running")))
-        .values(status="queued", enqueued_at=utcnow())
-    )
+    session.execute(update(Job).where(Job.id.in_(job_ids), Job.status == "queued").values(enqueued_at=utcnow()))
     return list(session.scalars(select(Job).where(Job.id.in_(job_ids), Job.status == "queued")))

@@ -15,9 +15,7 @@ from app.batches import closing, events, progress
 from app.batches.dispatch import (EXPIRE_BATCHES, FINALIZE_BATCH, RUN_BATCH_CHUNK, SWEEP_BATCHES, VALIDATE_BATCH,
                                   send_chunk, send_finalize, send_validate)
 from app.webhooks.dispatch import send_deliveries
-from workers import bulk
 from workers.base import PoolqTask
-from workers.engines import engine_registry
 
 log = logging.getLogger(__name__)
 
@@ -43,23 +41,11 @@ def validate_batch(self: PoolqTask, batch_id: str) -> None:
     _send_chunks(self, validated.send)
 
 
-@shared_task(name=RUN_BATCH_CHUNK, **_DURABLE)
-def run_batch_chunk(self: PoolqTask, batch_id: str, index: int, model: str | None = None) -> None:
-    with self.unit_of_work() as session:
-        claimed = progress.claim_chunk(session, batch_id, index)
-    if claimed is None:
-        log.info("batch %s chunk %d is done or stopped; message ignored", batch_id, index)
-        return
-    engine = engine_registry(self.poolq.settings).get(claimed.model)
-    outputs = bulk.run_lines(engine, claimed.model, claimed.lines)
-    with self.unit_of_work() as session:
-        stored = progress.complete_chunk(session, claimed, outputs, self.poolq.settings.batch_parallel_chunks)
-    if stored is None:
-        log.info("batch %s chunk %d was stored by another attempt", batch_id, index)
-        return
-    _send_chunks(self, stored.send)
-    if stored.finalize:
-        send_finalize(self.poolq.celery, batch_id)  # if refused, the sweeper finds the batch due
+@shared_task(name=RUN_BATCH_CHUNK, acks_late=True, ignore_result=True,
+             Strategy="workers.scheduler.handoff:chunk_strategy")
+def run_batch_chunk(batch_id: str, index: int, model: str | None = None) -> None:
+    """Run by the worker's scheduler in the bulk lane (workers/scheduler/), never by a pool thread."""
+    raise RuntimeError("run_batch_chunk is run by the worker's scheduler, never by a pool thread")
 
 
 @shared_task(name=FINALIZE_BATCH, **_DURABLE)
@@ -81,7 +67,7 @@ def sweep_batches(self: PoolqTask) -> int:
     """Re-send what a lost message or a dead worker left behind."""
     s = self.poolq.settings
     with self.unit_of_work() as session:
-        validations, chunks, pumps, finals = closing.overdue(session, s.requeue_after_s, s.running_timeout_s)
+        validations, chunks, pumps, finals = closing.overdue(session, s.requeue_after_s)
         closing.resend_chunks(session, chunks)
         for batch_id in pumps:
             chunks = chunks + progress.pump(session, batch_id, s.batch_parallel_chunks)

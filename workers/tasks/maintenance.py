@@ -16,11 +16,11 @@ log = logging.getLogger(__name__)
 
 @shared_task(bind=True, base=PoolqTask, name=SWEEP_JOBS, ignore_result=True)
 def sweep_jobs(self: PoolqTask) -> int:
-    """Re-send jobs whose message was never sent or was lost with a worker."""
+    """Re-send queued jobs whose message was never sent (running ones are covered by leases)."""
     settings = self.poolq.settings
     with self.unit_of_work() as session:
-        ids = services.stale_jobs(session, settings.requeue_after_s, settings.running_timeout_s)
-        jobs = services.requeue(session, ids)
+        ids = services.unsent_jobs(session, settings.requeue_after_s)
+        jobs = services.mark_sent(session, ids)
     unsent = [job.id for job in jobs if not dispatch.send_job(self.poolq.celery, job)]
     if unsent:
         with self.unit_of_work() as session:

@@ -1,0 +1,184 @@
+"""The worker's side of a job's rows, many jobs per statement. Functions flush; callers commit.
+
+A worker holds a running job by lease: `worker` names the holding process
+(one incarnation: host, pid and a nonce) and `lease_expires_at` says until
+when. Every transition is a compare-and-set:
+
+- claim:     queued, or running with a lapsed lease -> running, held by me
+             (attempts + 1; never past the attempt cap);
+- renew:     my running jobs' leases move forward, in one statement;
+- finish:    running and held by me at my attempt -> succeeded | failed,
+             with the result, in the caller's one transaction;
+- take over: running with a lapsed lease -> running, held by me (another
+             worker died); past the attempt cap -> failed instead;
+- release:   my running jobs -> queued (shutting down: someone else takes them).
+
+A cancel (or delete) from the API moves the row out of `running`, so the
+holder's renew no longer returns it and its final write changes nothing.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import bindparam, insert, select, update
+from sqlalchemy.orm import Session
+
+from app.db.base import utcnow
+from app.jobs.records import Job, JobResult
+
+JOBS = Job.__table__
+RESULTS = JobResult.__table__
+_c = JOBS.c
+
+
+@dataclass(frozen=True)
+class ClaimedJob:
+    id: uuid.UUID
+    tenant_id: uuid.UUID
+    task: str
+    model: str
+    request: dict[str, Any]
+    attempt: int
+    # Whether the job has a webhook: the event bookkeeping (a row read per
+    # transition) is skipped for the many jobs that have none.
+    has_webhook: bool = False
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a held job ended: `succeeded` with its body, or `failed` with vLLM's error object."""
+
+    job_id: uuid.UUID
+    attempt: int
+    status: str
+    body: dict[str, Any] | None = None
+    prompt_tokens: int | None = None
+    error: dict[str, Any] | None = None
+
+
+_RETURNED = (_c.id, _c.tenant_id, _c.task, _c.model, _c.request, _c.attempts, _c.webhook_url)
+
+
+def _claimed(rows) -> list[ClaimedJob]:
+    return [ClaimedJob(r.id, r.tenant_id, r.task, r.model, r.request, r.attempts, r.webhook_url is not None)
+            for r in rows]
+
+
+def _lapsed(now: dt.datetime):
+    return (_c.status == "running") & (_c.lease_expires_at.is_(None) | (_c.lease_expires_at < now))
+
+
+def claim(session: Session, job_ids: Iterable[uuid.UUID], worker: str, lease_s: float,
+          max_attempts: int) -> list[ClaimedJob]:
+    """Claim what can be claimed of `job_ids` in one statement. The rest is finished, cancelled,
+    deleted or held by a live worker: a redelivery, nothing to do."""
+    ids = sorted(set(job_ids))  # one lock order for every claimer
+    if not ids:
+        return []
+    now = utcnow()
+    rows = session.execute(
+        update(JOBS)
+        .where(_c.id.in_(ids), (_c.status == "queued") | _lapsed(now), _c.attempts < max_attempts)
+        .values(status="running", attempts=_c.attempts + 1, worker=worker,
+                lease_expires_at=now + dt.timedelta(seconds=lease_s), started_at=now)
+        .returning(*_RETURNED)).all()
+    return _claimed(rows)
+
+
+def renew(session: Session, worker: str, lease_s: float) -> set[uuid.UUID]:
+    """Move all my leases forward; the ids returned are the jobs I still hold."""
+    rows = session.execute(
+        update(JOBS).where(_c.worker == worker, _c.status == "running")
+        .values(lease_expires_at=utcnow() + dt.timedelta(seconds=lease_s))
+        .returning(_c.id)).all()
+    return {r.id for r in rows}
+
+
+def still_held(session: Session, worker: str, job_ids: Iterable[uuid.UUID]) -> set[uuid.UUID]:
+    """Which of `job_ids` I still hold: the rest were cancelled, deleted or taken over."""
+    ids = list(job_ids)
+    if not ids:
+        return set()
+    return set(session.scalars(select(_c.id).where(_c.id.in_(ids), _c.worker == worker, _c.status == "running")))
+
+
+def finish(session: Session, worker: str, outcomes: list[Outcome]) -> list[Outcome]:
+    """Write the outcomes of jobs I still hold, in the caller's transaction; return those written.
+
+    The rows are locked first, in id order, so the set written is exactly the
+    set checked, and two transactions touching the same jobs queue up
+    instead of deadlocking.
+    """
+    if not outcomes:
+        return []
+    by_id = {o.job_id: o for o in outcomes}
+    held = session.execute(
+        select(_c.id, _c.attempts).where(_c.id.in_(sorted(by_id)), _c.status == "running", _c.worker == worker)
+        .order_by(_c.id).with_for_update()).all()
+    won = [by_id[r.id] for r in held if r.attempts == by_id[r.id].attempt]
+    if not won:
+        return []
+    now = utcnow()
+    session.execute(
+        update(JOBS).where(_c.id == bindparam("b_id"), _c.status == "running", _c.worker == worker)
+        .values(status=bindparam("b_status"), prompt_tokens=bindparam("b_tokens"), error=bindparam("b_error"),
+                finished_at=now, lease_expires_at=None),
+        [{"b_id": o.job_id, "b_status": o.status, "b_tokens": o.prompt_tokens, "b_error": o.error} for o in won])
+    succeeded = [{"job_id": o.job_id, "body": o.body, "created_at": now} for o in won if o.status == "succeeded"]
+    if succeeded:
+        session.execute(insert(RESULTS), succeeded)
+    return won
+
+
+def take_over(session: Session, worker: str, models: Iterable[str], lease_s: float, max_attempts: int,
+              limit: int = 500) -> list[ClaimedJob]:
+    """Hold the running jobs of my models whose worker stopped renewing (it died)."""
+    now = utcnow()
+    lapsed = select(_c.id).where(_lapsed(now), _c.model.in_(list(models)), _c.attempts < max_attempts) \
+        .order_by(_c.id).limit(limit)
+    ids = list(session.scalars(lapsed))
+    if not ids:
+        return []
+    rows = session.execute(
+        update(JOBS).where(_c.id.in_(ids), _lapsed(now), _c.attempts < max_attempts)
+        .values(attempts=_c.attempts + 1, worker=worker, lease_expires_at=now + dt.timedelta(seconds=lease_s))
+        .returning(*_RETURNED)).all()
+    return _claimed(rows)
+
+
+def fail_exhausted(session: Session, models: Iterable[str], max_attempts: int,
+                   limit: int = 500) -> list[tuple[uuid.UUID, bool]]:
+    """Fail the jobs whose lease lapsed on their last allowed attempt: each attempt ended with
+    its worker gone, so the job itself is the likely cause (a poison job). Returns (id, has_webhook)."""
+    now = utcnow()
+    ids = list(session.scalars(select(_c.id).where(_lapsed(now), _c.model.in_(list(models)),
+                                                   _c.attempts >= max_attempts).order_by(_c.id).limit(limit)))
+    if not ids:
+        return []
+    error = {"message": f"The job was attempted {max_attempts} times and each time its worker stopped before "
+                        "finishing it (the job may crash the worker); it is not retried (POOLQ_MAX_ATTEMPTS).",
+             "type": "InternalServerError", "param": None, "code": 500}
+    rows = session.execute(
+        update(JOBS).where(_c.id.in_(ids), _lapsed(now), _c.attempts >= max_attempts)
+        .values(status="failed", error=error, finished_at=now, lease_expires_at=None)
+        .returning(_c.id, _c.webhook_url)).all()
+    return [(r.id, r.webhook_url is not None) for r in rows]
+
+
+def release(session: Session, worker: str, job_ids: Iterable[uuid.UUID]) -> list[uuid.UUID]:
+    """Give held jobs back (queued, no lease) so another worker starts them at once; the
+    attempt is not counted against the job. Returns the ids released."""
+    ids = list(job_ids)
+    if not ids:
+        return []
+    rows = session.execute(
+        update(JOBS).where(_c.id.in_(ids), _c.worker == worker, _c.status == "running")
+        .values(status="queued", worker=None, lease_expires_at=None, attempts=_c.attempts - 1,
+                enqueued_at=utcnow())
+        .returning(_c.id)).all()
+    return [r.id for r in rows]

@@ -1,0 +1,119 @@
+"""The scheduler's policy on its own: lanes, fair shares of tokens, head-of-line bounds."""
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+
+from workers.scheduler.policy import Policy, Unit
+
+
+def unit(key, tenant="a", n=1, tokens=10, bulk=False) -> Unit:
+    return Unit(key, tenant, bulk, np.arange(n + 1, dtype=np.int64) * tokens)
+
+
+def drain(policy: Policy, budget: int, rounds: int = 10_000):
+    order = []
+    for _ in range(rounds):
+        slices = policy.next_slices(budget)
+        if not slices:
+            break
+        order.extend(slices)
+    return order
+
+
+def test_a_big_job_is_handed_out_in_slices_of_at_most_slice_tokens():
+    policy = Policy(slice_tokens=100, max_slice_seqs=64)
+    policy.add(unit("big", n=1000, tokens=10))
+    slices = drain(policy, budget=100)
+    assert all(s.tokens <= 100 for s in slices)
+    assert [s.begin for s in slices] == list(range(0, 1000, 10))
+    assert slices[-1].end == 1000 and len(policy) == 0
+
+
+def test_a_sequence_longer_than_a_slice_still_goes_alone():
+    policy = Policy(slice_tokens=5, max_slice_seqs=64)
+    policy.add(unit("long", n=3, tokens=50))
+    assert [(s.begin, s.end) for s in drain(policy, budget=1)] == [(0, 1), (1, 2), (2, 3)]
+
+
+def test_a_one_text_job_waits_for_at_most_one_slice_behind_a_big_job_of_another_tenant():
+    policy = Policy(slice_tokens=100, max_slice_seqs=64)
+    policy.add(unit("big", tenant="a", n=20_000))
+    policy.next_slices(200)  # the big job is already running
+    policy.add(unit("small", tenant="b"))
+    ahead = 0
+    for s in drain(policy, budget=100):
+        if s.unit.key == "small":
+            break
+        ahead += s.tokens
+    assert ahead <= 100
+
+
+def test_a_tenants_small_job_is_not_stuck_behind_its_own_big_job():
+    policy = Policy(slice_tokens=100, max_slice_seqs=64)
+    policy.add(unit("big", n=20_000))
+    policy.next_slices(100)
+    policy.add(unit("small"))
+    keys = [s.unit.key for s in policy.next_slices(300)]
+    assert "small" in keys[:2]
+
+
+def test_interactive_work_goes_before_bulk_whatever_arrived_first():
+    policy = Policy(slice_tokens=100, max_slice_seqs=64)
+    policy.add(unit("chunk", n=500, bulk=True))
+    policy.add(unit("job", n=30))
+    order = [s.unit.key for s in drain(policy, budget=100)]
+    assert order.index("chunk") > max(i for i, k in enumerate(order) if k == "job")
+
+
+def test_two_backlogged_tenants_get_equal_tokens_whatever_their_job_sizes():
+    policy = Policy(slice_tokens=64, max_slice_seqs=64)
+    for i in range(2000):
+        policy.add(unit(("a", i), tenant="a", n=1, tokens=8))  # many one-text jobs
+    for i in range(4):
+        policy.add(unit(("b", i), tenant="b", n=400, tokens=8))  # a few big ones
+    served = collections.Counter()
+    for _ in range(40):  # both still wait throughout: 16k and 12.8k tokens each
+        for s in policy.next_slices(128):
+            served[s.unit.tenant] += s.tokens
+    assert policy.waiting(bulk=False) and len({u.tenant for u in policy._units.values()}) == 2
+    assert min(served.values()) / max(served.values()) >= 0.8
+
+
+def test_three_tenants_with_identical_work_progress_evenly():
+    policy = Policy(slice_tokens=50, max_slice_seqs=64)
+    for tenant in "abc":
+        for i in range(20):
+            policy.add(unit((tenant, i), tenant=tenant, n=50, tokens=10))
+    served = collections.Counter()
+    for _ in range(60):
+        for s in policy.next_slices(150):
+            served[s.unit.tenant] += s.end - s.begin
+    assert min(served.values()) / max(served.values()) >= 0.8
+
+
+def test_a_dropped_unit_hands_out_nothing_more():
+    policy = Policy(slice_tokens=100, max_slice_seqs=64)
+    policy.add(unit("cancelled", n=1000))
+    policy.add(unit("other", tenant="b", n=5))
+    policy.next_slices(100)
+    policy.drop("cancelled")
+    assert {s.unit.key for s in drain(policy, budget=100)} == {"other"}
+    assert len(policy) == 0 and not policy.waiting(bulk=False)
+
+
+def test_slices_respect_the_sequence_cap():
+    policy = Policy(slice_tokens=10_000, max_slice_seqs=16)
+    policy.add(unit("many", n=100, tokens=1))
+    assert all(s.end - s.begin <= 16 for s in drain(policy, budget=10_000))
+
+
+def test_an_idle_tenant_saves_up_no_credit():
+    policy = Policy(slice_tokens=100, max_slice_seqs=64)
+    policy.add(unit("a1", tenant="a", n=1, tokens=10))
+    drain(policy, budget=1000)  # a is served and leaves: its leftover credit goes with it
+    policy.add(unit("b", tenant="b", n=100, tokens=10))
+    policy.add(unit("a2", tenant="a", n=100, tokens=10))
+    first = [s.unit.tenant for s in policy.next_slices(400)]
+    assert first.count("a") <= first.count("b") + 1

@@ -1,0 +1,135 @@
+"""One model's dispatcher: the thread that feeds the engine from the policy.
+
+It keeps about `inflight_tokens` in the engine (a batch on the device and
+one collated behind it), so the batcher always has a full batch to form
+when there is work, and everything else waits here, where the policy can
+still put a newcomer first. With one request in the system it is submitted
+at once: there is no fixed wait.
+
+All state is owned by the dispatcher thread; other threads talk to it
+through its event queue (work added or dropped, slices back from the engine).
+"""
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+from collections.abc import Callable
+
+from workers.scheduler.held import Held, State
+from workers.scheduler.policy import Policy, Unit
+
+log = logging.getLogger(__name__)
+
+
+class Dispatcher:
+    def __init__(self, model: str, engine, on_complete: Callable[[Held], None], slice_tokens: int,
+                 inflight_tokens: int, max_slice_seqs: int):
+        self.model = model
+        self.engine = engine
+        self._on_complete = on_complete
+        self._policy = Policy(slice_tokens, max_slice_seqs)
+        self._room = inflight_tokens
+        self._inflight = 0  # tokens submitted to the engine and not yet back
+        self._held: dict[object, Held] = {}  # work with units in the policy or slices in the engine
+        self._events: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name=f"poolq-dispatch-{model}", daemon=True)
+        self._thread.start()
+
+    # -- any thread ------------------------------------------------------------
+    def add(self, held: Held) -> None:
+        self._events.put(("add", held))
+
+    def drop(self, held: Held) -> None:
+        """Hand out nothing more of this work (it was cancelled or taken over)."""
+        self._events.put(("drop", held))
+
+    def stop(self) -> None:
+        self._events.put(("stop", None))
+        self._thread.join(timeout=5)
+
+    # -- the dispatcher thread -------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            event = self._events.get()
+            while True:  # take every event waiting, then fill the engine once
+                if event[0] == "stop":
+                    return
+                try:
+                    self._handle(*event)
+                except Exception:  # noqa: BLE001 - a bug here must not stop every job of the model
+                    log.exception("scheduler event %s failed", event[0])
+                try:
+                    event = self._events.get_nowait()
+                except queue.Empty:
+                    break
+            try:
+                self._fill()
+            except Exception:  # noqa: BLE001
+                log.exception("dispatching to the engine failed")
+
+    def _handle(self, kind: str, arg) -> None:
+        if kind == "add":
+            self._admit(arg)
+        elif kind == "done":
+            self._done(*arg)
+        elif kind == "drop":
+            self._drop_units(arg)
+            if not arg.outstanding:
+                self._held.pop(arg.key, None)
+
+    def _admit(self, held: Held) -> None:
+        units = held.prepared.units
+        held.parts = [{} for _ in units]
+        held.remaining = sum(len(u) for u in units)
+        if held.state is not State.PREPARING:
+            return  # abandoned while it was tokenized
+        held.state = State.RUNNING
+        if not held.remaining:
+            self._on_complete(held)
+            return
+        self._held[held.key] = held
+        for i, unit in enumerate(units):
+            if len(unit):
+                self._policy.add(Unit((held.key, i), held.tenant, held.bulk, unit.starts))
+
+    def _drop_units(self, held: Held) -> None:
+        for i in range(len(held.parts)):
+            self._policy.drop((held.key, i))
+
+    def _fill(self) -> None:
+        room = self._room - self._inflight
+        if room <= 0 or not len(self._policy):
+            return
+        slices = self._policy.next_slices(room)
+        submits, owners = [], []
+        for s in slices:
+            held_key, index = s.unit.key
+            held = self._held[held_key]
+            submits.append((held.prepared.units[index], s.begin, s.end, 1 if held.bulk else 0))
+            owners.append((held, index, s))
+        futures = self.engine.submit(submits)
+        for future, (held, index, s) in zip(futures, owners):
+            self._inflight += s.tokens
+            held.slices += 1
+            held.outstanding += 1
+            future.add_done_callback(lambda f, a=(held, index, s): self._events.put(("done", (*a, f))))
+
+    def _done(self, held: Held, index: int, s, future) -> None:
+        self._inflight -= s.tokens
+        held.outstanding -= 1
+        if held.state is not State.RUNNING:
+            if not held.outstanding:
+                self._held.pop(held.key, None)
+            return  # abandoned meanwhile (cancelled, taken over): its outputs are not wanted
+        try:
+            held.parts[index][s.begin] = future.result()
+            held.remaining -= s.end - s.begin
+        except Exception as exc:  # noqa: BLE001 - the engine failed these sequences: the work fails
+            if held.error is None:
+                log.warning("the engine failed a slice of %s %s: %r", held.kind, held.key, exc)
+                held.error = exc
+                self._drop_units(held)
+        if held.remaining <= 0 or (held.error is not None and not held.outstanding):
+            self._held.pop(held.key, None)
+            self._on_complete(held)

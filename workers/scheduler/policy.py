@@ -1,0 +1,145 @@
+"""Which slice of which work goes into the engine next: a pure function of the scheduler's state.
+
+No clock, no I/O, no torch: the runtime (workers/scheduler/runtime.py) owns
+threads, the engine and the database; this class only orders work, so its
+fairness and head-of-line bounds are unit-tested on their own.
+
+Order, from the top:
+1. Lanes: interactive work (jobs with priority <= 0) before bulk work (batch
+   chunks, priority > 0). Bulk runs only while no interactive work waits.
+2. Tenants, within a lane: deficit round robin by tokens. Each turn a
+   tenant gets `quantum` tokens of credit and spends it on slices; a tenant
+   with nothing left drops out and loses its credit, so idling never saves
+   up a burst. Two backlogged tenants get equal tokens whatever their job
+   sizes.
+3. Units, within a tenant: round robin, one slice per turn, so a tenant's
+   one-text job never waits behind its own 20k-text job.
+A unit is handed out a slice at a time (at most `slice_tokens` tokens, at
+least one sequence), so with the runtime keeping about a batch or two of
+tokens in the engine, a newcomer waits for at most that plus one slice per
+tenant ahead of it in the round.
+"""
+from __future__ import annotations
+
+import collections
+from collections.abc import Hashable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass(eq=False)
+class Unit:
+    """One run of sequences to schedule: a job, or one parameter group of a batch chunk."""
+
+    key: Hashable
+    tenant: Hashable
+    bulk: bool
+    starts: np.ndarray  # cumulative token counts: starts[i] is where sequence i begins; len n + 1
+    next: int = 0  # the first sequence not yet handed out
+
+    @property
+    def size(self) -> int:
+        return len(self.starts) - 1
+
+    @property
+    def done(self) -> bool:
+        return self.next >= self.size
+
+
+@dataclass(frozen=True)
+class Slice:
+    unit: Unit
+    begin: int
+    end: int
+    tokens: int
+
+
+@dataclass(eq=False)
+class _Tenant:
+    key: Hashable
+    units: collections.deque = field(default_factory=collections.deque)
+    deficit: int = 0
+
+
+class _Lane:
+    def __init__(self):
+        self.active: collections.deque[_Tenant] = collections.deque()
+        self.tenants: dict[Hashable, _Tenant] = {}
+
+
+class Policy:
+    def __init__(self, slice_tokens: int, max_slice_seqs: int, quantum: int | None = None):
+        self.slice_tokens = slice_tokens
+        self.max_slice_seqs = max_slice_seqs
+        self.quantum = quantum or slice_tokens
+        self._lanes = (_Lane(), _Lane())  # interactive, bulk
+        self._units: dict[Hashable, Unit] = {}
+
+    def __len__(self) -> int:
+        """Units with sequences not yet handed out."""
+        return len(self._units)
+
+    def waiting(self, bulk: bool) -> bool:
+        return bool(self._lanes[1 if bulk else 0].active)
+
+    def add(self, unit: Unit) -> None:
+        if unit.done or unit.key in self._units:
+            return
+        self._units[unit.key] = unit
+        lane = self._lanes[1 if unit.bulk else 0]
+        tenant = lane.tenants.get(unit.tenant)
+        if tenant is None:
+            tenant = lane.tenants[unit.tenant] = _Tenant(unit.tenant)
+            lane.active.append(tenant)  # a newcomer takes its turn after the tenants already waiting
+        tenant.units.append(unit)
+
+    def drop(self, key: Hashable) -> None:
+        """Hand out nothing more of this unit (cancelled, or taken over by another worker)."""
+        unit = self._units.pop(key, None)
+        if unit is None:
+            return
+        lane = self._lanes[1 if unit.bulk else 0]
+        tenant = lane.tenants[unit.tenant]
+        tenant.units.remove(unit)
+        if not tenant.units:
+            self._retire(lane, tenant)
+
+    def next_slices(self, budget: int) -> list[Slice]:
+        """Slices worth about `budget` tokens (at least one slice when any work waits), in order."""
+        out: list[Slice] = []
+        while budget > 0:
+            lane = self._lanes[0] if self._lanes[0].active else self._lanes[1]
+            if not lane.active:
+                break
+            tenant = lane.active[0]
+            unit = tenant.units[0]
+            end = self._slice_end(unit)
+            cost = int(unit.starts[end] - unit.starts[unit.next])
+            if tenant.deficit < cost:
+                # Out of credit: top up for its next turn and let the next tenant go.
+                tenant.deficit += self.quantum
+                lane.active.rotate(-1)
+                continue
+            tenant.deficit -= cost
+            budget -= cost
+            out.append(Slice(unit, unit.next, end, cost))
+            unit.next = end
+            if unit.done:
+                tenant.units.popleft()
+                del self._units[unit.key]
+                if not tenant.units:
+                    self._retire(lane, tenant)
+            else:
+                tenant.units.rotate(-1)  # the tenant's other units go first next time
+        return out
+
+    def _slice_end(self, unit: Unit) -> int:
+        limit = unit.starts[unit.next] + self.slice_tokens
+        end = int(np.searchsorted(unit.starts, limit, side="right")) - 1
+        return min(max(end, unit.next + 1), unit.next + self.max_slice_seqs, unit.size)
+
+    @staticmethod
+    def _retire(lane: _Lane, tenant: _Tenant) -> None:
+        lane.active.remove(tenant)
+        del lane.tenants[tenant.key]

@@ -1,0 +1,399 @@
+"""The worker's scheduler: between Celery's deliveries and the engines, for all work in flight.
+
+    Celery consumer --receive--> admission --claim (one statement)--> preparation (tokenize)
+        --> dispatcher per model (policy: fair slices) --> engine batcher --> device
+        --> finisher (vLLM response shape) --> writer (one transaction for many jobs,
+            one Redis round trip of completions, then the acks)
+    heartbeat: renew every lease in one statement; notice cancels; take over lapsed leases
+
+No thread per job: a job in flight is a `Held` record passed between these
+stages, so the number in flight is bounded by the broker prefetch
+(POOLQ_MAX_JOBS_IN_FLIGHT) and the engine by its token budget, not by
+threads. Each stage is one thread (preparation: a few), and each stage takes
+everything waiting at once, so under load every transaction, round trip and
+engine submission covers many jobs; with one job in the system each stage
+passes it straight on.
+
+docs/design/worker.md has the states, the transactions and why a kill -9
+at any point loses nothing and writes nothing twice.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import secrets
+import socket
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+
+from app.batches import chunk_leases, events as batch_events, progress
+from app.batches.dispatch import send_chunk, send_finalize
+from app.errors import error_body
+from app.jobs import claims
+from app.jobs.dispatch import send_job
+from app.webhooks.dispatch import send_deliveries
+from app.webhooks.services import job_event
+from workers.metrics import JOB_SECONDS, JOBS_RUN
+from workers.scheduler import work
+from workers.scheduler.dispatch import Dispatcher
+from workers.scheduler.held import Delivery, Held, State
+from workers.scheduler.store import Store
+
+log = logging.getLogger(__name__)
+
+
+def worker_identity(hostname: str | None = None) -> str:
+    """This process incarnation: a restarted worker on the same host is another holder."""
+    return f"{hostname or socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
+
+
+def _drain(q: queue.SimpleQueue, first, limit: int = 10_000) -> list:
+    items = [first]
+    while len(items) < limit:
+        try:
+            items.append(q.get_nowait())
+        except queue.Empty:
+            break
+    return items
+
+
+class Scheduler:
+    def __init__(self, poolq, engines, identity: str, lease_s: float, max_attempts: int,
+                 heartbeat_s: float | None = None, prepare_threads: int = 2, cancel_check_s: float = 0.5):
+        self.poolq = poolq
+        self.settings = poolq.settings
+        self.engines = engines
+        self.identity = identity
+        self.lease_s = lease_s
+        self.max_attempts = max_attempts
+        self.heartbeat_s = heartbeat_s or max(0.5, lease_s / 3)
+        self.cancel_check_s = cancel_check_s
+        self._stopping = threading.Event()
+        self._store = Store(poolq.session_factory, self._stopping.is_set)
+        self._lock = threading.Lock()
+        self._held: dict[object, Held] = {}
+        self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._finished: queue.SimpleQueue = queue.SimpleQueue()
+        self._prepare = ThreadPoolExecutor(max_workers=prepare_threads, thread_name_prefix="poolq-prepare")
+        self._finish = ThreadPoolExecutor(max_workers=1, thread_name_prefix="poolq-finish")
+        self._dispatchers: dict[str, Dispatcher] = {}
+        self._threads = [threading.Thread(target=self._admit_loop, name="poolq-admit", daemon=True),
+                         threading.Thread(target=self._write_loop, name="poolq-write", daemon=True),
+                         threading.Thread(target=self._heartbeat_loop, name="poolq-heartbeat", daemon=True)]
+
+    def start(self) -> None:
+        for spec in self.settings.models:
+            engine = self.engines.get(spec.name)
+            tokens = engine.max_batch_tokens
+            self._dispatchers[spec.name] = Dispatcher(
+                spec.name, engine, self._complete,
+                # A slice is a quarter of a batch: a big job takes several slices
+                # per batch, so others' work fits in the same batch beside it.
+                slice_tokens=max(1, tokens // 4), inflight_tokens=2 * tokens, max_slice_seqs=engine.max_batch_seqs)
+        for thread in self._threads:
+            thread.start()
+        log.info("scheduler %s: lease %.0f s, renewed every %.1f s, at most %d attempts", self.identity,
+                 self.lease_s, self.heartbeat_s, self.max_attempts)
+
+    # -- the Celery side (consumer thread) ---------------------------------------
+    def receive(self, kind: str, key, model: str | None, delivery: Delivery | None) -> None:
+        """A message arrived: `kind` "job" (key: job id) or "chunk" (key: (batch id, index))."""
+        self._inbox.put((kind, key, model, delivery))
+
+    # -- admission -------------------------------------------------------------
+    def _admit_loop(self) -> None:
+        while not self._stopping.is_set():
+            try:
+                first = self._inbox.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            try:
+                self._admit(_drain(self._inbox, first, limit=2000))
+            except Exception:  # noqa: BLE001 - the messages stay unacked; their leases say the rest
+                log.exception("admission failed")
+
+    def _admit(self, items: list) -> None:
+        jobs: dict[uuid.UUID, list[Delivery]] = {}
+        chunks: list = []
+        for kind, key, model, delivery in items:
+            if kind == "job":
+                try:
+                    jobs.setdefault(uuid.UUID(str(key)), []).append(delivery)
+                except ValueError:
+                    log.warning("a run_job message with a bad job id %r; dropped", key)
+                    self._ack([delivery])
+            else:
+                chunks.append((key, model, delivery))
+        if jobs:
+            self._admit_jobs(jobs)
+        for key, model, delivery in chunks:
+            self._admit_chunk(key, delivery)
+
+    def _admit_jobs(self, jobs: dict[uuid.UUID, list[Delivery]]) -> None:
+        def claim(session):
+            claimed = claims.claim(session, jobs, self.identity, self.lease_s, self.max_attempts)
+            started = [d for c in claimed if c.has_webhook and c.attempt == 1
+                       for d in job_event(session, c.id, "started")]
+            return claimed, started
+
+        claimed, started = self._store.transact("claiming jobs", claim)
+        send_deliveries(self.poolq.celery, started)
+        taken = {c.id for c in claimed}
+        # The rest: finished, cancelled, deleted, or run by a live worker: redeliveries.
+        self._ack([d for job_id, ds in jobs.items() if job_id not in taken for d in ds])
+        for c in claimed:
+            self._hold(Held("job", c.id, c.model, c.tenant_id, work.priority_of(c.request) > 0, c.attempt, c,
+                            [d for d in jobs[c.id] if d is not None]))
+
+    def _admit_chunk(self, key, delivery: Delivery | None) -> None:
+        batch_id, index = key
+        claimed = self._store.transact("claiming a chunk", lambda s: chunk_leases.claim(
+            s, batch_id, index, self.identity, self.lease_s))
+        if claimed is None:
+            self._ack([delivery])
+            return
+        tenant = self._store.transact("reading a batch", lambda s: chunk_leases.tenant_of(s, [batch_id]))
+        self._hold(Held("chunk", key, claimed.model, tenant.get(batch_id), True, claimed.attempt, claimed,
+                        [delivery] if delivery else []))
+
+    def _hold(self, held: Held) -> None:
+        with self._lock:
+            previous = self._held.get(held.key)
+            if previous is not None and previous.state is not State.DONE:
+                # Already ours (a duplicate message, or taken over and then redelivered).
+                previous.deliveries.extend(held.deliveries)
+                return
+            self._held[held.key] = held
+        self._prepare.submit(self._prepare_one, held)
+
+    def _prepare_one(self, held: Held) -> None:
+        try:
+            engine = self.engines.get(held.model)
+            if held.kind == "job":
+                held.prepared = work.prepare_job(engine, held.model, held.payload.request)
+            else:
+                held.prepared, held.answered = work.prepare_chunk(engine, held.model, held.payload.lines)
+        except Exception as exc:  # noqa: BLE001 - ValueError: the input (a 400); else the engine (a 500)
+            held.error = exc
+            self._complete(held)
+            return
+        self._dispatchers[held.model].add(held)
+
+    # -- finishing -------------------------------------------------------------
+    def _complete(self, held: Held) -> None:
+        """All of the work's outputs are back (or it failed): shape it off the dispatcher's thread."""
+        self._finish.submit(self._finish_one, held)
+
+    def _finish_one(self, held: Held) -> None:
+        with self._lock:
+            if held.state is State.DONE:
+                return
+            held.state = State.WRITING
+        try:
+            result = None
+            if held.error is None:
+                outputs = [unit.finish([parts[b] for b in sorted(parts)])
+                           for unit, parts in zip(held.prepared.units, held.parts)]
+                result = held.prepared.finish(outputs)
+        except Exception as exc:  # noqa: BLE001 - shaping failed: the work fails like an engine error
+            log.exception("shaping the outputs of %s %s failed", held.kind, held.key)
+            held.error, result = exc, None
+        held.parts = []  # the raw outputs are not needed any more
+        self._finished.put((held, result))
+
+    def _outcome(self, held: Held, body) -> claims.Outcome:
+        job = held.payload
+        if held.error is None:
+            return claims.Outcome(job.id, held.attempt, "succeeded", body=body,
+                                  prompt_tokens=body["usage"]["prompt_tokens"])
+        exc = held.error
+        if isinstance(exc, ValueError):  # PoolingInputError is a ValueError: the client's input, a 400
+            error = error_body(str(exc), "BadRequestError", getattr(exc, "parameter", None), 400)["error"]
+        else:
+            log.error("job %s failed in the engine: %r", job.id, exc)
+            error = error_body(f"The engine failed on this job: {type(exc).__name__}", "InternalServerError",
+                               None, 500)["error"]
+        return claims.Outcome(job.id, held.attempt, "failed", error=error)
+
+    # -- the group write ---------------------------------------------------------
+    def _write_loop(self) -> None:
+        while True:
+            try:
+                first = self._finished.get(timeout=0.5)
+            except queue.Empty:
+                if self._stopping.is_set() and not self._busy():
+                    return
+                continue
+            batch = _drain(self._finished, first, limit=1000)
+            try:
+                self._write([(h, r) for h, r in batch if h.kind == "job"])
+                for held, rows in batch:
+                    if held.kind == "chunk":
+                        self._write_chunk(held, rows)
+            except Exception:  # noqa: BLE001 - not transient (a bug): leases lapse, and another attempt runs
+                log.exception("the group write failed; its work is left to lapse and be retried")
+
+    def _write(self, finished: list[tuple[Held, object]]) -> None:
+        if not finished:
+            return
+        outcomes = [self._outcome(held, body) for held, body in finished]
+        hooks = {held.key for held, _ in finished if held.payload.has_webhook}
+
+        def write(session):
+            won = claims.finish(session, self.identity, outcomes)
+            deliveries = [d for o in won if o.job_id in hooks for d in job_event(session, o.job_id, "completed")]
+            return won, deliveries
+
+        won, deliveries = self._store.transact("storing finished jobs", write)
+        won_ids = {o.job_id for o in won}
+        self.poolq.events.publish_many([str(i) for i in won_ids])  # wakes synchronous requests
+        for held, _ in finished:
+            self._settle(held)
+            if held.key in won_ids:
+                outcome = "succeeded" if held.error is None else "failed"
+                JOBS_RUN.labels(held.model, held.payload.task, outcome).inc()
+                JOB_SECONDS.labels(held.model).observe(time.monotonic() - held.since)
+            else:
+                log.info("job %s was finished elsewhere, cancelled or deleted; its result is dropped", held.key)
+        send_deliveries(self.poolq.celery, deliveries)
+
+    def _write_chunk(self, held: Held, rows) -> None:
+        chunk = held.payload
+        if held.error is not None:
+            rows = work.chunk_error_lines(chunk.lines, held.error)
+        outputs = sorted((rows or []) + held.answered)
+        window = self.settings.batch_parallel_chunks
+        stored = self._store.transact("storing a chunk", lambda s: progress.complete_chunk(s, chunk, outputs,
+                                                                                           window))
+        self._settle(held)
+        if stored is None:
+            log.info("batch %s chunk %d was stored by another attempt", *held.key)
+            return
+        unsent = [key for key in stored.send if not send_chunk(self.poolq.celery, *key)]
+        if unsent:
+            self._store.transact("marking chunks unsent", lambda s: progress.mark_unsent(s, unsent))
+        if stored.finalize:
+            send_finalize(self.poolq.celery, chunk.batch_id)  # if refused, the sweeper finds the batch due
+
+    def _settle(self, held: Held) -> None:
+        """The work is written or abandoned: ack its messages, forget it."""
+        with self._lock:
+            held.state = State.DONE
+            if self._held.get(held.key) is held:
+                del self._held[held.key]
+            deliveries, held.deliveries = held.deliveries, []
+        self._ack(deliveries)
+        for d in deliveries:
+            if d is not None and self.task_event is not None:
+                self.task_event(d.task_id, held)
+
+    task_event = None  # set by the Celery handoff: sends task-succeeded for Flower
+
+    def _ack(self, deliveries) -> None:
+        for d in deliveries:
+            if d is None:
+                continue
+            try:
+                d.message.ack()
+            except Exception:  # noqa: BLE001 - a broker reconnect dropped the channel: it redelivers, a no-op
+                log.debug("ack failed", exc_info=True)
+
+    def _busy(self) -> bool:
+        with self._lock:
+            return bool(self._held)
+
+    # -- heartbeat: leases, cancels, take-overs ------------------------------------
+    def _heartbeat_loop(self) -> None:
+        next_beat = 0.0
+        while not self._stopping.wait(self.cancel_check_s):
+            try:
+                if time.monotonic() >= next_beat:
+                    next_beat = time.monotonic() + self.heartbeat_s
+                    self._beat()
+                else:
+                    self._check_cancels()
+            except Exception:  # noqa: BLE001 - a heartbeat missed is retried at the next one
+                log.warning("scheduler heartbeat failed", exc_info=True)
+
+    def _running(self, kind: str, multi_slice: bool = False) -> list[Held]:
+        with self._lock:
+            return [h for h in self._held.values() if h.kind == kind and h.state in (State.PREPARING, State.RUNNING)
+                    and (not multi_slice or h.slices > 1)]
+
+    def _beat(self) -> None:
+        models = [spec.name for spec in self.settings.models]
+
+        def beat(session):
+            jobs = claims.renew(session, self.identity, self.lease_s)
+            chunks = chunk_leases.renew(session, self.identity, self.lease_s)
+            failed = claims.fail_exhausted(session, models, self.max_attempts)
+            deliveries = [d for job_id, hook in failed if hook for d in job_event(session, job_id, "completed")]
+            taken = claims.take_over(session, self.identity, models, self.lease_s, self.max_attempts)
+            taken_chunks = chunk_leases.take_over(session, self.identity, models, self.lease_s)
+            tenants = chunk_leases.tenant_of(session, [c.batch_id for c in taken_chunks])
+            return jobs, chunks, failed, deliveries, taken, taken_chunks, tenants
+
+        held_jobs = self._running("job")
+        held_chunks = self._running("chunk")
+        jobs, chunks, failed, deliveries, taken, taken_chunks, tenants = self._store.transact(
+            "heartbeat", beat, give_up_after_s=self.lease_s / 2)
+        self._abandon([h for h in held_jobs if h.key not in jobs] + [h for h in held_chunks if h.key not in chunks])
+        if failed:
+            log.error("failed %d job(s) whose worker was lost on every attempt", len(failed))
+            self.poolq.events.publish_many([str(job_id) for job_id, _ in failed])
+            send_deliveries(self.poolq.celery, deliveries)
+        for c in taken:
+            log.warning("took over job %s (attempt %d): its worker stopped renewing its lease", c.id, c.attempt)
+            self._hold(Held("job", c.id, c.model, c.tenant_id, work.priority_of(c.request) > 0, c.attempt, c))
+        for c in taken_chunks:
+            log.warning("took over batch %s chunk %d: its worker stopped renewing its lease", c.batch_id, c.index)
+            self._hold(Held("chunk", (c.batch_id, c.index), c.model, tenants.get(c.batch_id), True, c.attempt, c))
+
+    def _check_cancels(self) -> None:
+        """Between heartbeats, jobs that run for several slices are checked for a cancel or delete,
+        so one stops within about a slice instead of a heartbeat."""
+        held = [h for h in self._running("job", multi_slice=True)]
+        if not held:
+            return
+        still = self._store.transact("checking cancels", lambda s: claims.still_held(
+            s, self.identity, [h.key for h in held]), give_up_after_s=1.0)
+        self._abandon([h for h in held if h.key not in still])
+
+    def _abandon(self, gone: list[Held]) -> None:
+        for held in gone:
+            with self._lock:
+                if held.state not in (State.PREPARING, State.RUNNING):
+                    continue  # finished meanwhile: its write decides
+                held.state = State.WRITING
+            log.info("%s %s is no longer ours (cancelled, deleted or taken over); stopped", held.kind, held.key)
+            dispatcher = self._dispatchers.get(held.model)
+            if dispatcher is not None:
+                dispatcher.drop(held)
+            self._settle(held)
+
+    # -- shutdown ----------------------------------------------------------------
+    def stop(self, grace_s: float) -> None:
+        """Stop taking work; finish what finishes within `grace_s`; give the rest back at once."""
+        deadline = time.monotonic() + grace_s
+        while time.monotonic() < deadline and self._busy():
+            time.sleep(0.05)
+        with self._lock:
+            left = [h for h in self._held.values() if h.state in (State.PREPARING, State.RUNNING)]
+        if left:
+            jobs = [h for h in left if h.kind == "job"]
+            self._abandon(left)
+            released = self._store.transact("releasing jobs", lambda s: claims.release(
+                s, self.identity, [h.key for h in jobs]), give_up_after_s=5.0)
+            for h in jobs:
+                if h.key in released:
+                    send_job(self.poolq.celery, h.payload)
+            log.warning("shutting down: gave back %d job(s) and %d chunk(s) unfinished", len(released),
+                        len(left) - len(jobs))
+        self._stopping.set()
+        for thread in self._threads:
+            thread.join(timeout=5)
+        for dispatcher in self._dispatchers.values():
+            dispatcher.stop()
