@@ -14,6 +14,16 @@ window: at most `window` chunks of a batch have a message out at a time, so
 in_progress -> finalizing -> completed, cancelling -> cancelled, and
     -> expired: the output and error files are written from batch_outputs
     in input order.
+
+Lock order, for every transaction that touches a batch and its chunks:
+the batch row FOR UPDATE first (`lock_batches`, by id when there are
+several), then its chunks, then rows that reference it (output lines,
+files, deliveries). Two chunks of one batch completing at once used to
+deadlock: each took the batch row's key-share lock (the outputs' foreign
+key), then the counter UPDATE, then pump's FOR UPDATE, which waits for
+the other's key-share. Locking the batch first makes them queue instead.
+A claim (one chunk row, one statement) holds nothing else, so it cannot
+close a cycle.
 """
 
 from __future__ import annotations
@@ -38,9 +48,17 @@ class Validated:
     failed: bool = False  # this call moved the batch to `failed` (a final state: its webhook is due)
 
 
+def lock_batches(session: Session, batch_ids) -> None:
+    """The first lock of any transaction that changes a batch or its chunks (see the module's lock order)."""
+    ids = sorted(set(batch_ids))
+    if ids:
+        session.execute(select(Batch.id).where(Batch.id.in_(ids)).order_by(Batch.id).with_for_update())
+
+
 def validate(session: Session, batch_id: str, served: ServedModels, max_items: int, chunk_lines: int,
              window: int) -> Validated:
     """Parse the input and cut it into chunks. A no-op unless validating."""
+    lock_batches(session, [batch_id])
     batch = session.get(Batch, batch_id)
     if batch is None or batch.status != "validating":
         return Validated([])
@@ -81,7 +99,7 @@ def validate(session: Session, batch_id: str, served: ServedModels, max_items: i
 
 def pump(session: Session, batch_id: str, window: int) -> list[ChunkKey]:
     """Mark the next chunks as sent, up to `window` in flight; the caller sends them after commit."""
-    session.execute(select(Batch.id).where(Batch.id == batch_id).with_for_update())  # one pump at a time
+    lock_batches(session, [batch_id])  # one pump at a time (a no-op if the caller holds it already)
     inflight = session.scalar(select(func.count()).select_from(BatchChunk).where(
         BatchChunk.batch_id == batch_id,
         or_(BatchChunk.status == "running", (BatchChunk.status == "pending") & BatchChunk.sent_at.is_not(None))))
@@ -99,6 +117,7 @@ def pump(session: Session, batch_id: str, window: int) -> list[ChunkKey]:
 
 
 def mark_unsent(session: Session, keys: list[ChunkKey]) -> None:
+    lock_batches(session, [key[0] for key in keys])
     for batch_id, index, _ in keys:
         session.execute(update(BatchChunk).where(BatchChunk.batch_id == batch_id, BatchChunk.index == index,
                                                  BatchChunk.status == "pending").values(sent_at=None))
@@ -136,6 +155,7 @@ class Stored:
 def complete_chunk(session: Session, claimed: ClaimedChunk, outputs: list[tuple[int, bool, str]],
                    window: int) -> Stored | None:
     """Store a chunk's lines, `done` and the counters at once; None if another attempt owns it."""
+    lock_batches(session, [claimed.batch_id])
     if not session.execute(
             update(BatchChunk)
             .where(BatchChunk.batch_id == claimed.batch_id, BatchChunk.index == claimed.index,
