@@ -136,12 +136,21 @@ class RedisJobEvents:
         self._subscribed.wait(timeout=1.0)
 
     def _listen(self) -> None:
+        failures = 0
         while True:
+            started = time.monotonic()
             try:
                 self._listen_once()
-            except Exception:
-                log.warning("job events listener lost Redis; reconnecting", exc_info=True)
-                time.sleep(1.0)
+            except Exception as exc:
+                if time.monotonic() - started > LISTEN_CHECK_S:
+                    failures = 0  # it had been listening: a new outage
+                # The traceback once per outage, not once a second for as long as it lasts.
+                if failures == 0:
+                    log.warning("job events listener lost Redis; reconnecting", exc_info=True)
+                else:
+                    log.debug("job events listener still without Redis: %s", exc)
+                failures += 1
+                time.sleep(min(float(failures), 5.0))
 
     def _listen_once(self) -> None:
         pubsub = redis_client(self._url).pubsub(ignore_subscribe_messages=True)

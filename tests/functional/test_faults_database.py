@@ -1,0 +1,119 @@
+"""The API through a Postgres restart: 503 with Retry-After while it is down, and no error once it is back.
+
+A private Postgres cluster (never the machine's) on a port of its own; the
+broker is the shared Redis under a namespace no worker consumes.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import psycopg
+import pytest
+import requests
+
+from app import create_app
+from app.config import Settings
+from app.db import make_engine, make_session_factory
+from app.db.migrate import upgrade
+from app.tenants.services import create_key
+from private_servers import PrivatePostgres, ServedApp
+
+BOUND_S = 5.0
+JOB = {"task": "classify", "model": "tiny", "input": "a sentence"}
+
+
+@pytest.fixture(scope="module")
+def database():
+    server = PrivatePostgres()
+    server.init()
+    with psycopg.connect(f"{server.server}/postgres", autocommit=True) as conn:
+        conn.execute("CREATE DATABASE poolq")
+    url = f"{server.server.replace('postgresql://', 'postgresql+psycopg://', 1)}/poolq"
+    upgrade(url)
+    engine = make_engine(url)
+    with make_session_factory(engine)() as session:
+        key = create_key(session, "faults", name="faults-test").key
+        session.commit()
+    engine.dispose()
+    server.url, server.key = url, key
+    yield server
+    server.remove()
+
+
+@pytest.fixture(scope="module")
+def api(deployment_env, namespace, database):
+    env = {**deployment_env, "POOLQ_DATABASE_URL": database.url, "POOLQ_NAMESPACE": f"{namespace}fdb."}
+    served = ServedApp(create_app(Settings.from_env(env)))
+    served.http = requests.Session()
+    served.http.headers["Authorization"] = f"Bearer {database.key}"
+    yield served
+    served.close()
+
+
+def call(api, method: str, path: str, **kwargs) -> requests.Response:
+    started = time.monotonic()
+    response = api.http.request(method, api.url + path, timeout=30, **kwargs)
+    took = time.monotonic() - started
+    assert took < BOUND_S, f"{method} {path} took {took:.1f} s"
+    return response
+
+
+def fill_the_pool(api, count: int = 8) -> list[str]:
+    """Concurrent submissions, so the pools hold several connections that the restart will kill."""
+    ids: list[str] = []
+
+    def one() -> None:
+        response = call(api, "POST", "/v1/jobs", json=JOB)
+        assert response.status_code == 202, response.text
+        ids.append(response.json()["id"])
+
+    threads = [threading.Thread(target=one) for _ in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert len(ids) == count
+    return ids
+
+
+def assert_all_succeed(api, job_ids: list[str]) -> None:
+    """Right after the server is back: every request works, the very first included."""
+    for job_id in job_ids:
+        response = call(api, "GET", f"/v1/jobs/{job_id}")
+        assert response.status_code == 200, response.text
+    for _ in range(4):
+        response = call(api, "POST", "/v1/jobs", json=JOB)
+        assert response.status_code == 202, response.text
+    assert call(api, "GET", "/ready").status_code == 200
+
+
+def test_the_first_requests_after_a_restart_succeed(api, database):
+    ids = fill_the_pool(api)
+    database.restart()
+    assert_all_succeed(api, ids)
+
+
+def test_while_the_database_is_down_answers_are_fast_503s(api, database):
+    ids = fill_the_pool(api)
+    before = job_count(database)
+    database.stop()
+    try:
+        for method, path, body in (("POST", "/v1/jobs", JOB), ("GET", f"/v1/jobs/{ids[0]}", None),
+                                   ("POST", "/classify", {"model": "tiny", "input": "x"})):
+            response = call(api, method, path, json=body)
+            assert response.status_code == 503, response.text
+            assert response.headers["Retry-After"]
+            assert response.json()["error"]["code"] == 503
+        ready = call(api, "GET", "/ready")
+        assert ready.status_code == 503 and ready.json()["checks"]["database"] != "ok"
+    finally:
+        database.start()
+    assert job_count(database) == before  # a 503 kept nothing
+    assert_all_succeed(api, ids)
+
+
+def job_count(database) -> int:
+    with psycopg.connect(f"{database.server}/poolq") as conn:
+        return conn.execute("SELECT count(*) FROM jobs").fetchone()[0]
