@@ -119,9 +119,10 @@ def overdue(session: Session, requeue_after_s: int, limit: int = 500):
         (BatchChunk.status == "pending") & (BatchChunk.sent_at < stale_send)).limit(limit)).all()
     inflight = exists().where(BatchChunk.batch_id == Batch.id, (BatchChunk.status == "running")
                               | ((BatchChunk.status == "pending") & BatchChunk.sent_at.is_not(None)))
+    # By id: the sweeper locks these batches in this order (progress.lock_batches' rule).
     pumps = list(session.scalars(select(Batch.id).where(Batch.status == "in_progress",
                                                         Batch.chunks_done < Batch.chunks_total,
-                                                        ~inflight).limit(limit)))
+                                                        ~inflight).order_by(Batch.id).limit(limit)))
     running = exists().where(BatchChunk.batch_id == Batch.id, BatchChunk.status == "running")
     finals = list(session.scalars(select(Batch.id).where(
         ((Batch.status == "in_progress") & (Batch.chunks_done >= Batch.chunks_total))
