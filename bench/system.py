@@ -11,17 +11,45 @@ One invocation measures, in the same run and on the same texts:
      clients (sync route, and a flood of POST /v1/jobs with completion read from the
      database), versus a bare Celery no-op round trip (threads pool, 8 threads,
      acks_late) on the same Redis, measured in the same run.
+Issue 11's phases (on --small-shape; bench/_system_phases.py; public surface only: HTTP, the CLI,
+jobs rows, the worker's /metrics, signals, so they run against any version of the worker):
+  plain:    in a., one text through the engine against a plain HF tokenize-forward-softmax loop on the
+            same model in this process, interleaved; in c., the engine's batch counters
+            (poolq_engine_batches / _sequences on POOLQ_WORKER_METRICS_PORT) around the C-client phase;
+  hol:      one-text sync requests while a 20,000-text job and a 5,000-line JSONL batch run, against
+            their idle p50 (--hol-job-n / --hol-batch-n scale it down, and the output says so); under
+            load the requests arrive open loop (one every --probe-interval-s, 0.2 s), so every moment of
+            the window is sampled alike, and a wait for a free client connection counts;
+  tenants:  a second API with POOLQ_AUTH=required and two keys (`poolq keys create`): tenant A floods
+            with large jobs while B sends one-text sync requests (open loop as in hol; B's p50 / B's
+            idle p50); then both
+            submit the same identical jobs (A's first, B's right after) and, at the moment half of all
+            of them have finished, the texts finished by each (min/max);
+  resend:   `poolq beat` running (from here on), 1,000 one-text jobs, no fault: messages sent more than
+            once (the sweeper's "re-sent N job(s)" log lines; claims past the first; redeliveries the
+            worker ignored); the phase lasts >= --resend-min-s so beat's schedule fires in it;
+  recovery: a second `poolq worker`, 200 one-text + 4 x 2,000-text jobs, kill -9 of the second worker
+            (its process group and every descendant) --recovery-kill-after-s after the submits, and the
+            time until every job unfinished at the kill is finished, with the default timeouts/leases;
+            capped at --recovery-cap-s (180): past it, "not recovered in 180 s".
+The markdown ends with one table of issue 11's targets, each with its denominator from the same run.
 It builds random-weight BERT classifiers locally (real BERT uncased tokenizer, no hub),
 creates a fresh Postgres database, runs the migrations, flushes one Redis db, starts
 `poolq worker` and `poolq api` as subprocesses on 127.0.0.1, and tears all of it down
 (processes, database, Redis keys) even on failure. CPU seconds per component
 (API, worker, Postgres, Redis, clients) are read from /proc for each phase.
 
-    .venv/bin/python bench/system.py                     # CPU: tiny + minilm, small sizes (~3-4 min on 2 cores)
+    .venv/bin/python bench/system.py                     # CPU: tiny + minilm, small sizes (~10 min on 2 cores)
+    SHAPES=tiny .venv/bin/python bench/system.py         # CPU: the issue-11 run (tiny only)
+    SKIP=hol,tenants,resend,recovery .venv/bin/python bench/system.py   # the earlier phases only
     source .device/setup.sh && python bench/system.py    # GPU: minilm, N=100000, C=200
 Options (each also as an environment variable, upper case with '_'): --shapes, --small-shape,
 --bulk-n, --latency-n, --clients, --per-client, --small-clients, --small-k, --noop-k,
---api-workers, --api-threads, --worker-threads, --client-procs, --bulk-poll-s, --skip.
+--api-workers, --api-threads, --worker-threads (0: unset), --client-procs, --bulk-poll-s, --plain-n,
+--probe-interval-s, --hol-job-n, --hol-batch-n, --hol-idle-n, --tenant-flood-jobs, --tenant-flood-n, --tenant-idle-n,
+--fair-jobs, --fair-n, --resend-k, --resend-min-s, --recovery-small, --recovery-big, --recovery-big-n,
+--recovery-kill-after-s, --recovery-cap-s, --skip (engine,plain,noop,bulk,batch,latency,concurrent,small,
+hol,tenants,resend,recovery).
 Writes $OUT/system.json (OUT default /tmp) and prints a markdown table.
 Postgres: the server of DATABASE_URL (default postgresql://postgres@127.0.0.1:5432);
 Redis: REDIS_URL (default redis://127.0.0.1:6379/11, a scratch db: it is flushed).
@@ -43,6 +71,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import types
 import urllib.parse
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -57,6 +86,9 @@ import torch  # noqa: E402
 from transformers import AutoTokenizer, BertConfig, BertForSequenceClassification  # noqa: E402
 
 from models import PoolingEngine  # noqa: E402
+
+sys.path.insert(0, str(BENCH))
+import _system_phases as phases  # noqa: E402
 
 GPU = torch.cuda.is_available()
 SHAPES = {
@@ -95,13 +127,44 @@ def options() -> argparse.Namespace:
                    help="Celery no-op tasks for the baseline")
     p.add_argument("--api-workers", type=int, default=int(env("api_workers", 4 if GPU else 2)))
     p.add_argument("--api-threads", type=int, default=int(env("api_threads", 32)))
-    p.add_argument("--worker-threads", type=int, default=int(env("worker_threads", 32)))
+    p.add_argument("--worker-threads", type=int, default=int(env("worker_threads", 32)),
+                   help="POOLQ_WORKER_THREADS for the worker; 0: not set (the worker's own default)")
     p.add_argument("--client-procs", type=int, default=int(env("client_procs", 4 if GPU else 1)),
                    help="load-generator processes (threads are split over them)")
     p.add_argument("--bulk-poll-s", type=float, default=float(env("bulk_poll_s", 0.2)),
                    help="longest pause between polls of the bulk job (each poll of a running job reads its row)")
-    p.add_argument("--skip", default=env("skip", ""), help="comma list of phases to skip: engine,noop,bulk,batch,"
-                   "latency,concurrent,small")
+    # issue 11's phases (all on --small-shape)
+    p.add_argument("--plain-n", type=int, default=int(env("plain_n", 200)),
+                   help="one-text calls of the engine and of a plain tokenize-forward-softmax loop, interleaved")
+    p.add_argument("--hol-job-n", type=int, default=int(env("hol_job_n", 20000)),
+                   help="texts in the big job the one-text requests compete with (hol)")
+    p.add_argument("--hol-batch-n", type=int, default=int(env("hol_batch_n", 5000)),
+                   help="one-text lines in the JSONL batch running at the same time (hol)")
+    p.add_argument("--probe-interval-s", type=float, default=float(env("probe_interval_s", 0.2)),
+                   help="one-text requests arrive this often while a background load runs (hol, tenants)")
+    p.add_argument("--hol-idle-n", type=int, default=int(env("hol_idle_n", 50)), help="idle one-text requests (hol)")
+    p.add_argument("--tenant-flood-jobs", type=int, default=int(env("tenant_flood_jobs", 8)),
+                   help="tenant A's large jobs while B is interactive (tenants)")
+    p.add_argument("--tenant-flood-n", type=int, default=int(env("tenant_flood_n", 2500)), help="texts per flood job")
+    p.add_argument("--tenant-idle-n", type=int, default=int(env("tenant_idle_n", 50)))
+    p.add_argument("--fair-jobs", type=int, default=int(env("fair_jobs", 16)),
+                   help="identical jobs per tenant, both backlogged (tenants)")
+    p.add_argument("--fair-n", type=int, default=int(env("fair_n", 400)), help="texts per identical job")
+    p.add_argument("--tenant-cap-s", type=float, default=float(env("tenant_cap_s", 600)))
+    p.add_argument("--resend-k", type=int, default=int(env("resend_k", 1000)), help="jobs in the no-fault run (resend)")
+    p.add_argument("--resend-min-s", type=float, default=float(env("resend_min_s", 35)),
+                   help="the no-fault phase lasts at least this long, so beat's schedule fires in it")
+    p.add_argument("--resend-cap-s", type=float, default=float(env("resend_cap_s", 600)))
+    p.add_argument("--recovery-small", type=int, default=int(env("recovery_small", 200)),
+                   help="one-text jobs in the kill -9 phase (recovery)")
+    p.add_argument("--recovery-big", type=int, default=int(env("recovery_big", 4)), help="large jobs in it")
+    p.add_argument("--recovery-big-n", type=int, default=int(env("recovery_big_n", 2000)), help="texts per large job")
+    p.add_argument("--recovery-kill-after-s", type=float, default=float(env("recovery_kill_after_s", 1.0)),
+                   help="seconds after the last submit before the second worker is killed")
+    p.add_argument("--recovery-cap-s", type=float, default=float(env("recovery_cap_s", 180)),
+                   help="longest wait for the killed worker's jobs")
+    p.add_argument("--skip", default=env("skip", ""), help="comma list of phases to skip: engine,plain,noop,bulk,"
+                   "batch,latency,concurrent,small,hol,tenants,resend,recovery")
     a = p.parse_args()
     a.shapes = [s for s in a.shapes.split(",") if s]
     a.skip = {s for s in a.skip.split(",") if s}
@@ -348,8 +411,11 @@ class Api:
 
 
 # ---------------------------------------------------------------- phases
-def engine_in_process(shape: str, model_dir: pathlib.Path, texts: list[str], n: int, latency_n: int) -> dict:
-    """The denominator: one classify call over the bulk texts (best of 2), plus one-text latency."""
+def engine_in_process(shape: str, model_dir: pathlib.Path, texts: list[str], n: int, latency_n: int,
+                      plain_n: int = 0) -> dict:
+    """The denominator: one classify call over the bulk texts (best of 2), plus one-text latency, and
+    (plain_n > 0) one text through the engine against a plain tokenize-forward-softmax loop on the same
+    model in this process, interleaved."""
     engine = PoolingEngine(str(model_dir))
     try:
         engine.classify(texts[:256])  # warm-up: first shapes, allocator, tokenizer copies
@@ -368,9 +434,15 @@ def engine_in_process(shape: str, model_dir: pathlib.Path, texts: list[str], n: 
             t = time.perf_counter()
             engine.classify([texts[i]])
             one.append(time.perf_counter() - t)
-        return {"n": n, "seconds": [round(r, 3) for r in runs], "texts_per_s": round(n / best, 1),
-                "tokens_per_s": round(tokens / best), "mean_tokens": round(tokens / n, 1),
-                "device": str(engine.device), "dtype": str(engine.dtype), "one_text": lat_summary(one)}
+        r = {"n": n, "seconds": [round(r, 3) for r in runs], "texts_per_s": round(n / best, 1),
+             "tokens_per_s": round(tokens / best), "mean_tokens": round(tokens / n, 1),
+             "device": str(engine.device), "dtype": str(engine.dtype), "one_text": lat_summary(one)}
+        if plain_n:
+            pv = phases.plain_loop_vs_engine(engine, model_dir, texts, plain_n, engine.device, engine.dtype, GPU)
+            e50, p50 = pct(pv["engine"], 50), pct(pv["plain"], 50)
+            r["vs_plain_loop"] = {"n": plain_n, "engine": lat_summary(pv["engine"]), "plain": lat_summary(pv["plain"]),
+                                  "engine_over_plain_p50": round(e50 / p50, 3), "torch_threads": pv["torch_threads"]}
+        return r
     finally:
         engine.close()
         del engine
@@ -543,6 +615,7 @@ def main() -> int:
         "argv": sys.argv[1:], "loadavg_1m_start": loadavg(), "options": {k: (sorted(v) if isinstance(v, set) else v) for k, v in vars(a).items()},
         "shapes": {}, "errors": []}
     meter = CpuMeter()
+    t_start = time.monotonic()
     try:
         tok_dir = tokenizer_dir()
         n_max = max(bulk_n(a, s) for s in a.shapes)
@@ -555,7 +628,8 @@ def main() -> int:
             if "engine" in a.skip:
                 break
             log(f"# engine in process: {s}, n={bulk_n(a, s)}")
-            r = engine_in_process(s, model_dirs[s], texts, bulk_n(a, s), a.latency_n)
+            r = engine_in_process(s, model_dirs[s], texts, bulk_n(a, s), a.latency_n,
+                                  0 if "plain" in a.skip else a.plain_n)
             report["shapes"].setdefault(s, {})["engine"] = r
             r["loadavg_1m"] = loadavg()  # other load on this machine skews figures
             print(json.dumps({"phase": "engine", "shape": s, **r}), flush=True)
@@ -582,15 +656,18 @@ def main() -> int:
                "POOLQ_DATABASE_URL": db_url.replace("postgresql://", "postgresql+psycopg://", 1),
                "POOLQ_BROKER_URL": redis_url,
                "POOLQ_MODELS": ",".join(f"{s}={d}" for s, d in model_dirs.items()),
-               "POOLQ_WORKER_THREADS": str(a.worker_threads),
+               "POOLQ_WORKER_METRICS_PORT": str(free_port()),
                "POOLQ_MAX_REQUEST_BYTES": str(512 * 2**20),
                # The load generator sends no key: measure the queue, not key lookups.
                "POOLQ_AUTH": "off",
                "PYTHONUNBUFFERED": "1"}
+        if a.worker_threads > 0:
+            env["POOLQ_WORKER_THREADS"] = str(a.worker_threads)
         migrated = subprocess.run([sys.executable, "-m", "app.cli", "migrate"], env=env, cwd=ROOT,
                                   capture_output=True, text=True)
         if migrated.returncode:
             raise RuntimeError(f"poolq migrate failed:\n{migrated.stdout[-2000:]}{migrated.stderr[-2000:]}")
+        metrics_port = int(env["POOLQ_WORKER_METRICS_PORT"])
         worker = Proc("worker", [sys.executable, "-m", "app.cli", "worker"], env, logdir)
         cleanup.append(worker.stop)
         meter.groups["worker"] = worker.pgid
@@ -640,14 +717,16 @@ def main() -> int:
             if "concurrent" not in a.skip:
                 log(f"# interactive, {a.clients} clients: {s}")
                 since = time.time()
+                counters = phases.engine_counters(metrics_port)
                 before = meter.snapshot()
                 r = run_load(port, "sync", s, texts, a.clients, a.per_client, a.client_procs, offset=11)
                 cpu = CpuMeter.delta(before, meter.snapshot())
+                batches = phases.counters_delta(counters, phases.engine_counters(metrics_port), s)
                 cpu["clients"] = r["client_cpu_s"]
                 res["sync_concurrent"] = {"clients": a.clients, **lat_summary(r["lat"]), "errors": r["errors"],
                                           "first_error": r["first_error"], "rate_per_s": r["rate_per_s"],
                                           "db": db_stats(dbc, s, since), "cpu_s": cpu,
-                                          "cpu_ms_per_job": per_job(cpu, r["ok"])}
+                                          "cpu_ms_per_job": per_job(cpu, r["ok"]), "engine_batches": batches}
                 res["sync_concurrent"]["loadavg_1m"] = loadavg()  # other load on this machine skews figures
                 print(json.dumps({"phase": "sync_concurrent", "shape": s, **res["sync_concurrent"]}), flush=True)
 
@@ -707,10 +786,34 @@ def main() -> int:
                 small["sync_route"]["ratio_vs_celery_noop"] = round(small["sync_route"]["jobs_per_s"] / noop_rate, 3)
                 small["submit_flood"]["ratio_vs_celery_noop"] = round(small["submit_flood"]["jobs_per_s"] / noop_rate, 3)
             report["small_jobs"] = small
+
+        # issue 11's phases, on the small-job model; beat starts with the first that needs it and stays
+        ctx = types.SimpleNamespace(
+            port=port, env=env, logdir=logdir, dbc=dbc, meter=meter, Proc=Proc, wait_ready=wait_ready,
+            free_port=free_port, lat_summary=lat_summary, pct=pct, loadavg=loadavg, log=log, texts=texts,
+            big_texts=None, cleanup=cleanup, procs={}, root=ROOT, beat_info=None)
+        s = a.small_shape
+        for name, fn in (("hol", phases.hol), ("tenants", phases.tenants), ("resend", phases.resend),
+                         ("recovery", phases.recovery)):
+            if name in a.skip:
+                continue
+            if ctx.big_texts is None:
+                ctx.big_texts = make_texts(tok_dir, max(a.hol_job_n, a.tenant_flood_n, a.fair_n, a.recovery_big_n,
+                                                        2000))
+            log(f"# {name}: {s}")
+            try:
+                report[name] = fn(ctx, a, s)
+            except Exception as exc:  # one phase failing does not lose the others
+                report[name] = {"error": f"{type(exc).__name__}: {exc}"[:2000]}
+                report["errors"].append(f"{name}: {type(exc).__name__}: {exc}"[:2000])
+                log(f"{name} FAILED: {type(exc).__name__}: {exc}")
+            report[name]["loadavg_1m"] = loadavg()
+            print(json.dumps({"phase": name, **report[name]}), flush=True)
+            (out_dir / "system.json").write_text(json.dumps(report, indent=1))  # partial results survive a kill
     except BaseException as exc:
         report["errors"].append(f"{type(exc).__name__}: {exc}"[:4000])
         log(f"FAILED: {type(exc).__name__}: {exc}")
-        for name in ("worker", "api", "noop_worker"):
+        for name in ("worker", "api", "noop_worker", "worker2", "beat", "api_auth"):
             path = logdir / f"{name}.log"
             if path.exists():
                 log(f"--- {name}.log (tail)\n{path.read_text()[-2000:]}")
@@ -727,6 +830,7 @@ def main() -> int:
             shutil.copytree(logdir, pathlib.Path(keep), dirs_exist_ok=True)
         shutil.rmtree(work, ignore_errors=True)
     report["loadavg_1m_end"] = loadavg()
+    report["wall_s"] = round(time.monotonic() - t_start, 1)
     (out_dir / "system.json").write_text(json.dumps(report, indent=1))
     print(markdown(report), flush=True)
     log(f"# wrote {out_dir / 'system.json'}")
@@ -800,9 +904,89 @@ def markdown(r: dict) -> str:
               f"{g(sj, 'sync_route', 'ratio_vs_celery_noop')} |",
               f"| POST /v1/jobs flood, completion from Postgres | {g(sj, 'submit_flood', 'jobs_per_s')} | "
               f"{g(sj, 'submit_flood', 'ratio_vs_celery_noop')} |"]
+    lines += ["", "| small jobs: CPU ms per one-text job | worker | API | Postgres | Redis | clients |",
+              "|---|---|---|---|---|---|"]
+    for label, key in (("sync route POST /classify", "sync_route"), ("POST /v1/jobs flood", "submit_flood")):
+        c = g(sj, key, "cpu_ms_per_job", default={})
+        lines.append(f"| {label} | " + " | ".join(str(c.get(k, "-")) for k in ("worker", "api", "postgres", "redis",
+                                                                                "clients")) + " |")
+    lines += ["", targets_table(r, g)]
+    lines += ["", f"loadavg (1 min): start {r.get('loadavg_1m_start')}, end {r.get('loadavg_1m_end')}; "
+              f"wall {r.get('wall_s')} s"]
     if r["errors"]:
         lines += ["", "ERRORS: " + "; ".join(r["errors"])]
     return "\n".join(lines)
+
+
+def targets_table(r: dict, g) -> str:
+    """Issue 11's targets, one row each: the figure, its denominator from this run, the ratio."""
+    sj, noop = r.get("small_jobs", {}), r.get("celery_noop", {})
+    shape = g(sj, "shape", default=None) or next(iter(r["shapes"]), None)
+    v = r["shapes"].get(shape, {}) if shape else {}
+    hol, ten, rs, rec = r.get("hol", {}), r.get("tenants", {}), r.get("resend", {}), r.get("recovery", {})
+    vp = g(v, "engine", "vs_plain_loop", default={})
+    eb = g(v, "sync_concurrent", "engine_batches", default={}) or {}
+
+    def loads(*ds) -> str:
+        xs = [d.get("loadavg_1m") for d in ds if isinstance(d, dict) and d.get("loadavg_1m") is not None]
+        return "/".join(str(x) for x in xs) if xs else "-"
+
+    if rec.get("error"):
+        rec_fig = "error"
+    elif rec.get("recovered"):
+        rec_fig = f"{rec.get('recovery_s')} s ({rec.get('unfinished_at_kill')} jobs unfinished at the kill)"
+    elif rec:
+        rec_fig = f"not recovered in {g(rec, 'cap_s')} s ({g(rec, 'unfinished_at_cap')} of " \
+                  f"{g(rec, 'unfinished_at_kill')} still unfinished)"
+    else:
+        rec_fig = "-"
+    hol_note = " (scaled down)" if hol.get("scaled_down") else ""
+    rows = [
+        ("small one-text jobs end to end (POST /v1/jobs flood, jobs/s)", g(sj, "submit_flood", "jobs_per_s"),
+         f"Celery no-op {g(noop, 'completed_per_s')}/s", g(sj, "submit_flood", "ratio_vs_celery_noop"),
+         ">= 0.5 (aim 1.0)",
+         loads(g(sj, "submit_flood", default={}))),
+        ("  same, sync route POST /classify", g(sj, "sync_route", "jobs_per_s"), "Celery no-op",
+         g(sj, "sync_route", "ratio_vs_celery_noop"), ">= 0.5", loads(g(sj, "sync_route", default={}))),
+        ("worker CPU per one-text job under load (flood; sync route)",
+         f"{g(sj, 'submit_flood', 'cpu_ms_per_job', 'worker')}; {g(sj, 'sync_route', 'cpu_ms_per_job', 'worker')} ms",
+         "-", "-", "<= 1.5 ms", "-"),
+        ("API CPU per small job (flood; sync route)",
+         f"{g(sj, 'submit_flood', 'cpu_ms_per_job', 'api')}; {g(sj, 'sync_route', 'cpu_ms_per_job', 'api')} ms",
+         "-", "-", "<= 2.5 ms", "-"),
+        (f"one-text sync p50 during a {g(hol, 'job_n')}-text job + {g(hol, 'batch_n')}-line batch{hol_note}",
+         f"{g(hol, 'during', 'p50_ms')} ms (n={g(hol, 'during', 'n')})", f"idle p50 {g(hol, 'idle', 'p50_ms')} ms",
+         g(hol, "ratio_p50_vs_idle"), "<= 3", loads(hol)),
+        (f"tenant B one-text p50 while A floods ({g(ten, 'flood', 'a_jobs')} x {g(ten, 'flood', 'a_texts_per_job')} "
+         "texts)", f"{g(ten, 'flood', 'b_during', 'p50_ms')} ms (n={g(ten, 'flood', 'b_during', 'n')})",
+         f"B idle p50 {g(ten, 'flood', 'b_idle', 'p50_ms')} ms", g(ten, "flood", "ratio_p50_vs_idle"), "<= 3",
+         loads(g(ten, "flood", default={}))),
+        (f"two tenants backlogged ({g(ten, 'fair', 'jobs_per_tenant')} x {g(ten, 'fair', 'texts_per_job')} texts "
+         "each, A first): texts done at half the jobs finished",
+         f"A {g(ten, 'fair', 'a_texts_done_mid')} / B {g(ten, 'fair', 'b_texts_done_mid')}", "max of the two",
+         g(ten, "fair", "min_over_max"), ">= 0.8", loads(g(ten, "fair", default={}))),
+        (f"JSONL batch lines/s (N={g(v, 'batch', 'n')})", g(v, "batch", "lines_per_s"),
+         f"engine {g(v, 'engine', 'texts_per_s')}/s", g(v, "batch", "ratio_vs_engine"), ">= 0.8",
+         loads(g(v, "batch", default={}))),
+        (f"one {g(v, 'bulk', 'n')}-text job (bulk), texts/s", g(v, "bulk", "texts_per_s"),
+         f"engine {g(v, 'engine', 'texts_per_s')}/s", g(v, "bulk", "ratio_vs_engine"), ">= 0.9",
+         loads(g(v, "bulk", default={}))),
+        ("engine one-text p50 (in process)", f"{g(vp, 'engine', 'p50_ms')} ms",
+         f"plain tokenize-forward-softmax {g(vp, 'plain', 'p50_ms')} ms", g(vp, "engine_over_plain_p50"), "<= 1",
+         loads(g(v, "engine", default={}))),
+        (f"sequences per batch, {g(v, 'sync_concurrent', 'clients')} one-text callers",
+         g(eb, "sequences_per_batch"), f"{g(eb, 'batches')} batches", "-", "reported",
+         loads(g(v, "sync_concurrent", default={}))),
+        ("kill -9 of a worker, default settings: its jobs finished by another", rec_fig, "-", "-", "<= 60 s",
+         loads(rec)),
+        (f"re-sends in a no-fault run of {g(rs, 'k')} jobs (beat running)",
+         f"{g(rs, 'resends')} (sweeper {g(rs, 'sweeper_resent')}, extra claims {g(rs, 'extra_claims')}, "
+         f"ignored {g(rs, 'redeliveries_ignored')})", "-", "-", "0", loads(rs)),
+    ]
+    out = [f"| issue 11 target (shape {shape}) | figure | denominator (same run) | ratio | target | loadavg 1m |",
+           "|---|---|---|---|---|---|"]
+    out += ["| " + " | ".join(str(x) for x in row) + " |" for row in rows]
+    return "\n".join(out)
 
 
 if __name__ == "__main__":
