@@ -40,19 +40,24 @@ def _events(task, consumer):
     return eventer.send
 
 
-def job_strategy(task, app, consumer, **_):
-    return _strategy(task, consumer, lambda args, kwargs: ("job", args[0], kwargs.get("model")))
+def job_strategy(task, app, consumer, **kwargs):
+    return _strategy(task, app, consumer, kwargs, lambda args, kw: ("job", args[0], kw.get("model")))
 
 
-def chunk_strategy(task, app, consumer, **_):
-    return _strategy(task, consumer, lambda args, kwargs: ("chunk", (args[0], int(args[1])), kwargs.get("model")))
+def chunk_strategy(task, app, consumer, **kwargs):
+    return _strategy(task, app, consumer, kwargs, lambda args, kw: ("chunk", (args[0], int(args[1])), kw.get("model")))
 
 
-def _strategy(task, consumer, parse):
-    send_event = _events(task, consumer)
+def _strategy(task, app, consumer, options, parse):
     scheduler = _scheduler
     if scheduler is None:
-        raise RuntimeError(f"{task.name} needs the worker's scheduler (workers.main.run_worker starts it)")
+        # A worker without engines (the webhooks service) registers every task
+        # but never consumes a model's queue; Celery's own strategy is its
+        # placeholder, and the task body refuses to run.
+        from celery.worker.strategy import default
+
+        return default(task, app, consumer, **options)
+    send_event = _events(task, consumer)
     if send_event is not None:
         def succeeded(task_id: str, held) -> None:
             try:
