@@ -29,9 +29,12 @@ def broker_options(settings: Settings) -> dict:
             "processed_folder": str(folder / "processed"),
             "polling_interval": 0.05,
         }
-    # Redis: a message not acked within this window is delivered again. Keep
-    # it above the longest job so a slow job is not run twice.
-    return {"visibility_timeout": max(3600, settings.running_timeout_s),
+    # Redis: a message not acked within this window is delivered again. A
+    # running job or chunk is protected by its lease (a redelivery finds it
+    # held, is acked and does nothing), so what this brings back that
+    # matters is the few messages a worker died with before it claimed them
+    # (its admission claims within milliseconds): a minute, not an hour.
+    return {"visibility_timeout": 60,
             "socket_timeout": BROKER_SOCKET_TIMEOUT_S, "socket_connect_timeout": BROKER_SOCKET_TIMEOUT_S}
 
 

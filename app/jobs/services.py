@@ -177,17 +177,19 @@ def mark_unsent(session: Session, job_id: uuid.UUID) -> None:
     session.execute(update(Job).where(Job.id == job_id, Job.status == "queued").values(enqueued_at=None))
 
 
-def unsent_jobs(session: Session, requeue_after_s: int, limit: int = 500) -> list[uuid.UUID]:
+def unsent_jobs(session: Session, requeue_after_s: int, drained_models: set[str] = frozenset(),
+                limit: int = 500) -> list[uuid.UUID]:
     """Queued jobs with no message known to be out: the send was refused (enqueued_at NULL),
     or the API died between the commit and the send (a job still queued long after it was
-    sent; a duplicate message of a job that was only waiting is a no-op claim).
+    sent, of one of `drained_models`, whose queues hold no message: its own cannot be waiting).
 
     Running jobs are not here: they are held by leases, and a worker takes
     over a job whose lease lapsed (app/jobs/claims.py).
     """
     stale_send = utcnow() - dt.timedelta(seconds=requeue_after_s)
+    aged = (Job.enqueued_at < stale_send) & Job.model.in_(list(drained_models))
     query = (select(Job.id)
-             .where(Job.status == "queued", Job.enqueued_at.is_(None) | (Job.enqueued_at < stale_send))
+             .where(Job.status == "queued", Job.enqueued_at.is_(None) | aged)
              .order_by(Job.created_at).limit(limit))
     return list(session.scalars(query))
 
