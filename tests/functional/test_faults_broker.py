@@ -142,3 +142,37 @@ def test_a_stopped_broker_is_answered_fast_and_the_first_send_after_its_restart_
     after = submit(api)  # the pooled connections died with the old server; this must not fail
     assert is_sent(api, broker, db, after)
     assert_ready(api, 200)
+
+
+REFUSE_UNSENT = """
+CREATE OR REPLACE FUNCTION poolq_test_refuse_unsent() RETURNS trigger AS $$
+BEGIN
+    RAISE EXCEPTION 'injected: the database fails after the broker did';
+END $$ LANGUAGE plpgsql;
+CREATE TRIGGER poolq_test_refuse_unsent BEFORE UPDATE ON jobs FOR EACH ROW
+    WHEN (OLD.enqueued_at IS NOT NULL AND NEW.enqueued_at IS NULL AND NEW.metadata->>'fault' = 'refuse-unsent')
+    EXECUTE FUNCTION poolq_test_refuse_unsent();
+"""
+
+
+@pytest.fixture
+def unsent_refused(db):
+    """Postgres refuses to flag jobs tagged {"fault": "refuse-unsent"} as unsent; other jobs are untouched."""
+    with db() as session:
+        session.connection().exec_driver_sql(REFUSE_UNSENT)
+        session.commit()
+    yield
+    with db() as session:
+        session.connection().exec_driver_sql("DROP TRIGGER poolq_test_refuse_unsent ON jobs;"
+                                             "DROP FUNCTION poolq_test_refuse_unsent()")
+        session.commit()
+
+
+def test_a_committed_job_is_a_202_even_when_flagging_it_unsent_fails(api, broker, db, unsent_refused):
+    """The broker refuses the send, then the database refuses the bookkeeping: the job exists, so 202."""
+    broker.stop()
+    job_id = submit(api, body={**JOB, "metadata": {"fault": "refuse-unsent"}})
+    with db() as session:
+        job = session.get(Job, uuid.UUID(job_id))
+        # Still flagged as sent: the sweeper resends it once that is older than POOLQ_REQUEUE_AFTER_S.
+        assert job is not None and job.status == "queued" and job.enqueued_at is not None
