@@ -637,18 +637,16 @@ def recovery(ctx, a, model: str) -> dict:
             if not w1_names:
                 break
             time.sleep(0.05)
-        before = {r["id"]: r for r in job_rows(ctx.dbc, ids)}
         killed = kill9(w2)
         t_kill = time.time()
-        at_kill = {i: r for i, r in before.items() if r["status"] not in FINISHED}
+        # read after the kill: the dead worker's rows cannot move any more
+        at_kill = {r["id"]: r for r in job_rows(ctx.dbc, ids) if r["status"] not in FINISHED}
         held = [i for i, r in at_kill.items()
                 if r["status"] == "running" and r["worker"] and r["worker"] not in w1_names]
         ctx.log(f"#   killed worker2 ({killed} processes) {t_kill - t0:.1f} s after the first submit; "
                 f"{len(at_kill)} of {len(ids)} jobs unfinished")
         # every job unfinished at the kill, including those the second worker had reserved or claimed
-        pending = [i for i, r in at_kill.items()]
-        rows_now = job_rows(ctx.dbc, pending) if pending else []
-        pending = [r["id"] for r in rows_now if r["status"] not in FINISHED]
+        pending = list(at_kill)
         deadline = time.monotonic() + a.recovery_cap_s
         ok = wait_all(ctx.dbc, pending, deadline, poll=0.2) if pending else True
         t_end = time.time()
