@@ -34,7 +34,12 @@ def broker_options(settings: Settings) -> dict:
     # held, is acked and does nothing), so what this brings back that
     # matters is the few messages a worker died with before it claimed them
     # (its admission claims within milliseconds): a minute, not an hour.
-    return {"visibility_timeout": 60,
+    return {"visibility_timeout": settings.redeliver_after_s,
+            # kombu scans for such messages every 10 s x 10 (a busy worker) or
+            # every 10th idle poll, under a Redis mutex that a worker killed
+            # mid-scan holds for 300 s: that alone could hold them back five
+            # minutes. A scan is one ZRANGE: every 5 s, and a mutex that lapses.
+            "unacked_restore_interval": 5, "unacked_restore_throttle": 1, "unacked_mutex_expire": 15,
             "socket_timeout": BROKER_SOCKET_TIMEOUT_S, "socket_connect_timeout": BROKER_SOCKET_TIMEOUT_S}
 
 

@@ -2,9 +2,9 @@
 
 The batch runs on a `poolq worker` of its own, on a namespace of its own, so
 killing it never disturbs the shared worker of the other tests. Small chunks
-make the kill land between finished chunks and a running one; a short
-running timeout lets the sweeper (sent here as beat would send it) resend what
-the dead worker held.
+make the kill land between finished chunks and a running one; a short lease
+lets the second worker take over the chunks the dead one held, and the
+sweeper (sent here as beat would send it) resends the chunks it never claimed.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ CHUNK = 50
 
 @pytest.fixture
 def batch_env(deployment_env, namespace):
-    return {**deployment_env, "POOLQ_NAMESPACE": f"{namespace}bkill.", "POOLQ_RUNNING_TIMEOUT_S": "2",
+    return {**deployment_env, "POOLQ_NAMESPACE": f"{namespace}bkill.", "POOLQ_LEASE_S": "2",
             "POOLQ_REQUEUE_AFTER_S": "2", "POOLQ_BATCH_CHUNK_LINES": str(CHUNK),
             "POOLQ_BATCH_PARALLEL_CHUNKS": "2", "POOLQ_MODELS": deployment_env["POOLQ_MODELS"].split(",")[0],
             "POOLQ_WORKER_METRICS_PORT": "0"}  # the shared worker holds the metrics port
@@ -82,7 +82,7 @@ def test_a_batch_survives_its_worker_killed_mid_batch(batch_env, api, db, tmp_pa
 
         second = Worker(env, tmp_path / "second.log")
         second.wait_ready()
-        # Beat's sweep, on a short period: past POOLQ_RUNNING_TIMEOUT_S the dead worker's chunks are resent.
+        # Beat's sweep, on a short period; the chunks the dead worker held are taken over when their lease lapses.
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             batch = api.get(f"/v1/batches/{batch_id}").json

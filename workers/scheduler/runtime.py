@@ -23,6 +23,7 @@ import logging
 import os
 import queue
 import secrets
+import signal
 import socket
 import threading
 import time
@@ -140,6 +141,7 @@ class Scheduler:
             return claimed, started
 
         claimed, started = self._store.transact("claiming jobs", claim)
+        self._failpoint("claimed")
         send_deliveries(self.poolq.celery, started)
         taken = {c.id for c in claimed}
         # The rest: finished, cancelled, deleted, or run by a live worker: redeliveries.
@@ -247,7 +249,9 @@ class Scheduler:
             deliveries = [d for o in won if o.job_id in hooks for d in job_event(session, o.job_id, "completed")]
             return won, deliveries
 
+        self._failpoint("computed")
         won, deliveries = self._store.transact("storing finished jobs", write)
+        self._failpoint("committed")
         won_ids = {o.job_id for o in won}
         self.poolq.events.publish_many([str(i) for i in won_ids])  # wakes synchronous requests
         for held, _ in finished:
@@ -373,6 +377,12 @@ class Scheduler:
             if dispatcher is not None:
                 dispatcher.drop(held)
             self._settle(held)
+
+    def _failpoint(self, step: str) -> None:
+        """Fault tests: die here as a kill -9 would (POOLQ_FAILPOINT)."""
+        if self.settings.failpoint == step:
+            log.error("failpoint %s: killing this worker", step)
+            os.kill(os.getpid(), signal.SIGKILL)
 
     # -- shutdown ----------------------------------------------------------------
     def stop(self, grace_s: float) -> None:

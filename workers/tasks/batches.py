@@ -68,6 +68,7 @@ def sweep_batches(self: PoolqTask) -> int:
     s = self.poolq.settings
     with self.unit_of_work() as session:
         validations, chunks, pumps, finals = closing.overdue(session, s.requeue_after_s)
+        progress.lock_batches(session, [key[0] for key in chunks] + pumps)  # one sorted lock order
         closing.resend_chunks(session, chunks)
         for batch_id in pumps:
             chunks = chunks + progress.pump(session, batch_id, s.batch_parallel_chunks)

@@ -7,7 +7,7 @@ import logging
 from celery import shared_task
 
 from app.celery import EXPIRE_JOBS, SWEEP_JOBS
-from app.batches.retention import expire_files, expire_finished_batches
+from app.batches.retention import delete_orphan_files, expire_files, expire_finished_batches
 from app.jobs import dispatch, lifecycle, services
 from workers.base import PoolqTask
 
@@ -76,7 +76,7 @@ def expire_jobs(self: PoolqTask) -> int:
     files = 0
     while True:
         with self.unit_of_work() as session:
-            deleted = expire_files(session)
+            deleted = expire_files(session) + delete_orphan_files(session)
         files += deleted
         if deleted < 200:
             break
