@@ -7,10 +7,10 @@ this process's threads), against real Postgres and Redis:
 
   api     POST /v1/jobs through Flask's test client (parse, validate,
           INSERT + COMMIT, the Celery send), no HTTP server;
-  claim   the worker's compare-and-set to `running` (one transaction);
-  engine  execution.run: the engine on one text and vLLM's response shape;
-  finish  the final write: status and result in one transaction;
-  publish the completion message a synchronous request waits for.
+  worker  the worker's scheduler on N one-text jobs (claim, tokenize, engine,
+          vLLM's response shape, the final write, the completion message and
+          the ack; everything but the Celery consumer's hand-over), run
+          `alone` (one job at a time) and under `load` (all N at once).
 
     .venv/bin/python bench/job_cost.py            # tiny model (the target-4 shape), N=300
 
@@ -25,6 +25,7 @@ import pathlib
 import secrets
 import sys
 import tempfile
+import threading
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -83,8 +84,9 @@ def run(url: str) -> None:
     from app import create_app
     from app.jobs import services
     from app.tenants.records import DEFAULT_TENANT_ID
-    from workers import execution
     from workers.engines import engine_registry
+    from workers.scheduler.held import Delivery
+    from workers.scheduler.runtime import Scheduler, worker_identity
 
     app = create_app()
     poolq = app.extensions["poolq"]
@@ -98,32 +100,52 @@ def run(url: str) -> None:
     api = time.process_time() - start
 
     model_spec, request = services.parse_job_request(json.loads(body), poolq.served, 1000)
-    with poolq.session_factory() as session:
-        ids = [services.create_job(session, model_spec, request, DEFAULT_TENANT_ID).id for _ in range(N)]
-        session.commit()
-    engine = engine_registry(poolq.settings).get(SHAPE)
-    engine.classify([TEXT])
-    steps = dict.fromkeys(("claim", "engine", "finish", "publish"), 0.0)
-    for job_id in ids:
-        t0 = time.process_time()
+    registry = engine_registry(poolq.settings)
+    registry.get(SHAPE).classify([TEXT])
+    scheduler = Scheduler(poolq, registry, worker_identity("jobcost"), lease_s=30, max_attempts=3)
+    scheduler.start()
+    report = {"shape": SHAPE, "n": N, "cpu_ms_per_job": {"api": per_job_ms(api)}}
+    # The worker's path, all of it in this process: the scheduler claims, tokenizes, batches,
+    # shapes, stores, publishes and acks; only the Celery consumer's share is not here (it
+    # hands each message over and acks it). `alone`: one job at a time, each waited for;
+    # `load`: all N at once, as a backlog or many clients give it.
+    for mode in ("alone", "load"):
         with poolq.session_factory() as session:
-            claimed = services.claim(session, job_id, "bench")
+            ids = [services.create_job(session, model_spec, request, DEFAULT_TENANT_ID).id for _ in range(N)]
             session.commit()
-        t1 = time.process_time()
-        result, tokens = execution.run(engine, claimed, lambda: False)
-        t2 = time.process_time()
-        with poolq.session_factory() as session:
-            services.complete(session, claimed, result, tokens)
-            session.commit()
-        t3 = time.process_time()
-        poolq.events.publish(str(job_id))
-        t4 = time.process_time()
-        for key, seconds in zip(steps, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
-            steps[key] += seconds
-    engine_registry(poolq.settings).close()
-    report = {"shape": SHAPE, "n": N, "cpu_ms_per_job": {"api": per_job_ms(api), **{k: per_job_ms(v) for k, v in steps.items()}}}
-    report["cpu_ms_per_job"]["worker_total"] = round(sum(report["cpu_ms_per_job"][k] for k in steps), 3)
+        acked = Acks(N)
+        start, wall = time.process_time(), time.perf_counter()
+        for job_id in ids:
+            scheduler.receive("job", str(job_id), SHAPE, Delivery(acked, str(job_id)))
+            if mode == "alone":
+                acked.wait_for(acked.count + 1)
+        acked.wait_for(N)
+        cpu, wall = time.process_time() - start, time.perf_counter() - wall
+        report["cpu_ms_per_job"][f"worker_{mode}"] = per_job_ms(cpu)
+        report[f"jobs_per_s_{mode}"] = round(N / wall, 1)
+    stats = registry.get(SHAPE).batch_stats()
+    report["engine_batches"] = stats["batches"]
+    scheduler.stop(0)
+    registry.close()
     print(json.dumps(report))
+
+
+class Acks:
+    """Stands in for the broker messages: counts acks, which come after the commit that stores the job."""
+
+    def __init__(self, n: int):
+        self.count = 0
+        self._cond = threading.Condition()
+
+    def ack(self) -> None:
+        with self._cond:
+            self.count += 1
+            self._cond.notify_all()
+
+    def wait_for(self, n: int) -> None:
+        with self._cond:
+            if not self._cond.wait_for(lambda: self.count >= n, timeout=120):
+                raise RuntimeError(f"only {self.count} of {n} jobs were stored")
 
 
 if __name__ == "__main__":

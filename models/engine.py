@@ -41,10 +41,13 @@ CHUNK = 256
 def batch_defaults(device: torch.device) -> tuple[int, int, float]:
     """(token budget, max sequences, max wait ms) per device kind."""
     if device.type == "cuda":
-        return 16384, 256, 2.0  # TEI's default budget; vLLM's LLM uses 16384 on H100
+        return 16384, 256, 0.0  # TEI's default budget; vLLM's LLM uses 16384 on H100
     # On CPU a bigger batch buys little (no launch overhead to amortize) and
     # pads more; keep batches small so latency stays low.
-    return 4096, 128, 2.0
+    # No wait for company by default: while the device is busy the next batch
+    # fills by itself (the collator is back-pressured), and an idle device
+    # should start at once.
+    return 4096, 128, 0.0
 
 
 def default_tokenizer_processes(device: torch.device) -> int:

@@ -196,3 +196,45 @@ def test_interactive_work_overtakes_a_bulk_backlog(tmp_path):
         assert done["interactive"] - start < (done["bulk"] - start) / 3
     finally:
         engine.close()
+
+
+def test_prepared_slices_in_any_order_equal_the_offline_call(bert, ner):
+    """The scheduling API (prepare, submit slices of many requests at once, finish) gives
+    exactly what the offline methods give."""
+    texts = _texts(37, seed=5)
+    prepared = bert.prepare_classify(texts)
+    assert len(prepared) == 37 and prepared.tokens() == sum(o.num_prompt_tokens for o in bert.classify(texts))
+    tokens = ner.prepare_encode(texts[:9], pooling_task="token_classify")
+    bounds = [(0, 5), (5, 6), (6, 30), (30, 37)]
+    futures = bert.submit([(prepared, b, e, 0) for b, e in reversed(bounds)])[::-1]
+    token_futures = ner.submit([(tokens, 0, 4, 1), (tokens, 4, 9, 1)])
+    outs = prepared.finish([f.result(timeout=30) for f in futures])
+    assert torch.tensor([o.probs for o in outs]) == pytest.approx(torch.tensor([o.probs for o in bert.classify(texts)]), abs=TOL)
+    assert [o.label for o in outs] == [o.label for o in bert.classify(texts)]
+    token_outs = tokens.finish([f.result(timeout=30) for f in token_futures])
+    for out, want in zip(token_outs, ner.encode(texts[:9], pooling_task="token_classify")):
+        assert torch.tensor(out.data) == pytest.approx(torch.tensor(want.data), abs=TOL)
+
+
+def test_a_lone_request_runs_on_the_callers_thread_and_company_goes_to_the_batcher():
+    import threading
+
+    seen = []
+
+    class Runner:
+        def __call__(self, batch):
+            seen.append(threading.current_thread().name)
+            n = batch.input_ids.shape[0]
+            return torch.ones(n, 2), None
+
+    batcher = Batcher(Runner(), torch.device("cpu"), max_batch_tokens=64, max_batch_seqs=8, max_wait_ms=0,
+                      max_len=32)
+    try:
+        ids = torch.arange(1, 7)
+        out = batcher.submit(ids, [3, 3], token=False).result(timeout=10)
+        assert out.shape == (2, 2) and seen == [threading.current_thread().name]
+        both = batcher.submit_many([(ids, [3, 3], False, None, 0), (ids, [6], False, None, 0)])
+        assert [f.result(timeout=10).shape for f in both] == [(2, 2), (1, 2)]
+        assert seen[1:] and all(name == "poolq-device" for name in seen[1:])
+    finally:
+        batcher.close()
