@@ -132,20 +132,6 @@ class ClaimedChunk:
     lines: list[Any]
 
 
-def claim_chunk(session: Session, batch_id: str, index: int) -> ClaimedChunk | None:
-    """pending (or running: its worker died and the message came back) -> running, if the batch still runs."""
-    live = select(Batch.id).where(Batch.id == batch_id, Batch.status == "in_progress").exists()
-    row = session.execute(
-        update(BatchChunk)
-        .where(BatchChunk.batch_id == batch_id, BatchChunk.index == index,
-               BatchChunk.status.in_(("pending", "running")), live)
-        .values(status="running", attempts=BatchChunk.attempts + 1, started_at=utcnow())
-        .returning(BatchChunk.model, BatchChunk.attempts, BatchChunk.lines)).one_or_none()
-    if row is None:
-        return None  # done, cancelled, or its batch stopped: a redelivery, nothing to do
-    return ClaimedChunk(batch_id, index, row.model, row.attempts, row.lines)
-
-
 @dataclass(frozen=True)
 class Stored:
     send: list[ChunkKey]

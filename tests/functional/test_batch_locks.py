@@ -16,7 +16,7 @@ import pytest
 from sqlalchemy import func, select
 
 from app import create_app
-from app.batches import closing, progress
+from app.batches import chunk_leases, closing, progress
 from app.batches.records import Batch, BatchChunk, BatchOutput, File
 from app.batches.retention import delete_orphan_files
 from app.config import Settings
@@ -77,7 +77,7 @@ def test_chunks_of_one_batch_complete_at_once_without_deadlock(api, db):
         claimed = []
         for index in range(chunks):
             with db() as session:
-                claimed.append(progress.claim_chunk(session, batch_id, index))
+                claimed.append(chunk_leases.claim(session, batch_id, index, "test", lease_s=300))
                 session.commit()
         stored: list[progress.Stored] = []
 

@@ -9,7 +9,7 @@ import pytest
 from openai import OpenAI
 from sqlalchemy import func, select, update
 
-from app.batches import closing, progress, services
+from app.batches import chunk_leases, closing, progress, services
 from app.batches.records import Batch, BatchChunk, BatchOutput
 
 FINAL = ("completed", "failed", "expired", "cancelled")
@@ -245,16 +245,21 @@ def test_a_chunk_delivered_twice_writes_its_lines_once(oai, client, db, poolq):
 def test_racing_attempts_of_a_chunk_store_it_once(client, db, poolq):
     batch_id = _validated(db, client, poolq.served, big_batch(3, per_line=1))
     with db() as session:
-        first = progress.claim_chunk(session, batch_id, 0)
+        first = chunk_leases.claim(session, batch_id, 0, "first", lease_s=300)
         session.commit()
-        second = progress.claim_chunk(session, batch_id, 0)  # the message came back while `first` ran
+        assert chunk_leases.claim(session, batch_id, 0, "second", lease_s=300) is None  # held, live
+        # `first`'s worker stopped renewing: its lease lapses (in this transaction, so no
+        # other worker sees it lapsed) and the next claim takes the chunk over.
+        session.execute(update(BatchChunk).where(BatchChunk.batch_id == batch_id)
+                        .values(lease_expires_at=BatchChunk.started_at))
+        second = chunk_leases.claim(session, batch_id, 0, "second", lease_s=300)
         session.commit()
         outputs = [(no, True, json.dumps({"custom_id": cid})) for no, cid, _ in second.lines]
         assert progress.complete_chunk(session, first, outputs, window=0) is None  # an older attempt loses
         assert progress.complete_chunk(session, second, outputs, window=0).finalize
         session.commit()
         assert progress.complete_chunk(session, second, outputs, window=0) is None
-        assert progress.claim_chunk(session, batch_id, 0) is None
+        assert chunk_leases.claim(session, batch_id, 0, "third", lease_s=300) is None
         batch = session.get(Batch, batch_id)
         assert (batch.completed, batch.chunks_done) == (3, 1)
 
@@ -264,7 +269,7 @@ def test_a_batch_past_its_window_expires_and_keeps_what_finished(oai, client, db
 
     batch_id = _validated(db, client, poolq.served, big_batch(12, per_line=1), chunk_lines=4)
     with db() as session:  # one chunk of three finished in time
-        claimed = progress.claim_chunk(session, batch_id, 0)
+        claimed = chunk_leases.claim(session, batch_id, 0, "test", lease_s=300)
         outputs = [(no, True, json.dumps({"custom_id": cid})) for no, cid, _ in claimed.lines]
         progress.complete_chunk(session, claimed, outputs, window=0)
         session.execute(update(Batch).where(Batch.id == batch_id).values(expires_at=Batch.created_at))

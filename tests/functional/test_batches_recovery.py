@@ -21,7 +21,7 @@ from app import create_app
 from app.batches.dispatch import SWEEP_BATCHES
 from app.batches.records import Batch, BatchChunk, BatchOutput
 from app.config import Settings
-from test_recovery import Worker
+from test_recovery import Worker, own_model
 
 LINES = 2400
 CHUNK = 50
@@ -31,7 +31,7 @@ CHUNK = 50
 def batch_env(deployment_env, namespace):
     return {**deployment_env, "POOLQ_NAMESPACE": f"{namespace}bkill.", "POOLQ_LEASE_S": "2",
             "POOLQ_REQUEUE_AFTER_S": "2", "POOLQ_BATCH_CHUNK_LINES": str(CHUNK),
-            "POOLQ_BATCH_PARALLEL_CHUNKS": "2", "POOLQ_MODELS": deployment_env["POOLQ_MODELS"].split(",")[0],
+            "POOLQ_BATCH_PARALLEL_CHUNKS": "2", "POOLQ_MODELS": own_model(deployment_env, "tinybkill"),
             "POOLQ_WORKER_METRICS_PORT": "0"}  # the shared worker holds the metrics port
 
 
@@ -55,7 +55,7 @@ def test_a_batch_survives_its_worker_killed_mid_batch(batch_env, api, db, tmp_pa
     env = {**os.environ, **batch_env}
     custom_ids = [f"line-{i:05d}" for i in range(LINES)]
     content = "".join(json.dumps({"custom_id": cid, "method": "POST", "url": "/classify",
-                                  "body": {"model": "tiny", "input": [f"{cid} is a sentence to classify " * 6] * 2}})
+                                  "body": {"model": "tinybkill", "input": [f"{cid} is a sentence to classify " * 6] * 2}})
                       + "\n" for cid in custom_ids).encode()
     first = Worker(env, tmp_path / "first.log")
     second = None

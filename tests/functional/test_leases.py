@@ -21,7 +21,11 @@ from app.celery import SWEEP_JOBS
 from app.config import Settings
 from app.jobs import claims
 from app.jobs.records import Job, JobResult
-from test_recovery import Worker
+from test_recovery import Worker, own_model
+
+# The tiny model under a name of its own: the suite's shared worker takes over lapsed
+# leases of the models it serves, and must not take these tests' jobs.
+MODEL = "tinylease"
 
 FINISHED = {"succeeded", "failed", "cancelled"}
 
@@ -29,7 +33,7 @@ FINISHED = {"succeeded", "failed", "cancelled"}
 @pytest.fixture
 def lease_env(deployment_env, namespace):
     return {**deployment_env, "POOLQ_NAMESPACE": f"{namespace}lease{uuid.uuid4().hex[:6]}.", "POOLQ_LEASE_S": "2",
-            "POOLQ_REDELIVER_AFTER_S": "5", "POOLQ_MODELS": deployment_env["POOLQ_MODELS"].split(",")[0],
+            "POOLQ_REDELIVER_AFTER_S": "5", "POOLQ_MODELS": own_model(deployment_env, MODEL),
             "POOLQ_WORKER_METRICS_PORT": "0"}  # the shared worker holds the metrics port
 
 
@@ -57,7 +61,7 @@ def workers(lease_env, tmp_path):
 
 
 def submit(api, texts: list[str]) -> str:
-    response = api.post("/v1/jobs", json={"task": "classify", "model": "tiny", "input": texts})
+    response = api.post("/v1/jobs", json={"task": "classify", "model": MODEL, "input": texts})
     assert response.status_code == 202, response.json
     return response.json["id"]
 
@@ -127,11 +131,11 @@ def test_a_lapsed_lease_hands_the_job_over_and_the_old_holders_late_write_is_ref
         [old] = claims.claim(session, [job_id], "old-worker", lease_s=0.05, max_attempts=3)
         session.commit()
     with db() as session:  # a live lease is not taken over
-        assert all(t.id != job_id for t in claims.take_over(session, "new-worker", ["tiny"], 30, 3))
+        assert all(t.id != job_id for t in claims.take_over(session, "new-worker", [MODEL], 30, 3))
         session.rollback()
     time.sleep(0.1)
     with db() as session:
-        taken = claims.take_over(session, "new-worker", ["tiny"], lease_s=30, max_attempts=3)
+        taken = claims.take_over(session, "new-worker", [MODEL], lease_s=30, max_attempts=3)
         session.commit()
     assert [t.id for t in taken] == [job_id] and taken[0].attempt == old.attempt + 1
     late = claims.Outcome(job_id, old.attempt, "succeeded", body={"from": "old"}, prompt_tokens=1)
@@ -154,7 +158,7 @@ def test_a_live_lease_is_not_taken_over(api, db):
         claims.claim(session, [job_id], "live-worker", lease_s=30, max_attempts=3)
         session.commit()
     with db() as session:
-        assert all(t.id != job_id for t in claims.take_over(session, "other", ["tiny"], 30, 3))
+        assert all(t.id != job_id for t in claims.take_over(session, "other", [MODEL], 30, 3))
         assert claims.renew(session, "live-worker", 30) == {job_id}
         session.rollback()
 

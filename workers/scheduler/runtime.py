@@ -141,7 +141,8 @@ class Scheduler:
             return claimed, started
 
         claimed, started = self._store.transact("claiming jobs", claim)
-        self._failpoint("claimed")
+        if claimed:
+            self._failpoint("claimed")
         send_deliveries(self.poolq.celery, started)
         taken = {c.id for c in claimed}
         # The rest: finished, cancelled, deleted, or run by a live worker: redeliveries.
@@ -349,6 +350,8 @@ class Scheduler:
             log.error("failed %d job(s) whose worker was lost on every attempt", len(failed))
             self.poolq.events.publish_many([str(job_id) for job_id, _ in failed])
             send_deliveries(self.poolq.celery, deliveries)
+        if taken:
+            self._failpoint("claimed")
         for c in taken:
             log.warning("took over job %s (attempt %d): its worker stopped renewing its lease", c.id, c.attempt)
             self._hold(Held("job", c.id, c.model, c.tenant_id, work.priority_of(c.request) > 0, c.attempt, c))
