@@ -10,7 +10,6 @@ from celery import Task
 from sqlalchemy.orm import Session
 
 from app import Poolq
-from app.jobs.services import job_status
 
 log = logging.getLogger(__name__)
 
@@ -21,10 +20,6 @@ class PoolqTask(Task):
     @property
     def poolq(self) -> Poolq:
         return self.app.poolq  # set by create_app
-
-    def job_cancelled(self, job_id) -> bool:
-        with self.poolq.session_factory() as session:
-            return job_status(session, job_id) == "cancelled"
 
     @contextmanager
     def unit_of_work(self) -> Iterator[Session]:
