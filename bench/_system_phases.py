@@ -315,6 +315,37 @@ def engine_counters(port: int | None) -> dict[str, dict[str, float]] | None:
     return out
 
 
+def tenant_sequences(port: int | None) -> dict[str, float] | None:
+    """poolq_worker_sequences_total by tenant (summed over models); None where the worker has no such metric."""
+    if not port:
+        return None
+    try:
+        text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
+    except OSError:
+        return None
+    out: dict[str, float] = {}
+    for m in re.finditer(r'^poolq_worker_sequences_total\{([^}]*)\}\s+(\S+)', text, re.M):
+        tenant = re.search(r'tenant="([^"]*)"', m.group(1))
+        key = tenant.group(1) if tenant else ""
+        out[key] = out.get(key, 0.0) + float(m.group(2))
+    return out or None
+
+
+def tenant_texts_at_half(port: int | None, before: dict | None, per_tenant: int, cap_s: float = 600) -> list | None:
+    """Texts each of the two busiest tenants had run when, together, they had run half of both
+    backlogs (2 x per_tenant): [most, least]. None without the worker metric (older workers)."""
+    if before is None:
+        return None
+    deadline = time.monotonic() + cap_s
+    while time.monotonic() < deadline:
+        now = tenant_sequences(port) or {}
+        delta = sorted((now.get(k, 0.0) - (before or {}).get(k, 0.0) for k in now), reverse=True)[:2]
+        if sum(delta) >= per_tenant:
+            return [int(x) for x in delta] + [0] * (2 - len(delta))
+        time.sleep(0.05)
+    return None
+
+
 def counters_delta(before, after, model: str) -> dict | None:
     if before is None or after is None or model not in after:
         return None
@@ -523,11 +554,13 @@ def tenants(ctx, a, model: str) -> dict:
         # 2. both backlogged on identical work
         fair_texts = [ctx.big_texts[i % len(ctx.big_texts)] for i in range(a.fair_n)]
         body = job_body(model, fair_texts)
+        before_tenants = tenant_sequences(ctx.metrics_port)
         t0 = time.time()
         ids_a = submit_jobs(port, [body] * a.fair_jobs, key=key_a, threads=8)
         t_a_sub = time.time()
         ids_b = submit_jobs(port, [body] * a.fair_jobs, key=key_b, threads=8)
         t_b_sub = time.time()
+        half_texts = tenant_texts_at_half(ctx.metrics_port, before_tenants, a.fair_jobs * a.fair_n)
         ok = wait_all(ctx.dbc, ids_a + ids_b, time.monotonic() + a.tenant_cap_s, poll=0.1)
         rows = job_rows(ctx.dbc, ids_a + ids_b)
         set_a = set(ids_a)
@@ -547,6 +580,11 @@ def tenants(ctx, a, model: str) -> dict:
                          "min_over_max": round(min(na, nb) / max(na, nb), 3) if max(na, nb) else None,
                          "a_last_finished_s": round(max((t for t, is_a in fin if is_a), default=t0) - t0, 3),
                          "b_last_finished_s": round(max((t for t, is_a in fin if not is_a), default=t0) - t0, 3)})
+        if half_texts:
+            # Texts, not whole jobs: a scheduler that runs each tenant's jobs side by side finishes
+            # them together at the end, so counting finished jobs says little about the share.
+            fair["texts_run_by_tenant_at_half"] = half_texts
+            fair["texts_min_over_max"] = round(min(half_texts) / max(half_texts), 3) if max(half_texts) else None
         fair["loadavg_1m"] = ctx.loadavg()
         res["fair"] = fair
         return res

@@ -791,7 +791,7 @@ def main() -> int:
         ctx = types.SimpleNamespace(
             port=port, env=env, logdir=logdir, dbc=dbc, meter=meter, Proc=Proc, wait_ready=wait_ready,
             free_port=free_port, lat_summary=lat_summary, pct=pct, loadavg=loadavg, log=log, texts=texts,
-            big_texts=None, cleanup=cleanup, procs={}, root=ROOT, beat_info=None)
+            big_texts=None, cleanup=cleanup, procs={}, root=ROOT, beat_info=None, metrics_port=metrics_port)
         s = a.small_shape
         for name, fn in (("hol", phases.hol), ("tenants", phases.tenants), ("resend", phases.resend),
                          ("recovery", phases.recovery)):
@@ -965,6 +965,9 @@ def targets_table(r: dict, g) -> str:
          "each, A first): texts done at half the jobs finished",
          f"A {g(ten, 'fair', 'a_texts_done_mid')} / B {g(ten, 'fair', 'b_texts_done_mid')}", "max of the two",
          g(ten, "fair", "min_over_max"), ">= 0.8", loads(g(ten, "fair", default={}))),
+        ("  same, texts run by each tenant when half of both backlogs had run (worker metric)",
+         " / ".join(str(x) for x in g(ten, "fair", "texts_run_by_tenant_at_half", default=[])) or "-",
+         "max of the two", g(ten, "fair", "texts_min_over_max"), ">= 0.8", loads(g(ten, "fair", default={}))),
         (f"JSONL batch lines/s (N={g(v, 'batch', 'n')})", g(v, "batch", "lines_per_s"),
          f"engine {g(v, 'engine', 'texts_per_s')}/s", g(v, "batch", "ratio_vs_engine"), ">= 0.8",
          loads(g(v, "batch", default={}))),

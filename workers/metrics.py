@@ -15,6 +15,9 @@ from prometheus_client.core import CounterMetricFamily, REGISTRY
 log = logging.getLogger(__name__)
 
 JOBS_RUN = Counter("poolq_worker_jobs_total", "Jobs this worker finished.", ["model", "task", "outcome"])
+# The scheduler's fair share, visible: sequences run per tenant (a tenant id per label value).
+SEQUENCES_RUN = Counter("poolq_worker_sequences_total", "Sequences this worker ran through its engine, by tenant.",
+                        ["model", "tenant"])
 JOB_SECONDS = Histogram("poolq_worker_job_seconds", "Time from claim to final write.", ["model"],
                         buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
 

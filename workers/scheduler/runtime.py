@@ -51,6 +51,35 @@ def worker_identity(hostname: str | None = None) -> str:
     return f"{hostname or socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
 
 
+# Up to this many prompts a job is prepared and shaped on the scheduler's own threads.
+SMALL = 32
+
+
+def _small(request: dict) -> bool:
+    items = request.get("input", request.get("documents", request.get("data_2", ())))
+    return not isinstance(items, list) or len(items) <= SMALL
+
+
+def _small_work(held: Held) -> bool:
+    """A job of a few sequences (or one that failed before it had any): shaped and stored
+    in the interactive lanes."""
+    if held.kind != "job":
+        return False
+    return held.prepared is None or sum(len(u) for u in held.prepared.units) <= SMALL
+
+
+def _own_sessions(poolq):
+    """The scheduler's sessions: its own pool, without a ping per checkout. Every transaction
+    is retried on a connection error anyway (store.py), on a fresh connection, so a ping
+    would only add a round trip to each of them."""
+    from app.db import make_engine, make_session_factory
+
+    if poolq.settings.embedded_database:
+        return poolq.session_factory  # one SQLite file: one engine per process
+    return make_session_factory(make_engine(poolq.settings.database_url, pool_pre_ping=False, pool_size=6,
+                                            max_overflow=4))
+
+
 def _drain(q: queue.SimpleQueue, first, limit: int = 10_000) -> list:
     items = [first]
     while len(items) < limit:
@@ -73,16 +102,22 @@ class Scheduler:
         self.heartbeat_s = heartbeat_s or max(0.5, lease_s / 3)
         self.cancel_check_s = cancel_check_s
         self._stopping = threading.Event()
-        self._store = Store(poolq.session_factory, self._stopping.is_set)
+        self._store = Store(_own_sessions(poolq), self._stopping.is_set)
         self._lock = threading.Lock()
         self._held: dict[object, Held] = {}
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
+        # Two write lanes: storing a 20k-text result or a batch chunk takes a while,
+        # and a one-text job finished meanwhile must not wait behind it.
         self._finished: queue.SimpleQueue = queue.SimpleQueue()
+        self._finished_bulk: queue.SimpleQueue = queue.SimpleQueue()
         self._prepare = ThreadPoolExecutor(max_workers=prepare_threads, thread_name_prefix="poolq-prepare")
         self._finish = ThreadPoolExecutor(max_workers=1, thread_name_prefix="poolq-finish")
         self._dispatchers: dict[str, Dispatcher] = {}
         self._threads = [threading.Thread(target=self._admit_loop, name="poolq-admit", daemon=True),
-                         threading.Thread(target=self._write_loop, name="poolq-write", daemon=True),
+                         threading.Thread(target=self._write_loop, args=(self._finished,), name="poolq-write",
+                                          daemon=True),
+                         threading.Thread(target=self._write_loop, args=(self._finished_bulk,),
+                                          name="poolq-write-bulk", daemon=True),
                          threading.Thread(target=self._heartbeat_loop, name="poolq-heartbeat", daemon=True)]
 
     def start(self) -> None:
@@ -93,7 +128,11 @@ class Scheduler:
                 spec.name, engine, self._complete,
                 # A slice is a quarter of a batch: a big job takes several slices
                 # per batch, so others' work fits in the same batch beside it.
-                slice_tokens=max(1, tokens // 4), inflight_tokens=2 * tokens, max_slice_seqs=engine.max_batch_seqs)
+                slice_tokens=max(1, tokens // 4), max_slice_seqs=engine.max_batch_seqs,
+                # On a GPU a second batch waits collated while one runs, so the device
+                # never idles; on a CPU there is no launch to hide, and a newcomer
+                # waits for one batch less.
+                inflight_tokens=(2 if engine.device.type == "cuda" else 1) * tokens + tokens // 4)
         for thread in self._threads:
             thread.start()
         log.info("scheduler %s: lease %.0f s, renewed every %.1f s, at most %d attempts", self.identity,
@@ -170,7 +209,12 @@ class Scheduler:
                 previous.deliveries.extend(held.deliveries)
                 return
             self._held[held.key] = held
-        self._prepare.submit(self._prepare_one, held)
+        if held.kind == "job" and _small(held.payload.request):
+            # A few prompts tokenize in well under a millisecond: here, not behind a
+            # big job's tokenization and not at the cost of a thread hand-off.
+            self._prepare_one(held)
+        else:
+            self._prepare.submit(self._prepare_one, held)
 
     def _prepare_one(self, held: Held) -> None:
         try:
@@ -187,8 +231,12 @@ class Scheduler:
 
     # -- finishing -------------------------------------------------------------
     def _complete(self, held: Held) -> None:
-        """All of the work's outputs are back (or it failed): shape it off the dispatcher's thread."""
-        self._finish.submit(self._finish_one, held)
+        """All of the work's outputs are back (or it failed): shape it off the dispatcher's thread,
+        unless it is small enough that the hand-off would cost more than the shaping."""
+        if _small_work(held):
+            self._finish_one(held)
+        else:
+            self._finish.submit(self._finish_one, held)
 
     def _finish_one(self, held: Held) -> None:
         with self._lock:
@@ -205,7 +253,7 @@ class Scheduler:
             log.exception("shaping the outputs of %s %s failed", held.kind, held.key)
             held.error, result = exc, None
         held.parts = []  # the raw outputs are not needed any more
-        self._finished.put((held, result))
+        (self._finished if _small_work(held) else self._finished_bulk).put((held, result))
 
     def _outcome(self, held: Held, body) -> claims.Outcome:
         job = held.payload
@@ -222,15 +270,15 @@ class Scheduler:
         return claims.Outcome(job.id, held.attempt, "failed", error=error)
 
     # -- the group write ---------------------------------------------------------
-    def _write_loop(self) -> None:
+    def _write_loop(self, finished: queue.SimpleQueue) -> None:
         while True:
             try:
-                first = self._finished.get(timeout=0.5)
+                first = finished.get(timeout=0.5)
             except queue.Empty:
                 if self._stopping.is_set() and not self._busy():
                     return
                 continue
-            batch = _drain(self._finished, first, limit=1000)
+            batch = _drain(finished, first, limit=1000)
             try:
                 self._write([(h, r) for h, r in batch if h.kind == "job"])
                 for held, rows in batch:
