@@ -69,7 +69,9 @@ def celery_init_app(app: Flask, settings: Settings) -> Celery:
         task_send_sent_event=settings.task_events and settings.task_sent_events,
         worker_hijack_root_logger=False,
         beat_schedule={
-            "sweep-jobs": {"task": SWEEP_JOBS, "schedule": 30.0, "options": {"queue": settings.maintenance_queue}},
+            # Cheap (an indexed query and a queue length per model), and it bounds how
+            # long a job whose message was lost waits: POOLQ_REQUEUE_AFTER_S + this.
+            "sweep-jobs": {"task": SWEEP_JOBS, "schedule": 10.0, "options": {"queue": settings.maintenance_queue}},
             "expire-jobs": {"task": EXPIRE_JOBS, "schedule": 3600.0, "options": {"queue": settings.maintenance_queue}},
             "sweep-webhooks": {"task": SWEEP_WEBHOOKS, "schedule": 15.0, "options": {"queue": webhook_queue(settings)}},
             "sweep-batches": {"task": SWEEP_BATCHES, "schedule": 30.0, "options": {"queue": settings.maintenance_queue}},

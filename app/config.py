@@ -93,7 +93,7 @@ class Settings:
     # commit and send, or a worker between the broker's pop and its record of
     # the delivery) is sent again after this long, but only while its
     # model's queue is empty, so a message still waiting is never doubled.
-    requeue_after_s: int = 60
+    requeue_after_s: int = 30
     # Leases: a worker holds its running jobs and chunks for this long and
     # renews them every third of it; a lease that lapsed (its worker died) is
     # taken over by another worker at its next heartbeat.
@@ -107,7 +107,7 @@ class Settings:
     # Redis gives a message back this long after its delivery if it is still
     # unacked. Held work is protected by its lease; this bounds how long the
     # messages a dead worker received but never claimed wait.
-    redeliver_after_s: int = 60
+    redeliver_after_s: int = 30
     # Fault tests only: the worker SIGKILLs itself at this step of the group
     # path (claimed | computed | committed); empty in any real deployment.
     failpoint: str = ""
@@ -211,12 +211,12 @@ class Settings:
             port=_int(env, "POOLQ_PORT") or 8000,
             allow_pickle_weights=_bool(env, "POOLQ_ALLOW_PICKLE_WEIGHTS"),
             trust_remote_code=_bool(env, "POOLQ_TRUST_REMOTE_CODE"),
-            requeue_after_s=_int(env, "POOLQ_REQUEUE_AFTER_S") or 60,
+            requeue_after_s=_int(env, "POOLQ_REQUEUE_AFTER_S") or 30,
             lease_s=_float(env, "POOLQ_LEASE_S") or 15.0,
             max_attempts=_int(env, "POOLQ_MAX_ATTEMPTS") or 3,
             max_jobs_in_flight=_int(env, "POOLQ_MAX_JOBS_IN_FLIGHT") or 2048,
             shutdown_grace_s=_float(env, "POOLQ_SHUTDOWN_GRACE_S") if env.get("POOLQ_SHUTDOWN_GRACE_S") else 30.0,
-            redeliver_after_s=_int(env, "POOLQ_REDELIVER_AFTER_S") or 60,
+            redeliver_after_s=_int(env, "POOLQ_REDELIVER_AFTER_S") or 30,
             failpoint=env.get("POOLQ_FAILPOINT", ""),
             max_request_bytes=_int(env, "POOLQ_MAX_REQUEST_BYTES") or 256 * 1024 * 1024,
             task_events=_bool(env, "POOLQ_TASK_EVENTS", default=True),

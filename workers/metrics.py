@@ -18,6 +18,9 @@ JOBS_RUN = Counter("poolq_worker_jobs_total", "Jobs this worker finished.", ["mo
 # The scheduler's fair share, visible: sequences run per tenant (a tenant id per label value).
 SEQUENCES_RUN = Counter("poolq_worker_sequences_total", "Sequences this worker ran through its engine, by tenant.",
                         ["model", "tenant"])
+# How much each group transaction covers: the scheduler's batching of bookkeeping.
+GROUP_JOBS = Histogram("poolq_worker_group_jobs", "Jobs per group transaction (claim, finish).", ["kind"],
+                       buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1024))
 JOB_SECONDS = Histogram("poolq_worker_job_seconds", "Time from claim to final write.", ["model"],
                         buckets=(0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300))
 

@@ -117,3 +117,16 @@ def test_an_idle_tenant_saves_up_no_credit():
     policy.add(unit("a2", tenant="a", n=100, tokens=10))
     first = [s.unit.tenant for s in policy.next_slices(400)]
     assert first.count("a") <= first.count("b") + 1
+
+
+def test_preparation_takes_tenants_in_turn_and_interactive_work_first():
+    from workers.scheduler.fairqueue import FairQueue
+
+    queue = FairQueue()
+    for i in range(3):
+        queue.put(False, "a", f"a{i}")  # a's three jobs arrived first
+    queue.put(True, "b", "b-chunk")
+    queue.put(False, "b", "b0")
+    order = [queue.get(timeout=0.1) for _ in range(5)]
+    assert order == ["a0", "b0", "a1", "a2", "b-chunk"]
+    assert queue.get(timeout=0.01) is None

@@ -31,6 +31,7 @@ class Dispatcher:
         self._on_complete = on_complete
         self._policy = Policy(slice_tokens, max_slice_seqs)
         self._room = inflight_tokens
+        self._batch_tokens = engine.max_batch_tokens
         self._inflight = 0  # tokens submitted to the engine and not yet back
         self._held: dict[object, Held] = {}  # work with units in the policy or slices in the engine
         self._events: queue.SimpleQueue = queue.SimpleQueue()
@@ -101,6 +102,11 @@ class Dispatcher:
     def _fill(self) -> None:
         room = self._room - self._inflight
         if room <= 0 or not len(self._policy):
+            return
+        if self._inflight and room < self._batch_tokens:
+            # Busy: wait until a whole batch's worth is free, then hand it over at
+            # once. Refilled slice by slice as they come back, the collator would
+            # take each alone and the device would run part-empty batches.
             return
         slices = self._policy.next_slices(room)
         submits, owners = [], []

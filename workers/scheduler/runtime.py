@@ -37,9 +37,10 @@ from app.jobs import claims
 from app.jobs.dispatch import send_job
 from app.webhooks.dispatch import send_deliveries
 from app.webhooks.services import job_event
-from workers.metrics import JOB_SECONDS, JOBS_RUN
+from workers.metrics import GROUP_JOBS, JOB_SECONDS, JOBS_RUN
 from workers.scheduler import work
 from workers.scheduler.dispatch import Dispatcher
+from workers.scheduler.fairqueue import FairQueue
 from workers.scheduler.held import Delivery, Held, State
 from workers.scheduler.store import Store
 
@@ -110,7 +111,7 @@ class Scheduler:
         # and a one-text job finished meanwhile must not wait behind it.
         self._finished: queue.SimpleQueue = queue.SimpleQueue()
         self._finished_bulk: queue.SimpleQueue = queue.SimpleQueue()
-        self._prepare = ThreadPoolExecutor(max_workers=prepare_threads, thread_name_prefix="poolq-prepare")
+        self._preparing = FairQueue()
         self._finish = ThreadPoolExecutor(max_workers=1, thread_name_prefix="poolq-finish")
         self._dispatchers: dict[str, Dispatcher] = {}
         self._threads = [threading.Thread(target=self._admit_loop, name="poolq-admit", daemon=True),
@@ -119,6 +120,8 @@ class Scheduler:
                          threading.Thread(target=self._write_loop, args=(self._finished_bulk,),
                                           name="poolq-write-bulk", daemon=True),
                          threading.Thread(target=self._heartbeat_loop, name="poolq-heartbeat", daemon=True)]
+        self._threads += [threading.Thread(target=self._prepare_loop, name=f"poolq-prepare-{i}", daemon=True)
+                          for i in range(prepare_threads)]
 
     def start(self) -> None:
         for spec in self.settings.models:
@@ -129,10 +132,9 @@ class Scheduler:
                 # A slice is a quarter of a batch: a big job takes several slices
                 # per batch, so others' work fits in the same batch beside it.
                 slice_tokens=max(1, tokens // 4), max_slice_seqs=engine.max_batch_seqs,
-                # On a GPU a second batch waits collated while one runs, so the device
-                # never idles; on a CPU there is no launch to hide, and a newcomer
-                # waits for one batch less.
-                inflight_tokens=(2 if engine.device.type == "cuda" else 1) * tokens + tokens // 4)
+                # A second batch waits collated while one runs, so the device never
+                # idles between them; everything else waits here, in the policy's order.
+                inflight_tokens=2 * tokens)
         for thread in self._threads:
             thread.start()
         log.info("scheduler %s: lease %.0f s, renewed every %.1f s, at most %d attempts", self.identity,
@@ -180,6 +182,7 @@ class Scheduler:
             return claimed, started
 
         claimed, started = self._store.transact("claiming jobs", claim)
+        GROUP_JOBS.labels("claim").observe(len(jobs))
         if claimed:
             self._failpoint("claimed")
         send_deliveries(self.poolq.celery, started)
@@ -214,9 +217,17 @@ class Scheduler:
             # big job's tokenization and not at the cost of a thread hand-off.
             self._prepare_one(held)
         else:
-            self._prepare.submit(self._prepare_one, held)
+            self._preparing.put(held.bulk, held.tenant, held)
+
+    def _prepare_loop(self) -> None:
+        while not self._stopping.is_set():
+            held = self._preparing.get(timeout=0.5)
+            if held is not None:
+                self._prepare_one(held)
 
     def _prepare_one(self, held: Held) -> None:
+        if held.state is not State.PREPARING:
+            return  # cancelled or taken over while it waited
         try:
             engine = self.engines.get(held.model)
             if held.kind == "job":
@@ -300,6 +311,7 @@ class Scheduler:
 
         self._failpoint("computed")
         won, deliveries = self._store.transact("storing finished jobs", write)
+        GROUP_JOBS.labels("finish").observe(len(outcomes))
         self._failpoint("committed")
         won_ids = {o.job_id for o in won}
         self.poolq.events.publish_many([str(i) for i in won_ids])  # wakes synchronous requests
