@@ -117,3 +117,52 @@ def test_while_the_database_is_down_answers_are_fast_503s(api, database):
 def job_count(database) -> int:
     with psycopg.connect(f"{database.server}/poolq") as conn:
         return conn.execute("SELECT count(*) FROM jobs").fetchone()[0]
+
+
+def test_a_postgres_restart_fails_no_job_in_the_worker(deployment_env, namespace, database, tmp_path):
+    """A worker's claims, heartbeats, cancel checks and group writes meet a dead pooled
+    connection after the restart: each is retried until the database is back, and every
+    job, the multi-slice one included, succeeds once."""
+    import os
+    import uuid
+
+    from sqlalchemy import func, select
+
+    from app.jobs.records import Job, JobResult
+    from test_recovery import Worker
+
+    env = {**deployment_env, "POOLQ_DATABASE_URL": database.url, "POOLQ_NAMESPACE": f"{namespace}fdbw.",
+           "POOLQ_MODELS": deployment_env["POOLQ_MODELS"].split(",")[0], "POOLQ_WORKER_METRICS_PORT": "0"}
+    app = create_app(Settings.from_env(env))
+    client = app.test_client()
+    client.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {database.key}"
+    worker = Worker({**os.environ, **env}, tmp_path / "worker.log")
+    try:
+        worker.wait_ready()
+        big = client.post("/v1/jobs", json={"task": "classify", "model": "tiny",
+                                            "input": [f"sentence {i} to classify" for i in range(8000)]}).json["id"]
+        deadline = time.monotonic() + 60
+        while client.get(f"/v1/jobs/{big}").json["status"] != "running" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        smalls = [client.post("/v1/jobs", json=JOB).json["id"] for _ in range(10)]
+        database.restart()  # the worker's pooled connections all die
+        more = [client.post("/v1/jobs", json=JOB).json["id"] for _ in range(5)]
+        ids = [big, *smalls, *more]
+        engine = make_engine(database.url)
+        sessions = make_session_factory(engine)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            with sessions() as session:
+                statuses = dict(session.execute(select(Job.id, Job.status).where(
+                    Job.id.in_([uuid.UUID(i) for i in ids]))).all())
+            if all(s in ("succeeded", "failed", "cancelled") for s in statuses.values()):
+                break
+            time.sleep(0.2)
+        assert set(statuses.values()) == {"succeeded"}, statuses
+        with sessions() as session:
+            assert session.scalar(select(func.count()).select_from(JobResult).where(
+                JobResult.job_id.in_([uuid.UUID(i) for i in ids]))) == len(ids)
+            assert session.get(Job, uuid.UUID(big)).attempts == 1  # never taken over: no lease lapsed
+        engine.dispose()
+    finally:
+        worker.stop()

@@ -182,6 +182,30 @@ def test_cancel_stops_a_running_job_at_its_next_slice(api, workers, db):
     assert job["status"] == "cancelled" and job["result"] is None
 
 
+def test_a_running_job_whose_row_is_deleted_stops_at_its_next_slice(api, workers, db):
+    """The API refuses to delete an unfinished job (cancel first), but its row can still go
+    while it runs (its tenant removed: ON DELETE CASCADE): the worker stops and writes nothing."""
+    from sqlalchemy import delete
+
+    worker = workers()
+    worker.wait_ready()
+    job_id = submit(api, [f"a sentence to classify, number {i} " * 4 for i in range(20000)])
+    deadline = time.monotonic() + 60
+    while api.get(f"/v1/jobs/{job_id}").json["status"] != "running" and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)
+    with db() as session:
+        session.execute(delete(Job).where(Job.id == uuid.UUID(job_id)))
+        session.commit()
+    deadline = time.monotonic() + 10
+    while f"job {job_id} is no longer ours" not in worker.log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert f"job {job_id} is no longer ours" in worker.log.read_text()
+    after = submit(api, ["right after the delete"])
+    assert wait_all(db, [after], timeout=30)[after].status == "succeeded"
+    assert results_per_job(db, [job_id]) == {}
+
+
 def test_sigterm_finishes_within_the_grace_and_gives_the_rest_back(api, workers, db):
     first = workers(POOLQ_SHUTDOWN_GRACE_S="1")
     first.wait_ready()
