@@ -163,7 +163,9 @@ def test_a_live_lease_is_not_taken_over(api, db):
         session.rollback()
 
 
-def test_cancel_stops_a_running_job_at_its_next_slice(api, workers, db):
+def stop_a_running_job(api, workers, db, stop) -> str:
+    """A big job running on a worker of its own; `stop(job_id)` takes it away; the worker must
+    drop it within seconds and go on serving. Returns the job id."""
     worker = workers()
     worker.wait_ready()
     job_id = submit(api, [f"a sentence to classify, number {i} " * 4 for i in range(20000)])
@@ -171,13 +173,21 @@ def test_cancel_stops_a_running_job_at_its_next_slice(api, workers, db):
     while api.get(f"/v1/jobs/{job_id}").json["status"] != "running" and time.monotonic() < deadline:
         time.sleep(0.02)
     time.sleep(0.3)  # slices are in the engine
-    assert api.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
+    stop(job_id)
     deadline = time.monotonic() + 10
-    while "is no longer ours" not in worker.log.read_text() and time.monotonic() < deadline:
+    while f"job {job_id} is no longer ours" not in worker.log.read_text() and time.monotonic() < deadline:
         time.sleep(0.05)
     assert f"job {job_id} is no longer ours" in worker.log.read_text()
-    after = submit(api, ["right after the cancel"])
+    after = submit(api, ["right after it stopped"])
     assert wait_all(db, [after], timeout=30)[after].status == "succeeded"
+    return job_id
+
+
+def test_cancel_stops_a_running_job_at_its_next_slice(api, workers, db):
+    def cancel(job_id: str) -> None:
+        assert api.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
+
+    job_id = stop_a_running_job(api, workers, db, cancel)
     job = api.get(f"/v1/jobs/{job_id}").json
     assert job["status"] == "cancelled" and job["result"] is None
 
@@ -187,22 +197,12 @@ def test_a_running_job_whose_row_is_deleted_stops_at_its_next_slice(api, workers
     while it runs (its tenant removed: ON DELETE CASCADE): the worker stops and writes nothing."""
     from sqlalchemy import delete
 
-    worker = workers()
-    worker.wait_ready()
-    job_id = submit(api, [f"a sentence to classify, number {i} " * 4 for i in range(20000)])
-    deadline = time.monotonic() + 60
-    while api.get(f"/v1/jobs/{job_id}").json["status"] != "running" and time.monotonic() < deadline:
-        time.sleep(0.02)
-    time.sleep(0.3)
-    with db() as session:
-        session.execute(delete(Job).where(Job.id == uuid.UUID(job_id)))
-        session.commit()
-    deadline = time.monotonic() + 10
-    while f"job {job_id} is no longer ours" not in worker.log.read_text() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert f"job {job_id} is no longer ours" in worker.log.read_text()
-    after = submit(api, ["right after the delete"])
-    assert wait_all(db, [after], timeout=30)[after].status == "succeeded"
+    def delete_row(job_id: str) -> None:
+        with db() as session:
+            session.execute(delete(Job).where(Job.id == uuid.UUID(job_id)))
+            session.commit()
+
+    job_id = stop_a_running_job(api, workers, db, delete_row)
     assert results_per_job(db, [job_id]) == {}
 
 
