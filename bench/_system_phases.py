@@ -81,20 +81,25 @@ def probe(port: int, model: str, texts: list[str], key: str | None = None, n: in
     i = 0
     try:
         while (n is None or i < n) and not (stop is not None and stop.is_set()):
-            text = texts[(offset + i) % len(texts)]
             t_wall, t = time.time(), time.perf_counter()
-            status, body = h.request("POST", "/classify", {"model": model, "input": text})
-            if status == 202:
-                job = wait_job(h, body["id"], time.monotonic() + cap_s)
-                if job["status"] != "succeeded":
-                    raise RuntimeError(f"probe job {job['status']}: {job.get('error')}")
-            elif status != 200:
-                raise RuntimeError(f"/classify {status}: {str(body)[:300]}")
+            status = probe_once(h, model, texts[(offset + i) % len(texts)], cap_s)
             out.append((t_wall, time.perf_counter() - t, status))
             i += 1
     finally:
         h.close()
     return out
+
+
+def probe_once(h, model: str, text: str, cap_s: float) -> int:
+    """One one-text POST /classify, a 202 polled to the end; its status, or an error."""
+    status, body = h.request("POST", "/classify", {"model": model, "input": text})
+    if status == 202:
+        job = wait_job(h, body["id"], time.monotonic() + cap_s)
+        if job["status"] != "succeeded":
+            raise RuntimeError(f"probe job {job['status']}: {job.get('error')}")
+    elif status != 200:
+        raise RuntimeError(f"/classify {status}: {str(body)[:300]}")
+    return status
 
 
 def probe_open(port: int, model: str, texts: list[str], stop: threading.Event, interval: float,
@@ -120,14 +125,7 @@ def probe_open(port: int, model: str, texts: list[str], stop: threading.Event, i
                     return
                 i, t_wall, t = item
                 try:
-                    text = texts[(offset + i) % len(texts)]
-                    status, body = h.request("POST", "/classify", {"model": model, "input": text})
-                    if status == 202:
-                        job = wait_job(h, body["id"], time.monotonic() + cap_s)
-                        if job["status"] != "succeeded":
-                            raise RuntimeError(f"probe job {job['status']}: {job.get('error')}")
-                    elif status != 200:
-                        raise RuntimeError(f"/classify {status}: {str(body)[:300]}")
+                    status = probe_once(h, model, texts[(offset + i) % len(texts)], cap_s)
                     with lock:
                         out.append((t_wall, time.perf_counter() - t, status))
                 except Exception as exc:  # noqa: BLE001

@@ -42,13 +42,12 @@ def batch_defaults(device: torch.device) -> tuple[int, int, float]:
     """(token budget, max sequences, max wait ms) per device kind."""
     if device.type == "cuda":
         return 16384, 256, 0.0  # TEI's default budget; vLLM's LLM uses 16384 on H100
-    # On CPU a bigger batch buys little (no launch overhead to amortize) and
-    # pads more; keep batches small so latency stays low.
     # No wait for company by default: while the device is busy the next batch
     # fills by itself (the collator is back-pressured), and an idle device
     # should start at once. Smaller batches than a GPU's: a CPU gains little
-    # from a big one (tiny model, texts/s at 1k / 2k / 4k tokens: 2248 / 2708 /
-    # 2927), while a newcomer waits for the batches ahead of it.
+    # from a big one (no launch to amortize, more padding; tiny model, texts/s
+    # at 1k / 2k / 4k tokens: 2248 / 2708 / 2927), while a newcomer waits for
+    # the batches ahead of it.
     return 2048, 128, 0.0
 
 

@@ -29,9 +29,10 @@ from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.orm import Session
 
 from app.db.base import utcnow
-from app.jobs.records import Job, JobResult
+from app.jobs.records import JobResult
+from app.jobs.services import JOBS_TABLE
 
-JOBS = Job.__table__
+JOBS = JOBS_TABLE
 RESULTS = JobResult.__table__
 _c = JOBS.c
 

@@ -36,7 +36,7 @@ class Held:
     deliveries: list[Delivery] = field(default_factory=list)
     state: State = State.PREPARING
     since: float = field(default_factory=time.monotonic)
-    prepared: Any = None  # work.Prepared once tokenized
+    prepared: Any = None  # work.Plan once tokenized
     answered: list = field(default_factory=list)  # chunk lines refused at preparation
     parts: list[dict[int, Any]] = field(default_factory=list)  # per unit: slice begin -> raw outputs
     remaining: int = 0  # sequences not yet back from the engine

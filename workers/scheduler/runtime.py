@@ -103,7 +103,7 @@ class Scheduler:
         self.heartbeat_s = heartbeat_s or max(0.5, lease_s / 3)
         self.cancel_check_s = cancel_check_s
         self._stopping = threading.Event()
-        self._store = Store(_own_sessions(poolq), self._stopping.is_set)
+        self._store = Store(_own_sessions(poolq))
         self._lock = threading.Lock()
         self._held: dict[object, Held] = {}
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()

@@ -28,9 +28,8 @@ def transient(exc: BaseException) -> bool:
 
 
 class Store:
-    def __init__(self, session_factory: sessionmaker[Session], stopping: Callable[[], bool] = lambda: False):
+    def __init__(self, session_factory: sessionmaker[Session]):
         self._sessions = session_factory
-        self._stopping = stopping
 
     def transact(self, what: str, work: Callable[[Session], T], max_wait_s: float = 2.0,
                  give_up_after_s: float | None = None) -> T:

@@ -31,7 +31,7 @@ BULK_PRIORITY = 1
 
 
 @dataclass
-class Prepared:
+class Plan:
     """Units to schedule (models.prepared.Prepared) and how their outputs become the result."""
 
     units: list
@@ -44,10 +44,10 @@ def priority_of(request: dict[str, Any]) -> int:
 
 # -- jobs -------------------------------------------------------------------
 
-def prepare_job(engine, model: str, request: dict[str, Any]) -> Prepared:
+def prepare_job(engine, model: str, request: dict[str, Any]) -> Plan:
     """One unit; the result is the response body the matching vLLM route answers with."""
     unit, shape = _plan(engine, model, request)
-    return Prepared([unit], lambda outputs: shape(outputs[0]))
+    return Plan([unit], lambda outputs: shape(outputs[0]))
 
 
 def _plan(engine, model: str, req: dict[str, Any]):
@@ -125,7 +125,7 @@ def encode_base64(data, embed_dtype: str, endianness: str) -> str:
 
 # -- batch chunks -----------------------------------------------------------
 
-def prepare_chunk(engine, model: str, lines: list) -> tuple[Prepared, list[tuple[int, bool, str]]]:
+def prepare_chunk(engine, model: str, lines: list) -> tuple[Plan, list[tuple[int, bool, str]]]:
     """[[line_no, custom_id, request], ...] -> the units to run, and the lines already answered
     (their input was refused). The result of `finish` is [(line_no, ok, output line)]."""
     groups: dict[str, list] = {}
@@ -154,7 +154,7 @@ def prepare_chunk(engine, model: str, lines: list) -> tuple[Prepared, list[tuple
     def finish(outputs: list[list]) -> list[tuple[int, bool, str]]:
         return [row for shape, outs in zip(shapers, outputs) for row in shape(outs)]
 
-    return Prepared(units, finish), answered
+    return Plan(units, finish), answered
 
 
 def chunk_error_lines(lines: list, exc: BaseException) -> list[tuple[int, bool, str]]:
