@@ -102,7 +102,9 @@ def worker_process(deployment_env, api_url, tmp_path_factory):
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             raise RuntimeError(f"worker exited with {proc.returncode}:\n{log_path.read_text()}")
-        if "ready." in log_path.read_text():
+        text = log_path.read_text()
+        # Celery's own "ready." line, or poolq's "worker ... ready: <models> loaded" where Celery's is quieted.
+        if "ready." in text or " ready: " in text:
             break
         time.sleep(0.2)
     else:
