@@ -10,6 +10,7 @@ from flask import Flask
 from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.broker import redis_client_url
 from app.celery import celery_init_app
 from app.config import Settings
 from app.db import make_engine, make_session_factory
@@ -17,6 +18,7 @@ from app.db.request import init_request_sessions
 from app.errors import register_error_handlers
 from app.jobs.admission import Admission
 from app.jobs.events import job_events
+from app.logs import init_request_log_context
 from app.metrics import init_metrics
 from app.served import ServedModels
 from app.tenants.auth import init_auth
@@ -64,7 +66,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         session_factory=make_session_factory(db_engine),
         request_session_factory=make_session_factory(request_engine),
         celery=celery,
-        events=job_events(settings.broker_url, settings.namespace),
+        events=job_events(redis_client_url(settings.broker_url), settings.namespace),
         admission=Admission(settings.max_queued_jobs, settings.tenant_max_queued_jobs),
     )
     app.extensions["poolq"] = poolq
@@ -72,6 +74,7 @@ def create_app(settings: Settings | None = None) -> Flask:
     init_request_sessions(app)
     register_error_handlers(app)
     init_auth(app, settings.auth_required)
+    init_request_log_context(app, access_log=settings.access_log)
     init_metrics(app)
 
     from app.batches.routes import bp as batches_bp

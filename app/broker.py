@@ -16,6 +16,20 @@ BROKER_SOCKET_TIMEOUT_S = 1.5
 BROKER_SEND_BUDGET_S = 1.0
 
 
+REDIS_SCHEMES = ("redis://", "rediss://", "redis+socket://")
+
+
+def is_redis(broker_url: str) -> bool:
+    return broker_url.startswith(REDIS_SCHEMES)
+
+
+def redis_client_url(broker_url: str) -> str:
+    """The broker URL as redis-py spells it: kombu's `redis+socket:///path` is redis-py's `unix:///path`."""
+    if broker_url.startswith("redis+socket://"):
+        return "unix://" + broker_url[len("redis+socket://"):]
+    return broker_url
+
+
 def send_policy(budget_s: float = BROKER_SEND_BUDGET_S) -> dict:
     """A `retry_policy` for send_task: retry on a fresh connection until `budget_s` has gone by.
 

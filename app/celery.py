@@ -16,20 +16,7 @@ EXPIRE_JOBS = "poolq.expire_jobs"
 
 
 def broker_options(settings: Settings) -> dict:
-    if settings.embedded_broker:
-        # The embedded broker is a folder of message files shared by the API
-        # and worker processes. Polling it often keeps a lone job's latency low.
-        folder = settings.broker_folder
-        for sub in ("queue", "control", "processed"):
-            (folder / sub).mkdir(parents=True, exist_ok=True)
-        return {
-            "data_folder_in": str(folder / "queue"),
-            "data_folder_out": str(folder / "queue"),
-            "control_folder": str(folder / "control"),
-            "processed_folder": str(folder / "processed"),
-            "polling_interval": 0.05,
-        }
-    # Redis: a message not acked within this window is delivered again. A
+    # A message not acked within this window is delivered again. A
     # running job or chunk is protected by its lease (a redelivery finds it
     # held, is acked and does nothing), so what this brings back that
     # matters is the few messages a worker died with before it claimed them

@@ -2,8 +2,9 @@
 
 Nothing reads `os.environ` at import time; `Settings.from_env()` is called by
 the entry points (CLI, wsgi, Celery app) and the object is injected from there.
-The defaults give the embedded mode: a SQLite file and a filesystem broker
-under POOLQ_HOME, so `poolq up` needs no external service.
+The defaults give the embedded mode: a SQLite file under POOLQ_HOME and a
+Redis that `poolq up` starts on a unix socket there, so `poolq up` needs no
+external service and runs the production broker code.
 """
 
 from __future__ import annotations
@@ -164,15 +165,12 @@ class Settings:
 
     @property
     def embedded_broker(self) -> bool:
-        return self.broker_url.startswith("filesystem://")
+        """The broker is the Redis `poolq up` starts under POOLQ_HOME (none was configured)."""
+        return self.broker_url == embedded_broker_url(self.home)
 
     @property
     def auth_required(self) -> bool:
         return self.auth == "required"
-
-    @property
-    def broker_folder(self) -> Path:
-        return self.home / "broker"
 
     def with_models(self, specs: tuple[ModelSpec, ...]) -> Settings:
         return replace(self, models=specs)
@@ -199,7 +197,7 @@ class Settings:
         settings = cls(
             home=home,
             database_url=_database_url(env.get("POOLQ_DATABASE_URL") or env.get("DATABASE_URL"), home),
-            broker_url=env.get("POOLQ_BROKER_URL") or env.get("REDIS_URL") or "filesystem://",
+            broker_url=env.get("POOLQ_BROKER_URL") or env.get("REDIS_URL") or embedded_broker_url(home),
             models=parse_models(env.get("POOLQ_MODELS", "").split(",")),
             device=env.get("POOLQ_DEVICE") or None,
             max_batch_tokens=_int(env, "POOLQ_MAX_BATCH_TOKENS"),
@@ -246,6 +244,22 @@ def _webhook_settings(env: Mapping[str, str]) -> WebhookSettings:
     from app.webhooks.settings import webhook_settings
 
     return webhook_settings(env)
+
+
+def embedded_redis_socket(home: Path) -> Path:
+    """Where the embedded Redis listens. A unix socket path must fit in 108 bytes; a deep
+    POOLQ_HOME gets one under /tmp instead, named after the home so it stays one per home."""
+    path = home.absolute() / "redis.sock"
+    if len(str(path)) < 100:
+        return path
+    import hashlib
+
+    return Path("/tmp") / f"poolq-{hashlib.sha256(str(home.absolute()).encode()).hexdigest()[:16]}.sock"
+
+
+def embedded_broker_url(home: Path) -> str:
+    # kombu's spelling of a Redis unix socket (redis-py's is unix://; app.broker converts).
+    return f"redis+socket://{embedded_redis_socket(home)}"
 
 
 def _database_url(url: str | None, home: Path) -> str:

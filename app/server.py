@@ -2,10 +2,28 @@
 
 from __future__ import annotations
 
+import logging
+
 from gunicorn.app.base import BaseApplication
+from gunicorn.glogging import Logger
 
 from app import create_app
 from app.config import Settings
+
+log = logging.getLogger(__name__)
+
+
+class _RootLogger(Logger):
+    """gunicorn's lines through poolq's handler (text or JSON), not gunicorn's own format."""
+
+    def setup(self, cfg) -> None:
+        # Before gunicorn sets its own: app.logs keeps its boot lines ("Booting worker",
+        # "Listening at") out of INFO, and serve() says where the API listens.
+        level = logging.getLogger("gunicorn.error").getEffectiveLevel()
+        super().setup(cfg)
+        self.error_log.handlers = []
+        self.error_log.propagate = True
+        self.error_log.setLevel(level)
 
 
 class _Gunicorn(BaseApplication):
@@ -29,8 +47,10 @@ def serve(settings: Settings, workers: int = 2, threads: int = 32) -> None:
         "worker_class": "gthread",
         "threads": threads,
         "timeout": 120,
-        # One line per request costs real throughput at thousands of requests/s.
-        "accesslog": "-" if settings.access_log else None,
-        "loglevel": "info",
+        # POOLQ_ACCESS_LOG is poolq's own line per request (app.logs), with the request's ids.
+        "accesslog": None,
+        "logger_class": _RootLogger,
     }
+    log.info("API on http://%s:%d (gunicorn: %d process(es) x %d threads)", settings.host, settings.port, workers,
+             threads)
     _Gunicorn(settings, options).run()

@@ -38,7 +38,11 @@ class EngineRegistry:
 
     def preload(self) -> None:
         for spec in self._settings.models:
-            self.get(spec.name)
+            engine = self.get(spec.name)
+            # One short forward pays the first call's one-time costs (kernel selection, allocator
+            # growth, the tokenizer's first use) here, so the first job after /ready says ready is
+            # as fast as the second.
+            engine.encode(["poolq warm-up"], pooling_task=engine.supported_tasks[0])
 
     def close(self) -> None:
         with self._lock:

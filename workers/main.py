@@ -21,7 +21,10 @@ def run_worker(settings: Settings, beat: bool = False, preload: bool = True, nam
     flask_app = create_app(settings)
     celery = flask_app.extensions["celery"]
     import workers.tasks  # noqa: F401  (registers the tasks with this app)
+    from workers import task_logs
     from workers.engines import engine_registry
+
+    task_logs.install()
 
     if settings.worker_metrics_port:
         from workers.metrics import serve_worker_metrics
@@ -47,6 +50,7 @@ def run_worker(settings: Settings, beat: bool = False, preload: bool = True, nam
     # so the prefetch, not the threads, bounds the work a worker holds.
     celery.conf.worker_prefetch_multiplier = max(1, settings.max_jobs_in_flight // settings.worker_threads)
     argv = [
+        "--quiet",  # no banner: the lines above and below say what it has and does
         "worker",
         "--pool=threads",
         f"--concurrency={settings.worker_threads}",
@@ -58,11 +62,34 @@ def run_worker(settings: Settings, beat: bool = False, preload: bool = True, nam
     ]
     if beat:
         argv += ["--beat", f"--schedule={settings.home / 'celerybeat-schedule'}"]
+    announce_loaded_models(settings, name, engine_registry(settings))
     log.info("worker %s consuming %s", name, ", ".join(queues))
     try:
         celery.worker_main(argv)
     finally:
         scheduler.stop(0)
+
+
+def announce_loaded_models(settings: Settings, name: str, engines) -> None:
+    """Tell the API (/ready) which models this worker serves loaded, once it consumes: a job
+    sent after /ready said so waits for no model load. Without preload, only those loaded."""
+    from celery.signals import worker_ready, worker_shutting_down
+
+    from app.system.loaded_models import Announcer
+
+    announcer: list[Announcer] = []
+
+    @worker_ready.connect(weak=False)
+    def _announce(**_kwargs):
+        models = sorted(engines.loaded())
+        announcer.append(Announcer(settings.broker_url, settings.namespace, name, models))
+        announcer[0].start()
+        log.info("worker %s ready: %s loaded", name, ", ".join(models) or "no model")
+
+    @worker_shutting_down.connect(weak=False)
+    def _withdraw(**_kwargs):
+        for a in announcer:
+            a.stop()
 
 
 def start_scheduler(poolq, celery, engines):
@@ -116,7 +143,17 @@ def run_webhook_worker(settings: Settings, threads: int = 16) -> None:
     flask_app = create_app(settings)
     celery = flask_app.extensions["celery"]
     import workers.tasks  # noqa: F401
+    from workers import task_logs
 
+    task_logs.install()
     name = f"poolq-webhooks@{socket.gethostname()}"
-    celery.worker_main(["worker", "--pool=threads", f"--concurrency={threads}", f"--queues={webhook_queue(settings)}",
-                        f"--hostname={name}", "--without-mingle", "--without-gossip", "--loglevel=INFO"])
+    celery.worker_main(["--quiet", "worker", "--pool=threads", f"--concurrency={threads}",
+                        f"--queues={webhook_queue(settings)}", f"--hostname={name}", "--without-mingle",
+                        "--without-gossip", "--loglevel=INFO"])
+
+
+def run_beat(settings: Settings) -> None:
+    """Celery beat: the sweepers and schedules (exactly one per deployment)."""
+    celery = create_app(settings).extensions["celery"]
+    log.info("beat started (schedule file %s)", settings.home / "celerybeat-schedule")
+    celery.start(argv=["--quiet", "beat", f"--schedule={settings.home / 'celerybeat-schedule'}"])

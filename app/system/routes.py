@@ -8,6 +8,7 @@ from flask import Blueprint, current_app, jsonify
 from sqlalchemy import text
 
 from app.db.request import db_session
+from app.system.loaded_models import LoadedModels
 
 bp = Blueprint("system", __name__)
 
@@ -22,6 +23,8 @@ def health():
 def ready():
     poolq = current_app.extensions["poolq"]
     checks = {"database": _check_database(), "broker": _check_broker(poolq.celery)}
+    # Ready means a job sent now runs without waiting for a model to load.
+    checks["models"] = _check_models(poolq) if checks["broker"] == "ok" else "unknown: no broker"
     ok = all(v == "ok" for v in checks.values())
     response = jsonify({"status": "ready" if ok else "unavailable", "checks": checks})
     response.status_code = 200 if ok else 503
@@ -43,6 +46,18 @@ def _check_database() -> str:
         return "ok"
     except Exception as exc:
         return f"error: {type(exc).__name__}"
+
+
+def _check_models(poolq) -> str:
+    reader = current_app.extensions.get("poolq.loaded_models")
+    if reader is None:
+        reader = current_app.extensions["poolq.loaded_models"] = LoadedModels(poolq.settings.broker_url,
+                                                                              poolq.settings.namespace)
+    try:
+        missing = reader.missing([m.name for m in poolq.served])
+    except Exception as exc:
+        return f"error: {type(exc).__name__}"
+    return f"loading: {', '.join(missing)}" if missing else "ok"
 
 
 def _check_broker(celery) -> str:

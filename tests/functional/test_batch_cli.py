@@ -14,7 +14,7 @@ from sqlalchemy import select
 
 from app import create_app
 from app.batches import progress, services
-from app.cli_batch import Progress
+from app.cli.batch import Progress
 from app.db import make_engine, make_session_factory
 from app.tenants.records import Tenant
 
@@ -110,8 +110,8 @@ def test_cancel(poolq_batch, tmp_path, api_url, api_keys, settings, pg_url, work
 def test_http_errors_exit_non_zero_with_the_servers_message(poolq_batch, tmp_path):
     source = tmp_path / "in.jsonl"
     write_lines(source, 1)
-    wrong = poolq_batch("submit", str(source), "--endpoint", "/nope")
-    assert wrong.returncode == 1 and "HTTP 400" in wrong.stderr and "endpoint must be one of" in wrong.stderr
+    wrong = poolq_batch("submit", str(source), "--endpoint", "/nope")  # a usage error: refused before any upload
+    assert wrong.returncode == 2 and "'/nope' is not one of" in wrong.stderr
     unauthorized = poolq_batch("list", "--api-key", "pq_wrong_key")
     assert unauthorized.returncode == 1 and "HTTP 401" in unauthorized.stderr
     unreachable = poolq_batch("status", "batch_x", "--url", "http://127.0.0.1:9")
@@ -122,21 +122,29 @@ def test_http_errors_exit_non_zero_with_the_servers_message(poolq_batch, tmp_pat
 
 def test_the_progress_line_has_done_total_rate_and_eta():
     stream = io.StringIO()
-    bar = Progress(stream, interactive=True)
+    bar = Progress(stream, interactive=True, now=100.0)
     batch = {"id": "batch_x", "status": "in_progress", "request_counts": {"total": 1000, "completed": 0, "failed": 0}}
     bar.draw(batch, now=100.0)
     batch["request_counts"].update(completed=240, failed=10)
     bar.draw(batch, now=105.0)
     bar.close()
     frames = stream.getvalue().split("\r")
-    assert "0/1000" in frames[1] and "ETA --:--" in frames[1]
-    assert "250/1000  25%" in frames[2] and "50.0 lines/s" in frames[2] and "ETA 0:15" in frames[2]
+    assert "0/1000" in frames[1]
+    assert "250/1000  25%" in frames[2] and "50.00 lines/s" in frames[2] and "ETA 00:15" in frames[2]
     assert frames[2].endswith("\n")
+
+
+def test_a_batch_done_between_two_polls_shows_its_rate():
+    stream = io.StringIO()
+    bar = Progress(stream, interactive=False, now=100.0)
+    bar.draw({"id": "batch_x", "status": "completed", "request_counts": {"total": 1200, "completed": 1200,
+                                                                         "failed": 0}}, now=100.5)
+    assert "1200/1200 100%" in stream.getvalue() and "2400.00 lines/s" in stream.getvalue()
 
 
 def test_without_a_terminal_progress_writes_a_line_per_tenth_and_status_change():
     stream = io.StringIO()  # not a TTY
-    bar = Progress(stream)
+    bar = Progress(stream, now=100.0)
     batch = {"id": "batch_x", "status": "in_progress", "request_counts": {"total": 100, "completed": 0, "failed": 0}}
     for done in range(0, 101):
         batch["request_counts"]["completed"] = done

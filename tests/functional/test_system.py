@@ -6,16 +6,19 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 
 def test_health(client):
     assert client.get("/health").status_code == 200
 
 
-def test_ready_checks_database_and_broker(client):
-    response = client.get("/ready")
+def test_ready_checks_database_broker_and_loaded_models(client, worker_process):
+    deadline = time.monotonic() + 15  # the worker announces its models just after it says "ready."
+    while (response := client.get("/ready")).status_code != 200 and time.monotonic() < deadline:
+        time.sleep(0.2)
     assert response.status_code == 200, response.text
-    assert response.json()["checks"] == {"database": "ok", "broker": "ok"}
+    assert response.json()["checks"] == {"database": "ok", "broker": "ok", "models": "ok"}
 
 
 def test_ready_is_503_when_the_broker_is_down(tmp_path, pg_url):

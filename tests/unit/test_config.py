@@ -12,7 +12,7 @@ from app.config import ModelSpec, Settings, SettingsError, parse_models
 def test_defaults_are_the_embedded_mode(tmp_path):
     settings = Settings.from_env({"POOLQ_HOME": str(tmp_path)})
     assert settings.database_url == f"sqlite:///{tmp_path / 'poolq.db'}"
-    assert settings.broker_url == "filesystem://"
+    assert settings.broker_url == f"redis+socket://{tmp_path / 'redis.sock'}"
     assert settings.embedded_database and settings.embedded_broker
     assert settings.models == ()
     assert (settings.host, settings.port) == ("127.0.0.1", 8000)
@@ -66,10 +66,18 @@ def test_webhook_settings_are_part_of_settings():
     from app.webhooks.settings import STANDARD_RETRY_SCHEDULE
 
     assert Settings.from_env({}).webhooks.retry_schedule == STANDARD_RETRY_SCHEDULE
-    assert Settings(Path("/tmp"), "sqlite://", "filesystem://").webhooks.allowed_hosts == frozenset()
+    assert Settings(Path("/tmp"), "sqlite://", "redis://127.0.0.1:6379/0").webhooks.allowed_hosts == frozenset()
     settings = Settings.from_env({"POOLQ_WEBHOOK_ALLOWLIST": "hooks.internal,10.0.0.0/8",
                                   "POOLQ_WEBHOOK_RETRY_SCHEDULE": "0,1", "POOLQ_WEBHOOK_READ_TIMEOUT_S": "3"})
     assert settings.webhooks.allowed_hosts == frozenset({"hooks.internal"})
     assert settings.webhooks.retry_schedule == (0.0, 1.0) and settings.webhooks.read_timeout_s == 3.0
     with pytest.raises(SettingsError, match="POOLQ_WEBHOOK_READ_TIMEOUT_S"):
         Settings.from_env({"POOLQ_WEBHOOK_READ_TIMEOUT_S": "soon"})
+
+
+def test_a_deep_home_gets_its_redis_socket_under_tmp(tmp_path):
+    deep = tmp_path / ("d" * 120)
+    settings = Settings.from_env({"POOLQ_HOME": str(deep)})
+    socket = settings.broker_url.removeprefix("redis+socket://")
+    assert socket.startswith("/tmp/poolq-") and len(socket) < 100 and settings.embedded_broker
+    assert Settings.from_env({"POOLQ_HOME": str(deep)}).broker_url == settings.broker_url  # one per home

@@ -8,6 +8,7 @@ from celery import shared_task
 
 from app.celery import EXPIRE_JOBS, SWEEP_JOBS
 from app.batches.retention import delete_orphan_files, expire_files, expire_finished_batches
+from app.broker import is_redis
 from app.jobs import dispatch, lifecycle, services
 from workers.base import PoolqTask
 
@@ -41,7 +42,7 @@ def _models_with_empty_queues(celery, settings) -> set[str]:
     length is 0). Where that cannot be read, none: an aged job is then re-sent only if its
     send is known to have failed."""
     models = [spec.name for spec in settings.models]
-    if not settings.broker_url.startswith(("redis://", "rediss://", "unix://")):
+    if not is_redis(settings.broker_url):
         return set()
     try:
         with celery.connection_for_write() as conn:

@@ -14,9 +14,7 @@ from typing import Any
 
 import click
 
-from app.cli_http import API, connection_options
-
-ENDPOINTS = ("/classify", "/pooling", "/score", "/v1/score", "/rerank", "/v1/rerank", "/v2/rerank")
+from app.cli.http import API, ENDPOINTS, connection_options
 
 
 def _call(url: str | None, api_key: str | None, method: str, path: str, **kwargs) -> Any:
@@ -77,7 +75,7 @@ def schedules() -> None:
 
 
 @schedules.command("create")
-@click.option("--name", required=True)
+@click.option("--name", required=True, help="A name to recognize it by.")
 @click.option("--cron", required=True, help='Five fields on the zone\'s wall clock, e.g. "0 2 * * *", or @daily.')
 @click.option("--tz", "timezone", default="UTC", show_default=True, help="IANA time zone, e.g. Europe/Paris.")
 @click.option("--endpoint", required=True, type=click.Choice(ENDPOINTS), help="The route each line runs on.")
@@ -85,12 +83,14 @@ def schedules() -> None:
 @click.option("--revision", default=None, help="Must equal the served model's revision (checked at each firing).")
 @click.option("--file", "file_id", default=None, help="Source: an uploaded batch input file id.")
 @click.option("--select-model", default=None, help="Source: past jobs that ran on this model.")
-@click.option("--select-task", type=click.Choice(("classify", "token_classify", "score", "rerank")), default=None)
+@click.option("--select-task", type=click.Choice(("classify", "token_classify", "score", "rerank")), default=None,
+              help="Source: past jobs of this task.")
 @click.option("--select-status", type=click.Choice(("queued", "running", "succeeded", "failed", "cancelled")),
-              default=None)
+              default=None, help="Source: past jobs in this status.")
 @click.option("--select-since", default=None, help="Past jobs created this long before each firing: 24h, 7d, …")
 @click.option("--select-metadata", multiple=True, help="KEY=VALUE the past jobs carry; repeatable.")
-@click.option("--completion-window", default="24h", show_default=True)
+@click.option("--completion-window", default="24h", show_default=True,
+              help="Each batch's completion window: 24h, or <N>s|m|h|d up to 7 days.")
 @click.option("--metadata", multiple=True, help="KEY=VALUE for each batch's metadata; repeatable.")
 @click.option("--paused", is_flag=True, help="Create it paused.")
 @_options

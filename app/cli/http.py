@@ -11,6 +11,10 @@ import os
 import click
 import requests
 
+# The routes a batch line or a schedule may run on (the API checks them too; checked here
+# first, so a typo costs no upload).
+ENDPOINTS = ("/classify", "/pooling", "/score", "/v1/score", "/rerank", "/v1/rerank", "/v2/rerank")
+
 
 def default_url() -> str:
     return f"http://{os.environ.get('POOLQ_HOST', '127.0.0.1')}:{os.environ.get('POOLQ_PORT', '8000')}"

@@ -17,9 +17,10 @@ from pathlib import Path
 from typing import Any
 
 import click
+from tqdm import tqdm
 
-from app.cli_http import API as BaseAPI
-from app.cli_http import connection_options
+from app.cli.http import API as BaseAPI
+from app.cli.http import ENDPOINTS, connection_options
 
 FINAL = ("completed", "failed", "expired", "cancelled")
 
@@ -45,12 +46,11 @@ def batch() -> None:
 
 @batch.command("submit")
 @click.argument("file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
-@click.option("--endpoint", required=True, help="The lines' route: /classify, /pooling, /score, /v1/score, "
-              "/rerank, /v1/rerank or /v2/rerank.")
+@click.option("--endpoint", required=True, type=click.Choice(ENDPOINTS), help="The route every line runs on.")
 @click.option("--model", default=None, help="Run every line on this model (sets each line's body.model).")
 @click.option("--window", "completion_window", default="24h", show_default=True,
               help="Completion window: 24h, or <N>s|m|h|d up to 7 days.")
-@click.option("--metadata", multiple=True, metavar="KEY=VALUE", help="Repeatable.")
+@click.option("--metadata", multiple=True, metavar="KEY=VALUE", help="A metadata pair for the batch; repeatable.")
 @click.option("--webhook", default=None, help="Called (signed) when the batch ends.")
 @click.option("--wait", is_flag=True, help="Show progress until the batch ends, then download its output.")
 @click.option("--output", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -67,6 +67,8 @@ def submit(file: Path, endpoint, model, completion_window, metadata, webhook, wa
             raise click.BadParameter(f"{item!r} is not KEY=VALUE", param_hint="--metadata")
         meta[key] = value
     content = file.read_bytes()
+    if not content.strip():
+        raise click.BadParameter(f"{file} is empty: a batch needs at least one line", param_hint="FILE")
     if model:
         content = _with_model(content, model)
     api = _api(url, api_key)
@@ -103,36 +105,30 @@ def _with_model(content: bytes, model: str) -> bytes:
 
 
 class Progress:
-    """A status line on stderr: done/total, rate, ETA.
+    """A status line on stderr, drawn by tqdm: done/total, rate, ETA.
 
-    On a terminal it is redrawn in place with \\r. Elsewhere (a log file, CI)
-    carriage returns would pile up into one unreadable line, so a new line is
-    written only when the status changes or another tenth of the work is done.
+    The rate counts from when the watch started (the batch had done nothing
+    then), so a batch that finishes between two polls still shows how fast it
+    went. On a terminal the line is redrawn in place with \\r; elsewhere (a log
+    file, CI) carriage returns would pile up into one unreadable line, so a new
+    line is written only when the status changes or another tenth is done.
     """
 
-    WIDTH = 30
+    BAR_FORMAT = "{desc} [{bar:30}] {n_fmt}/{total_fmt} {percentage:3.0f}% {rate_fmt} ETA {remaining}"
 
-    def __init__(self, stream=None, interactive: bool | None = None):
+    def __init__(self, stream=None, interactive: bool | None = None, now: float | None = None):
         self.stream = stream or sys.stderr
         self.interactive = self.stream.isatty() if interactive is None else interactive
-        self.start: tuple[float, int] | None = None  # (time, done) when work was first seen
+        self.started = time.monotonic() if now is None else now
         self.last_len = 0
         self.last_step: tuple[str, int] | None = None  # non-interactive: what the last line showed
 
     def render(self, batch: dict[str, Any], now: float) -> str:
         counts = batch["request_counts"]
         done, total = counts["completed"] + counts["failed"], counts["total"]
-        if self.start is None and batch["status"] != "validating":
-            self.start = (now, done)
-        rate = 0.0
-        if self.start is not None and now > self.start[0]:
-            rate = (done - self.start[1]) / (now - self.start[0])
-        filled = int(self.WIDTH * done / total) if total else 0
-        bar = "#" * filled + "-" * (self.WIDTH - filled)
-        percent = f"{100 * done / total:3.0f}%" if total else "  -%"
-        eta = _duration((total - done) / rate) if rate > 0 and total else "--:--"
-        return (f"{batch['id']} {batch['status']:<11} [{bar}] {done}/{total} {percent} "
-                f"{rate:.1f} lines/s ETA {eta}")
+        return tqdm.format_meter(done, total or None, max(now - self.started, 1e-3),
+                                 prefix=f"{batch['id']} {batch['status']:<11}", unit=" lines", ascii="-#",
+                                 bar_format=self.BAR_FORMAT)
 
     def draw(self, batch: dict[str, Any], now: float | None = None) -> None:
         text = self.render(batch, time.monotonic() if now is None else now)
@@ -153,12 +149,6 @@ class Progress:
         if self.interactive and self.last_len:
             self.stream.write("\n")
             self.stream.flush()
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(seconds + 0.5)
-    hours, rest = divmod(seconds, 3600)
-    return f"{hours}:{rest // 60:02d}:{rest % 60:02d}" if hours else f"{rest // 60}:{rest % 60:02d}"
 
 
 def _watch(api: API, batch_id: str, poll: float) -> dict[str, Any]:
@@ -244,7 +234,7 @@ def cancel(batch_id, url, api_key) -> None:
 
 
 @batch.command("list")
-@click.option("--limit", type=click.IntRange(1, 100), default=20, show_default=True)
+@click.option("--limit", type=click.IntRange(1, 100), default=20, show_default=True, help="How many batches.")
 @connection_options
 def list_(limit, url, api_key) -> None:
     """The newest batches, one a line."""
