@@ -87,7 +87,9 @@ def init_metrics(app: Flask) -> None:
         scratch = CollectorRegistry()
         scratch.register(backlog)
         output += generate_latest(scratch)
-        return Response(output, mimetype=CONTENT_TYPE_LATEST)
+        # content_type, not mimetype: CONTENT_TYPE_LATEST already names its charset,
+        # and Flask appends one to a mimetype ("charset=utf-8; charset=utf-8").
+        return Response(output, content_type=CONTENT_TYPE_LATEST)
 
 
 def job_accepted(model: str, task: str) -> None:

@@ -37,6 +37,11 @@ def test_api_metrics_count_requests_jobs_and_the_backlog(api_url, client):
     assert value(after, "poolq_http_request_seconds_count", route="/v1/jobs/<job_id>") >= 1
 
 
+def test_metrics_content_type_names_its_charset_once(api_url):
+    content_type = requests.get(f"{api_url}/metrics", timeout=10).headers["Content-Type"]
+    assert content_type.startswith("text/plain; version=") and content_type.count("charset=utf-8") == 1
+
+
 def test_backlog_gauge_reports_queued_jobs(deployment_env, api_keys, api_url):
     from app import create_app
     from app.config import Settings
