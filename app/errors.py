@@ -1,8 +1,9 @@
 """vLLM's error shape for every failure: {"error": {message, type, param, code}}.
 
 The HTTP status always equals `code`. Types follow vLLM 0.33's mapping
-(reference §2): BadRequestError, NotFoundError, "Bad Request" for body
-validation errors, and so on.
+(reference §2): BadRequestError, NotFoundError, and so on; body validation
+errors, which vLLM types "Bad Request", are BadRequestError here too, with a
+message that names the field.
 """
 
 from __future__ import annotations
@@ -57,22 +58,54 @@ def _default_type(status: int) -> str:
 
 
 def validation_error(exc: ValidationError, prefix: str = "body") -> APIError:
-    """pydantic errors, worded as vLLM words FastAPI's RequestValidationError."""
+    """pydantic's errors as one readable sentence per field, typed as vLLM types a bad request.
+
+    vLLM answers body validation errors with pydantic's raw dump under the
+    type "Bad Request"; poolq names each field, says what it wanted and what
+    it got, and keeps pydantic's error type in brackets (vLLM's own tests look
+    for e.g. `literal_error` and the bad value in the message).
+    """
     errors = exc.errors(include_url=False, include_context=False)
-    lines = []
-    for err in errors[:10]:
-        loc = ".".join(str(p) for p in (prefix, *err["loc"]))
-        item = {"type": err["type"], "loc": loc, "msg": err["msg"], "input": _short(err.get("input"))}
-        lines.append(f"  {item}")
-    count = len(errors)
-    message = f"{count} validation error{'s' if count != 1 else ''}:\n" + "\n".join(lines)
-    param = ".".join(str(p) for p in (prefix, *errors[0]["loc"])) if errors else None
-    return APIError(400, message, "Bad Request", param)
+    by_field: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for err in errors:
+        path = _field_path(err["loc"])
+        by_field.setdefault(path.split(".", 1)[0], []).append((path, err))
+    parts = [_describe_field(field, found) for field, found in list(by_field.items())[:10]]
+    first = next(iter(by_field.values()), None)
+    param = f"{prefix}.{first[0][0]}" if first and first[0][0] else prefix
+    return bad_request("Invalid request: " + "; ".join(parts) + ".", param)
 
 
-def _short(value: Any) -> Any:
+def _field_path(loc: tuple) -> str:
+    """The field as the client wrote it: pydantic's union-branch tags ('str', 'list[int]', 'ScoreContent') dropped."""
+    kept = [str(p) for p in loc if not (isinstance(p, str) and _is_union_tag(p))]
+    return ".".join(kept)
+
+
+def _is_union_tag(part: str) -> bool:
+    return (part in ("str", "int", "float", "bool", "list", "dict", "none")
+            or any(c in part for c in "[]-") or part[:1].isupper())
+
+
+def _describe_field(field: str, found: list[tuple[str, dict[str, Any]]]) -> str:
+    if len(found) == 1:
+        path, err = found[0]
+        return _describe(path or field, err)
+    # A union field (input, documents, ...): one line per branch would bury the point.
+    value = found[0][1].get("input")
+    reasons = list(dict.fromkeys(f"{err['msg']} [{err['type']}]" for _, err in found))[:4]
+    return f"`{field}` is none of its accepted forms (got {_short(value)}): " + ", ".join(reasons)
+
+
+def _describe(path: str, err: dict[str, Any]) -> str:
+    if err["type"] == "missing":
+        return f"`{path}` is required [missing]"
+    return f"`{path}`: {err['msg']}, got {_short(err.get('input'))} [{err['type']}]"
+
+
+def _short(value: Any) -> str:
     text = repr(value)
-    return value if len(text) <= 200 else text[:200] + "..."
+    return text if len(text) <= 200 else text[:200] + "..."
 
 
 def _service_unavailable(message: str, retry_after: int = 5):

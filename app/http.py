@@ -7,7 +7,7 @@ from typing import Any
 from flask import request
 
 from app import jsonparse
-from app.errors import APIError
+from app.errors import bad_request
 
 
 def json_body() -> Any:
@@ -16,14 +16,14 @@ def json_body() -> Any:
     vLLM answers a wrong Content-Type with 400 (not 415) and this message.
     Whatever the parser refuses (bad syntax, bad UTF-8, NaN, nesting past
     jsonparse.MAX_DEPTH) is the same 400: the body is the client's fault.
+    Both are BadRequestError, as every other validation error here.
     """
     mimetype = request.mimetype
     if mimetype != "application/json":
-        raise APIError(400, "1 validation error:\n  Unsupported Media Type: Only 'application/json' is allowed",
-                       "Bad Request")
+        sent = f"Content-Type was {mimetype!r}" if mimetype else "no Content-Type was sent"
+        raise bad_request(f"Unsupported Media Type: Only 'application/json' is allowed ({sent}).", "Content-Type")
     raw = request.get_data(cache=True)
     try:
         return jsonparse.loads(raw)
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, jsonparse.TooDeep
-        raise APIError(400, f"1 validation error:\n  {{'type': 'json_invalid', 'loc': 'body', 'msg': 'JSON decode error', 'ctx': {{'error': {str(exc)!r}}}}}",
-                       "Bad Request", "body") from None
+        raise bad_request(f"The body is not valid JSON: {exc} [json_invalid]", "body") from None

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import copy
 import functools
+import importlib.util
 from importlib import metadata
+from pathlib import Path
 from typing import Any, Literal
 
 from flask import Blueprint, jsonify, url_for
 from pydantic import BaseModel, create_model
 from pydantic.json_schema import models_json_schema
 
+from app import tokenization
 from app.batches import schemas as batch_schemas
 from app.jobs.options import JobOptions
 from app.pooling import protocol as p
@@ -58,6 +61,7 @@ def _components() -> dict[str, Any]:
     requests |= {m for models in job_models.values() for m in models}
     pairs = [(m, "validation") for m in sorted(requests, key=lambda m: m.__name__)]
     pairs += [(m, "serialization") for m in s.RESPONSE_MODELS]
+    pairs += [(m, "validation") for m in tokenization.REQUEST_MODELS]
     pairs += [(m, "validation") for m in batch_schemas.REQUEST_MODELS]
     pairs += [(m, "serialization") for m in batch_schemas.RESPONSE_MODELS]
     pairs += [(m, "serialization") for m in webhook_schemas.RESPONSE_MODELS]
@@ -69,6 +73,10 @@ def _components() -> dict[str, Any]:
     schemas["ClassifyBody"] = _union("ClassifyRequest", "ClassifyChatRequest")
     schemas["PoolingBody"] = _union("PoolingRequest", "PoolingChatRequest")
     schemas["ScoreBody"] = _union(*(cls.__name__ for cls, _, _ in p.SCORE_SHAPES))
+    schemas["InvocationBody"] = _union("ClassifyBody", "RerankRequest", "ScoreBody", "PoolingBody")
+    schemas["InvocationResponse"] = _union("ClassificationResponse", "RerankResponse", "ScoreResponse",
+                                           "PoolingResponse")
+    schemas["TokenizeBody"] = _union("TokenizeRequest", "TokenizeChatRequest")
     groups = {task: f"{''.join(w.title() for w in task.split('_'))}JobRequest" for task in job_models}
     for task, models in job_models.items():
         schemas[groups[task]] = _union(*(m.__name__ for m in models))
@@ -117,12 +125,12 @@ ACCEPTED = _json("JobResource", "Accepted: the job is queued or running; poll it
 })
 ERRORS = {
     "400": "Invalid request, with vLLM's message (also a job failed on its input, e.g. an over-length prompt).",
-    "404": "Unknown model, or a route the model does not serve (vLLM mounts none: `detail` is set).",
+    "404": "Unknown model.",
     "401": "Missing or invalid API key (`Authorization: Bearer <key>`).",
     "409": "The job was cancelled before it finished, or the state or Idempotency-Key conflicts.",
     "413": "The body or the number of inputs is over the limit.",
     "500": "The engine failed on this job.",
-    "501": "The model supports the task but serves another (vLLM's NotImplementedError).",
+    "501": "The model ships no tokenizer.json, which the API tokenizes with.",
     "429": "The caller's tenant has too many queued jobs; retry after `Retry-After`.",
     "503": "No model is served, or the service cannot take work now.",
 }
@@ -136,7 +144,7 @@ def _errors(*codes: str) -> dict[str, Any]:
 # (path, operationId, body schema, 200 schema, summary, status codes beyond 400/404/413/503)
 POOLING_ROUTES: tuple[tuple[str, str, str, str, str, tuple[str, ...]], ...] = (
     ("/classify", "classify", "ClassifyBody", "ClassificationResponse",
-     "Classify texts, token ids or one chat conversation.", ("501",)),
+     "Classify texts, token ids or one chat conversation.", ()),
     ("/pooling", "pooling", "PoolingBody", "PoolingResponse",
      "Raw pooler output for the model's task (`classify` or `token_classify`).", ()),
     ("/score", "score", "ScoreBody", "ScoreResponse", "Score text pairs 1:1, 1:N or N:N.", ()),
@@ -144,7 +152,14 @@ POOLING_ROUTES: tuple[tuple[str, str, str, str, str, tuple[str, ...]], ...] = (
     ("/rerank", "rerank", "RerankRequest", "RerankResponse", "Rank documents by relevance to a query.", ()),
     ("/v1/rerank", "rerank_v1", "RerankRequest", "RerankResponse", "Same as /rerank.", ()),
     ("/v2/rerank", "rerank_v2", "RerankRequest", "RerankResponse", "Same as /rerank.", ()),
+    ("/invocations", "invocations", "InvocationBody", "InvocationResponse",
+     "SageMaker: the body picks classify, rerank, score or pooling, as in vLLM.", ()),
 )
+
+# `encoding_format` bytes / bytes_only (app/pooling/binary.py).
+BINARY_BODY = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+METADATA_HEADER = {"metadata": _header("With `bytes`: JSON {id, created, model, data: [{index, embed_dtype, "
+                                       "endianness, start, end, shape}], usage}.")}
 
 
 def _body(schema_name: str) -> dict[str, Any]:
@@ -154,16 +169,32 @@ def _body(schema_name: str) -> dict[str, Any]:
 def _pooling_paths() -> dict[str, Any]:
     paths = {}
     for path, op_id, body, response, summary, extra in POOLING_ROUTES:
+        ok = _json(response, "The vLLM response body.")
+        if path in ("/pooling", "/invocations"):
+            ok["content"].update(BINARY_BODY)
+            ok["headers"] = METADATA_HEADER
         paths[path] = {"post": {
             "tags": ["pooling"], "operationId": op_id, "summary": summary,
             # vLLM 0.33 logs "moved" warnings for these aliases.
             "deprecated": path in ("/v1/score", "/v1/rerank"),
             "parameters": [PREFER, REQUEST_ID],
             "requestBody": _body(body),
-            "responses": {"200": _json(response, "The vLLM response body."), "202": ACCEPTED,
+            "responses": {"200": ok, "202": ACCEPTED,
                           **_errors("400", "404", "409", "413", "429", "500", *extra, "503")},
         }}
+    for path, op_id, body, response, summary in TOKENIZE_ROUTES:
+        paths[path] = {"post": {
+            "tags": ["pooling"], "operationId": op_id, "summary": summary, "requestBody": _body(body),
+            "responses": {"200": _json(response, "vLLM's response body."), **_errors("400", "404", "413", "501")},
+        }}
     return paths
+
+
+TOKENIZE_ROUTES = (
+    ("/tokenize", "tokenize", "TokenizeBody", "TokenizeResponse",
+     "Token ids of a prompt or of chat messages, with the model's tokenizer (no job)."),
+    ("/detokenize", "detokenize", "DetokenizeRequest", "DetokenizeResponse", "The text of token ids (no job)."),
+)
 
 
 def _other_paths() -> dict[str, Any]:
@@ -243,22 +274,35 @@ def openapi_document() -> dict[str, Any]:
     return copy.deepcopy(_document())
 
 
-bp = Blueprint("openapi", __name__)
+def _swagger_ui_dir() -> str:
+    """Swagger UI's files, as the `swagger-ui-py` package installs them (no CDN: /docs works offline).
 
-# Swagger UI from a CDN: the page needs a browser with internet access, and
-# the API ships no static assets.
+    The package's directory is found without importing it: its __init__
+    wires up web frameworks poolq does not use.
+    """
+    spec = importlib.util.find_spec("swagger_ui")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("swagger-ui-py is not installed; it is one of poolq's dependencies")
+    return str(Path(spec.submodule_search_locations[0]) / "static")
+
+
+bp = Blueprint("openapi", __name__, static_folder=_swagger_ui_dir(), static_url_path="/docs/assets")
+
+# Every URL is this server's own. validatorUrl null: Swagger UI would
+# otherwise fetch a badge from validator.swagger.io.
 DOCS_PAGE = """<!doctype html>
 <html lang="en">
 <head>
   <meta charset="utf-8">
   <title>poolq API</title>
-  <link rel="stylesheet" href="https://unpkg.com/swagger-ui-dist@5/swagger-ui.css">
+  <link rel="stylesheet" href="{css}">
+  <link rel="icon" type="image/png" href="{icon}">
 </head>
 <body>
   <div id="swagger-ui"></div>
-  <script src="https://unpkg.com/swagger-ui-dist@5/swagger-ui-bundle.js" crossorigin></script>
+  <script src="{js}"></script>
   <script>
-    window.ui = SwaggerUIBundle({url: "%s", dom_id: "#swagger-ui"});
+    window.ui = SwaggerUIBundle({{url: "{spec}", dom_id: "#swagger-ui", validatorUrl: null}});
   </script>
 </body>
 </html>
@@ -272,4 +316,9 @@ def spec():
 
 @bp.get("/docs")
 def docs():
-    return DOCS_PAGE % url_for("openapi.spec"), 200, {"Content-Type": "text/html; charset=utf-8"}
+    def asset(name: str) -> str:
+        return url_for("openapi.static", filename=name)
+
+    page = DOCS_PAGE.format(css=asset("swagger-ui.css"), js=asset("swagger-ui-bundle.js"),
+                            icon=asset("favicon-32x32.png"), spec=url_for("openapi.spec"))
+    return page, 200, {"Content-Type": "text/html; charset=utf-8"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from app.config import ModelSpec, SettingsError
-from app.errors import APIError, model_not_found
+from app.errors import APIError, bad_request, model_not_found
 from models.catalog import ModelCard, ModelSourceError, describe
 
 
@@ -34,6 +34,34 @@ class ServedModel:
             "tasks": list(self.card.tasks),
             "labels": self.card.labels,
         }
+
+    def task_not_served(self, task: str, param: str | None = "task") -> APIError:
+        """A 400 that names the model, the task, why it is not served, and how to serve it.
+
+        vLLM answers these with a 404 (no route mounted), a 501, or advice
+        about its own `--pooler-config.task` flag; poolq says what its own
+        `--model NAME=SOURCE?task=...` option changes.
+        """
+        return bad_request(self.why_not_served(task), param)
+
+    def why_not_served(self, task: str) -> str:
+        card, name = self.card, self.name
+        model = f"Model `{name}` ({card.architecture})"
+        if task in ("score", "rerank"):
+            if card.num_labels != 1:
+                return (f"{model} does not serve {task}: {task} needs a cross-encoder with num_labels == 1; "
+                        f"this model has {card.num_labels}. Serve a one-label cross-encoder "
+                        f"(--model NAME=SOURCE) for score and rerank.")
+            return (f"{model} does not serve {task}: {task} needs the classify task and the model is served "
+                    f"for {card.task}. Serve it with --model {name}=SOURCE?task=classify.")
+        if task in card.supported_tasks:
+            # One active pooling task per model, as in vLLM: the other task needs its own entry.
+            return (f"{model} is served for {card.task}, not {task}: a model serves one pooling task. Serve it "
+                    f"with --model {name}=SOURCE?task={task}, or add a second --model entry under another "
+                    f"name with ?task={task}.")
+        return (f"{model} does not serve {task}: it supports only {' and '.join(card.supported_tasks)}; {task} "
+                f"needs a *ForSequenceClassification model for classify, score and rerank, or a "
+                f"*ForTokenClassification (or sequence-classification) model for token_classify.")
 
 
 class ServedModels:

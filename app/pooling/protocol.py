@@ -33,6 +33,9 @@ class PoolingBase(BaseModel):
     # vLLM's range (a signed 64-bit integer); lower runs earlier, above 0 is bulk.
     priority: Annotated[StrictInt, Field(ge=-(2**63), le=2**63 - 1)] = 0
     use_activation: StrictBool | None = None
+    # Accepted and checked as vLLM checks it (app/pooling/requests.py); poolq
+    # has no prefix cache for it to salt.
+    cache_salt: StrictStr | None = Field(default=None, min_length=1, max_length=128)
 
 
 class CompletionMixin(BaseModel):
@@ -83,6 +86,13 @@ class PoolingRequest(PoolingBase, CompletionMixin, PoolingFields):
 
 class PoolingChatRequest(PoolingBase, ChatMixin, PoolingFields):
     """`POST /pooling`, chat form."""
+
+
+class PluginRequest(PoolingBase):
+    """`POST /pooling` with `data`: vLLM's IOProcessorRequest, read only by an IO-processor plugin."""
+
+    data: Any
+    task: Literal["plugin"] = "plugin"
 
 
 class ScoreContent(BaseModel):

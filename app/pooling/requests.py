@@ -15,16 +15,22 @@ from pydantic import BaseModel, ValidationError
 
 from app.errors import APIError, bad_request, validation_error
 from app.pooling import protocol as p
+from app.pooling.binary import BINARY_FORMATS
 from app.served import ServedModel, ServedModels
+from models.catalog import POOLING_TASKS
 
 # A native job's task -> the endpoint whose body and response it uses.
 TASK_ENDPOINTS = {"classify": "classify", "token_classify": "pooling", "score": "score", "rerank": "rerank"}
 
+# vLLM 0.33's answer to `task: "plugin"` (or a plugin body, `data`) when no
+# IO-processor plugin is installed (pooling/serving.py, ServingPooling); poolq loads none.
+NO_PLUGIN = ("No IOProcessor plugin installed. Please refer to the documentation and to the "
+             "'prithvi_geospatial_mae_io_processor' offline inference example for more details.")
 
-
-def not_mounted() -> APIError:
-    """vLLM mounts no such route for this model: FastAPI's 404, in both shapes."""
-    return APIError(404, "Not Found", "NotFoundError", extra={"detail": "Not Found"})
+# vLLM's validate_cache_salt (entrypoints/generate/base/protocol.py): the salt
+# keys prefix-cache blocks downstream, so it is refused rather than trimmed.
+CACHE_SALT_MAX = 128
+CACHE_SALT_FORBIDDEN = frozenset("@/\\\x00")
 
 
 def parse(endpoint: str, body: Any, served: ServedModels, max_items: int,
@@ -32,12 +38,29 @@ def parse(endpoint: str, body: Any, served: ServedModels, max_items: int,
     if not isinstance(body, dict):
         raise bad_request("The request body must be a JSON object.")
     _reject_removed_parameters(endpoint, body)
+    _check_cache_salt(body.get("cache_salt"))
     parser = {"classify": _classify, "pooling": _pooling, "score": _score, "rerank": _rerank}[endpoint]
     model, request = parser(body, served, max_items, task)
     request["endpoint"] = endpoint
     request["model"] = model.name
-    request["request_id"] = header_request_id or request.get("request_id") or p.random_request_id()
+    request["request_id"] = _response_id_base(header_request_id, request.get("request_id"), native=task is not None)
     return model, request
+
+
+def _response_id_base(header: str | None, body_id: str | None, native: bool) -> str:
+    """What follows the route's prefix in the response id.
+
+    vLLM's pooling serving (pooling/base/serving.py, `_init_ctx`, and
+    `_base_request_id` in serve/engine/serving.py) takes the X-Request-Id
+    header when one is sent, even empty, else a random id: the body's
+    `request_id` does not name the response. A native job, poolq's own API,
+    also takes the body's `request_id` when no header is sent.
+    """
+    if header is not None:
+        return header
+    if native and body_id:
+        return body_id
+    return p.random_request_id()
 
 
 def _validate(cls: type[BaseModel], body: dict[str, Any]) -> BaseModel:
@@ -63,15 +86,36 @@ def _reject_removed_parameters(endpoint: str, body: dict[str, Any]) -> None:
         raise bad_request("`encode` task was removed; use `token_embed` or `token_classify` instead.", "task")
 
 
+def _check_cache_salt(salt: Any) -> None:
+    if salt is None:
+        return
+    if not isinstance(salt, str) or not salt:
+        raise bad_request("Parameter 'cache_salt' must be a non-empty string if provided.", "cache_salt")
+    if len(salt) > CACHE_SALT_MAX or any(char in CACHE_SALT_FORBIDDEN for char in salt):
+        raise bad_request("Parameter 'cache_salt' must be at most 128 characters and must not contain "
+                          "'@', '/', '\\\\', or NUL.", "cache_salt")
+
+
+def _served_for(model: ServedModel, wanted: str, native_task: str | None) -> None:
+    """The route (or the native job's task) must be the model's task; else a 400 saying how to serve it."""
+    if wanted not in model.card.tasks:
+        raise model.task_not_served(wanted, "task" if native_task else "model")
+
+
+def check_chat_options(request) -> None:
+    """vLLM's refusals for a chat body (also /tokenize's): both prompt flags, or a template sent with it."""
+    if request.add_generation_prompt and request.continue_final_message:
+        raise bad_request("Cannot set both `continue_final_message` and `add_generation_prompt` to True.")
+    if request.chat_template is not None:
+        raise bad_request("Chat template is passed with request, but --trust-request-chat-template is not "
+                          "set. Refused request with untrusted chat template.")
+
+
 def _prompts(request, model: ServedModel, max_items: int) -> dict[str, Any]:
     """Shared checks of the completion and chat forms."""
     _check_truncation(request.truncate_prompt_tokens, model)
     if isinstance(request, p.ChatMixin):
-        if request.add_generation_prompt and request.continue_final_message:
-            raise bad_request("Cannot set both `continue_final_message` and `add_generation_prompt` to True.")
-        if request.chat_template is not None:
-            raise bad_request("Chat template is passed with request, but --trust-request-chat-template is not "
-                              "set. Refused request with untrusted chat template.")
+        check_chat_options(request)
         if not request.messages:
             raise bad_request("You must pass at least one message", "messages")
         # As sent (extra keys kept for the chat template), without defaults pydantic filled in.
@@ -86,10 +130,7 @@ def _prompts(request, model: ServedModel, max_items: int) -> dict[str, Any]:
 def _classify(body, served, max_items, task) -> tuple[ServedModel, dict[str, Any]]:
     request = _validate(p.ClassifyChatRequest if "messages" in body else p.ClassifyRequest, body)
     model = served.resolve(request.model)
-    if model.card.task != "classify":
-        if "classify" in model.card.supported_tasks:
-            raise APIError(501, "The model does not support Classification API", "NotImplementedError")
-        raise not_mounted()
+    _served_for(model, "classify", task)
     stored = {**_dump(request), **_prompts(request, model, max_items), "task": "classify"}
     return model, stored
 
@@ -97,28 +138,41 @@ def _classify(body, served, max_items, task) -> tuple[ServedModel, dict[str, Any
 def _pooling(body, served, max_items, task) -> tuple[ServedModel, dict[str, Any]]:
     if task is not None and body.get("task") is None:
         body = {**body, "task": task}  # a native token_classify job names its task once
+    if "data" in body and "input" not in body and "messages" not in body:
+        # vLLM's third body form, IOProcessorRequest: only an installed plugin reads it.
+        served.resolve(_validate(p.PluginRequest, body).model)
+        raise bad_request(NO_PLUGIN, "task")
     request = _validate(p.PoolingChatRequest if "messages" in body else p.PoolingRequest, body)
     model = served.resolve(request.model)
     chosen = request.task or model.card.task
+    if chosen == "plugin":
+        raise bad_request(NO_PLUGIN, "task")
     if chosen != model.card.task:
+        # vLLM's two openings (pooling/serving.py, ServingPooling), which its
+        # clients and tests match on, then what poolq's --model option changes.
         if chosen not in model.card.supported_tasks:
-            raise bad_request(f"Unsupported task: {chosen!r} Supported tasks: {model.card.supported_tasks}", "task")
-        raise bad_request(f"Try switching the model's pooling_task via --pooler-config.task {chosen}.", "task")
+            unsupported = f"Unsupported task: {chosen!r} Supported tasks: {model.card.supported_tasks}. "
+            if chosen not in POOLING_TASKS:
+                raise bad_request(unsupported + "poolq serves classification models (classify, token_classify, "
+                                  "score, rerank); embedding tasks need an embedding server.", "task")
+            raise bad_request(unsupported + model.why_not_served(chosen), "task")
+        raise bad_request("Try switching the model's pooling_task via poolq's --model option. "
+                          + model.why_not_served(chosen), "task")
     if request.dimensions is not None:
         raise bad_request("dimensions is currently not supported", "dimensions")
-    if request.encoding_format in ("bytes", "bytes_only"):
-        raise bad_request(f"encoding_format {request.encoding_format!r} is not supported by poolq; "
-                          "use 'float' or 'base64'", "encoding_format")
     if request.aggregation_strategy not in (None, "none") and chosen != "token_classify":
         raise bad_request("aggregation_strategy applies to the token_classify task only", "aggregation_strategy")
     stored = {**_dump(request), **_prompts(request, model, max_items), "task": chosen}
+    if request.encoding_format in BINARY_FORMATS:
+        # The worker stores JSON (base64 in the asked dtype and byte order);
+        # the synchronous route turns it into vLLM's binary body (app/pooling/binary.py).
+        stored.update(encoding_format="base64", binary_response=request.encoding_format)
     return model, stored
 
 
-def _score_model(request, served) -> ServedModel:
+def _score_model(request, served, wanted: str, native_task: str | None) -> ServedModel:
     model = served.resolve(request.model)
-    if not model.card.supports_score:
-        raise not_mounted()  # vLLM mounts no score routes for such a model
+    _served_for(model, wanted, native_task)  # vLLM mounts no score routes for such a model (a bare 404)
     _check_truncation(request.truncate_prompt_tokens, model)
     for name in ("max_tokens_per_query", "max_tokens_per_doc"):
         value = getattr(request, name)
@@ -157,11 +211,10 @@ def _score(body, served, max_items, task) -> tuple[ServedModel, dict[str, Any]]:
         if first in body and second in body:
             break
     else:
-        raise APIError(400, "1 validation error:\n  {'type': 'missing', 'loc': 'body', 'msg': "
-                       "'Field required: give queries/documents, queries/items, data_1/data_2 or text_1/text_2'}",
-                       "Bad Request", "body")
+        raise bad_request("Invalid request: the body needs one of the pairs queries/documents, queries/items, "
+                          "data_1/data_2 or text_1/text_2 [missing]", "body")
     request = _validate(cls, body)
-    model = _score_model(request, served)
+    model = _score_model(request, served, "score", task)
     data_1 = _text_side(getattr(request, first), model, "text")
     data_2 = _text_side(getattr(request, second), model, "text_pair")
     if not (len(data_1) == 1 or len(data_1) == len(data_2)):
@@ -172,7 +225,7 @@ def _score(body, served, max_items, task) -> tuple[ServedModel, dict[str, Any]]:
 
 def _rerank(body, served, max_items, task) -> tuple[ServedModel, dict[str, Any]]:
     request = _validate(p.RerankRequest, body)
-    model = _score_model(request, served)
+    model = _score_model(request, served, "rerank", task)
     query = _text_side(request.query, model, "text")
     documents = _text_side(request.documents, model, "text_pair")
     _check_items(len(documents), max_items, "documents")

@@ -18,6 +18,9 @@ from app.http import json_body
 from app.jobs import services
 from app.jobs.options import parse_job_options, with_webhook
 from app.jobs.submission import UNAVAILABLE, accepted, is_finished, prefers_async, submit, submit_job
+from app import tokenization
+from app.pooling.binary import binary_response
+from app.pooling.invocations import invocation_endpoint
 from app.pooling.requests import parse
 from app.tenants.auth import current_tenant_id
 
@@ -34,9 +37,9 @@ ROUTES = {
 }
 
 
-def handle(endpoint: str):
+def handle(endpoint: str, body=None):
     poolq = current_app.extensions["poolq"]
-    body = json_body()
+    body = json_body() if body is None else body
     model, job_request = parse(endpoint, body, poolq.served, poolq.settings.max_items_per_request,
                                request.headers.get("X-Request-Id"))
     options = with_webhook(parse_job_options(body), poolq.settings)
@@ -59,6 +62,8 @@ def handle(endpoint: str):
     except UNAVAILABLE:
         return accepted(job)
     if job.status == "succeeded":
+        if job_request.get("binary_response"):
+            return binary_response(result_json, job_request, model.card.num_labels)
         # Verbatim: the body the worker stored is already vLLM's response.
         return current_app.response_class(result_json, mimetype="application/json")
     error = job.error or error_body(f"The job was {job.status}.", "JobCancelled", None, 409)["error"]
@@ -77,3 +82,15 @@ def _view(endpoint: str):
 for _rule, _endpoint in ROUTES.items():
     bp.add_url_rule(_rule, endpoint=_rule.strip("/").replace("/", "_"), view_func=_view(_endpoint),
                     methods=["POST"])
+
+
+@bp.post("/invocations")
+def invocations():
+    """SageMaker: the body picks the route (app/pooling/invocations.py). Not in ROUTES: batches take no such URL."""
+    body = json_body()
+    return handle(invocation_endpoint(body, current_app.extensions["poolq"].served), body)
+
+
+# vLLM serves these beside its pooling routes; they answer in the API, no job.
+bp.add_url_rule("/tokenize", view_func=tokenization.tokenize, methods=["POST"])
+bp.add_url_rule("/detokenize", view_func=tokenization.detokenize, methods=["POST"])

@@ -144,6 +144,19 @@ class RerankResponse(ResponseModel):
     results: list[RerankResult]
 
 
+# --- /tokenize, /detokenize ----------------------------------------------------
+
+class TokenizeResponse(ResponseModel):
+    count: int
+    max_model_len: int
+    tokens: list[int]
+    token_strs: list[str] | None = Field(description="With `return_token_strs: true`: each id's token.")
+
+
+class DetokenizeResponse(ResponseModel):
+    prompt: str
+
+
 # --- errors ------------------------------------------------------------------
 
 class ErrorInfo(ResponseModel):
@@ -232,6 +245,7 @@ class Readiness(ResponseModel):
 
 
 RESPONSE_MODELS: tuple[type[BaseModel], ...] = (
-    ClassificationResponse, PoolingResponse, ScoreResponse, RerankResponse, ErrorResponse,
+    ClassificationResponse, PoolingResponse, ScoreResponse, RerankResponse, TokenizeResponse, DetokenizeResponse,
+    ErrorResponse,
     JobResource, JobList, JobDeleted, ModelList, Health, Readiness,
 )

@@ -21,6 +21,8 @@ log = logging.getLogger(__name__)
 # Probes, the API's description and Prometheus' scrape (keep /metrics on a
 # network only the monitoring reaches).
 PUBLIC_PATHS = ("/health", "/ready", "/openapi.json", "/docs", "/metrics")
+# The docs page's own assets (Swagger UI, served from an installed package): a browser sends no key.
+PUBLIC_PREFIXES = ("/docs/assets/",)
 
 
 def current_tenant_id() -> uuid.UUID:
@@ -39,7 +41,7 @@ def init_auth(app: Flask, required: bool) -> None:
 
     @app.before_request
     def _identify_caller():
-        if request.path in PUBLIC_PATHS:
+        if request.path in PUBLIC_PATHS or request.path.startswith(PUBLIC_PREFIXES):
             return None
         if not current_app.extensions["poolq"].settings.auth_required:
             g.tenant_id = DEFAULT_TENANT_ID
