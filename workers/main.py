@@ -10,6 +10,7 @@ from pathlib import Path
 from app import create_app
 from app.config import Settings
 from app.webhooks.dispatch import webhook_queue
+from workers.shutdown import grace_left, install_webhook_drain
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +45,7 @@ def run_worker(settings: Settings, beat: bool = False, preload: bool = True, nam
     queues += [settings.bulk_queue_for(spec.name) for spec in settings.models]
     if webhooks:
         queues.append(webhook_queue(settings))
+        install_webhook_drain(celery, settings.shutdown_grace_s)
     name = f"poolq-{name_suffix or 'worker'}@{socket.gethostname()}"
     # The pool threads run only the light tasks (validation, finalization,
     # sweeps, webhooks); jobs and chunks go to the scheduler without a thread,
@@ -113,7 +115,7 @@ def start_scheduler(poolq, celery, engines):
         requires = ("celery.worker.consumer.tasks:Tasks",)
 
         def shutdown(self, parent):
-            scheduler.stop(s.shutdown_grace_s)
+            scheduler.stop(grace_left(s.shutdown_grace_s))  # shared with the webhook drain
 
     celery.steps["consumer"].add(DrainOnShutdown)
     return scheduler
@@ -146,6 +148,7 @@ def run_webhook_worker(settings: Settings, threads: int = 16) -> None:
     from workers import task_logs
 
     task_logs.install()
+    install_webhook_drain(celery, settings.shutdown_grace_s)
     name = f"poolq-webhooks@{socket.gethostname()}"
     celery.worker_main(["--quiet", "worker", "--pool=threads", f"--concurrency={threads}",
                         f"--queues={webhook_queue(settings)}", f"--hostname={name}", "--without-mingle",

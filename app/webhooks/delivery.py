@@ -11,7 +11,9 @@ import datetime as dt
 import random
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
+from http.client import HTTPConnection
 
 from sqlalchemy import select, update
 from sqlalchemy.dialects import postgresql, sqlite
@@ -69,9 +71,9 @@ def claim_attempt(session: Session, delivery_id: uuid.UUID, settings: WebhookSet
                           row.cycle_attempts, secrets)
 
 
-def perform(claimed: ClaimedAttempt, settings: WebhookSettings,
-            resolver: Resolver = system_resolver) -> tuple[Response, bool]:
-    """POST the signed body; (response, refused). No database work here."""
+def perform(claimed: ClaimedAttempt, settings: WebhookSettings, resolver: Resolver = system_resolver,
+            opened: Callable[[HTTPConnection], None] | None = None) -> tuple[Response, bool]:
+    """POST the signed body; (response, refused). No database work here. `opened`: see transport.post."""
     try:
         addresses = check_url(claimed.url, settings, resolver)  # again: DNS may have changed since submit
     except UnresolvableHost as exc:
@@ -82,7 +84,7 @@ def perform(claimed: ClaimedAttempt, settings: WebhookSettings,
     response = Response(None, 0, error="no address to call")
     for address in addresses:  # A and AAAA records: the next address only if this one never answered
         response = post(claimed.url, address, headers, claimed.body,
-                        settings.connect_timeout_s, settings.read_timeout_s)
+                        settings.connect_timeout_s, settings.read_timeout_s, opened)
         if response.reached:
             break
     return response, False
@@ -124,6 +126,25 @@ def record_attempt(session: Session, claimed: ClaimedAttempt, response: Response
                WebhookDelivery.attempts == claimed.number)
         .values(next_attempt_at=now + dt.timedelta(seconds=delay), enqueued_at=now if by_countdown else None))
     return delay if by_countdown else None
+
+
+def hand_back(session: Session, claimed: ClaimedAttempt, attempted_at: dt.datetime) -> bool:
+    """A worker shutting down gives back an attempt still waiting on its endpoint: due now, for
+    another worker. It is logged as interrupted (the endpoint may have seen it), but its place in
+    the retry schedule is not spent. False when the attempt was settled meanwhile."""
+    now = utcnow()
+    released = session.execute(
+        update(WebhookDelivery)
+        .where(WebhookDelivery.id == claimed.delivery_id, WebhookDelivery.status == "pending",
+               WebhookDelivery.attempts == claimed.number)
+        .values(next_attempt_at=now, enqueued_at=now, cycle_attempts=WebhookDelivery.cycle_attempts - 1)
+    ).rowcount
+    if released:
+        session.add(WebhookAttempt(
+            id=uuid.uuid4(), delivery_id=claimed.delivery_id, number=claimed.number, attempted_at=attempted_at,
+            status_code=None, latency_ms=round((now - attempted_at).total_seconds() * 1000),
+            error="interrupted: the webhook worker shut down; another worker retries it"))
+    return bool(released)
 
 
 def jittered(delay: float, jitter: float) -> float:

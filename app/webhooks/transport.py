@@ -11,6 +11,7 @@ import http.client
 import socket
 import ssl
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
@@ -49,12 +50,15 @@ class _PinnedHTTPSConnection(http.client.HTTPSConnection):
         self.sock.settimeout(self._read_timeout)
 
 
-def post(url: str, address: str, headers: dict[str, str], body: str,
-         connect_timeout: float, read_timeout: float) -> Response:
+def post(url: str, address: str, headers: dict[str, str], body: str, connect_timeout: float,
+         read_timeout: float, opened: Callable[[http.client.HTTPConnection], None] | None = None) -> Response:
+    """`opened` gets the connection before it connects, so a shutting-down worker can cut it."""
     parts = urlsplit(url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
     connection_class = _PinnedHTTPSConnection if parts.scheme == "https" else _PinnedHTTPConnection
     connection = connection_class(parts.hostname, port, address, connect_timeout, read_timeout)
+    if opened is not None:
+        opened(connection)
     path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
     payload = body.encode("utf-8")
     started = time.monotonic()

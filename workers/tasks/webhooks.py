@@ -13,9 +13,9 @@ import uuid
 from celery import shared_task
 from sqlalchemy.exc import OperationalError
 
-from app.db.base import utcnow
 from app.webhooks import delivery
-from app.webhooks.dispatch import DELIVER_WEBHOOK, SWEEP_WEBHOOKS, send_delivery
+from app.webhooks.dispatch import DELIVER_WEBHOOK, SWEEP_WEBHOOKS, send_deliveries, send_delivery
+from app.webhooks.inflight import IN_FLIGHT
 from workers.base import PoolqTask
 
 log = logging.getLogger(__name__)
@@ -26,15 +26,27 @@ log = logging.getLogger(__name__)
 def deliver_webhook(self: PoolqTask, delivery_id: str) -> None:
     settings = self.poolq.settings.webhooks
     key = uuid.UUID(delivery_id)
-    with self.unit_of_work() as session:
-        claimed = delivery.claim_attempt(session, key, settings)
-    if claimed is None:
+    if not IN_FLIGHT.admit():
+        # The worker is shutting down: the row is untouched, so a fresh message lets another worker
+        # make the attempt now (this one is acked, or comes back later and finds nothing due).
+        send_deliveries(self.poolq.celery, [key])
+        return
+    claimed = None
+    try:
+        with self.unit_of_work() as session:
+            claimed = delivery.claim_attempt(session, key, settings)
+    finally:
+        attempt = IN_FLIGHT.started(claimed)
+    if attempt is None:
         log.debug("webhook delivery %s is not due; message ignored", delivery_id)
         return
-    attempted_at = utcnow()
-    response, refused = delivery.perform(claimed, settings)  # outside any transaction: it may take seconds
+    # Outside any transaction: it may take seconds.
+    response, refused = delivery.perform(claimed, settings, opened=attempt.opened)
+    if not IN_FLIGHT.finished(attempt):
+        log.info("webhook %s attempt %d was handed back at shutdown", claimed.webhook_id, claimed.number)
+        return
     with self.unit_of_work() as session:
-        countdown = delivery.record_attempt(session, claimed, response, refused, settings, attempted_at)
+        countdown = delivery.record_attempt(session, claimed, response, refused, settings, attempt.started_at)
     log.info("webhook %s attempt %d to %s: %s", claimed.webhook_id, claimed.number, claimed.url,
              response.status_code or response.error)
     if countdown is not None and not send_delivery(self.poolq.celery, key, countdown=countdown):
