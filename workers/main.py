@@ -157,6 +157,6 @@ def run_webhook_worker(settings: Settings, threads: int = 16) -> None:
 
 def run_beat(settings: Settings) -> None:
     """Celery beat: the sweepers and schedules (exactly one per deployment)."""
-    celery = create_app(settings).extensions["celery"]
-    log.info("beat started (schedule file %s)", settings.home / "celerybeat-schedule")
-    celery.start(argv=["--quiet", "beat", f"--schedule={settings.home / 'celerybeat-schedule'}"])
+    from workers.beat_service import run_beat as run_graceful_beat  # SIGTERM: see that module
+
+    run_graceful_beat(settings)
