@@ -35,14 +35,21 @@ class ServedModel:
             "labels": self.card.labels,
         }
 
-    def task_not_served(self, task: str, param: str | None = "task") -> APIError:
+    def task_not_served(self, task: str, param: str | None = "task", route: bool = False) -> APIError:
         """A 400 that names the model, the task, why it is not served, and how to serve it.
 
         vLLM answers these with a 404 (no route mounted), a 501, or advice
         about its own `--pooler-config.task` flag; poolq says what its own
-        `--model NAME=SOURCE?task=...` option changes.
+        `--model NAME=SOURCE?task=...` option changes. Where vLLM would have
+        mounted no such route (`route`, for a task the architecture cannot
+        run), FastAPI's `"detail": "Not Found"` rides along: vLLM clients and
+        vLLM's own tests (classify/test_online.py::test_score) look for it.
         """
-        return bad_request(self.why_not_served(task), param)
+        error = bad_request(self.why_not_served(task), param)
+        if route and (task in ("score", "rerank") and not self.card.supports_score
+                      or task not in self.card.supported_tasks):
+            error.extra["detail"] = "Not Found"
+        return error
 
     def why_not_served(self, task: str) -> str:
         card, name = self.card, self.name

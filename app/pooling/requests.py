@@ -99,7 +99,7 @@ def _check_cache_salt(salt: Any) -> None:
 def _served_for(model: ServedModel, wanted: str, native_task: str | None) -> None:
     """The route (or the native job's task) must be the model's task; else a 400 saying how to serve it."""
     if wanted not in model.card.tasks:
-        raise model.task_not_served(wanted, "task" if native_task else "model")
+        raise model.task_not_served(wanted, "task" if native_task else "model", route=native_task is None)
 
 
 def check_chat_options(request) -> None:
