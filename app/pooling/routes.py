@@ -91,6 +91,12 @@ def invocations():
     return handle(invocation_endpoint(body, current_app.extensions["poolq"].served), body)
 
 
+@bp.route("/ping", methods=["GET", "POST"])
+def ping():
+    """SageMaker's health check, beside /invocations: vLLM answers it as /health, 200 with no body."""
+    return "", 200
+
+
 # vLLM serves these beside its pooling routes; they answer in the API, no job.
 bp.add_url_rule("/tokenize", view_func=tokenization.tokenize, methods=["POST"])
 bp.add_url_rule("/detokenize", view_func=tokenization.detokenize, methods=["POST"])

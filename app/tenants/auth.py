@@ -18,9 +18,9 @@ from app.tenants.services import authenticate
 
 log = logging.getLogger(__name__)
 
-# Probes, the API's description and Prometheus' scrape (keep /metrics on a
+# Probes (SageMaker's /ping too), the API's description and Prometheus' scrape (keep /metrics on a
 # network only the monitoring reaches).
-PUBLIC_PATHS = ("/health", "/ready", "/openapi.json", "/docs", "/metrics")
+PUBLIC_PATHS = ("/health", "/ping", "/ready", "/openapi.json", "/docs", "/metrics")
 # The docs page's own assets (Swagger UI, served from an installed package): a browser sends no key.
 PUBLIC_PREFIXES = ("/docs/assets/",)
 

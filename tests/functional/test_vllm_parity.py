@@ -161,8 +161,8 @@ def test_the_api_loads_a_tokenizer_without_torch(deployment_env):
         {"status": 200, "lazy": True, "torch": False, "transformers": False}
 
 
-# -- /invocations (SageMaker) -----------------------------------------------------
-# vllm/entrypoints/sagemaker/api_router.py (invocations) with
+# -- /invocations and /ping (SageMaker) ----------------------------------------------
+# vllm/entrypoints/sagemaker/api_router.py (invocations; ping answers as health) with
 # vllm/entrypoints/pooling/__init__.py (get_pooling_invocation_types): classify,
 # rerank, score, pooling, the first the body validates as;
 # tests/entrypoints/pooling/pooling/test_online.py::test_invocations.
@@ -181,6 +181,14 @@ def test_invocations_routes_by_body_as_vllm(client, route, body):
     got = invoked.json()
     direct.pop("created", None), got.pop("created", None)
     assert got == direct
+
+
+@pytest.mark.parametrize("method", ["GET", "POST"])
+def test_sagemaker_ping_is_health_without_a_key(api_url, method):
+    import requests
+
+    response = requests.request(method, f"{api_url}/ping", timeout=10)  # SageMaker sends no API key
+    assert response.status_code == 200 and response.content == b""
 
 
 def test_invocations_without_a_matching_handler_is_400(client):
