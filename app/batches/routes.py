@@ -5,6 +5,7 @@ from __future__ import annotations
 from flask import Blueprint, Response, current_app, jsonify, request
 
 from app.batches import dispatch, events, files, services
+from app.db.commit import commit_kept
 from app.db.request import db_session
 from app.errors import bad_request
 from app.http import json_body
@@ -68,8 +69,10 @@ def create_batch():
     poolq = current_app.extensions["poolq"]
     session = db_session()
     batch = services.create_batch(session, current_tenant_id(), json_body(), poolq.settings)
-    session.commit()
-    # A refused send needs no undo: the sweeper re-sends validations left too long.
+    # The answer is the truth: a kept batch is a 200 (OpenAI's code) whatever happens after
+    # the commit; a 503 only while nothing is kept.
+    commit_kept(session, lambda: services.batch_kept(poolq.request_session_factory, batch.id), f"batch {batch.id}")
+    # A refused send needs no undo: the sweeper sends a validation left POOLQ_REQUEUE_AFTER_S.
     dispatch.send_validate(poolq.celery, batch.id)
     return jsonify(services.batch_resource(batch))
 

@@ -9,7 +9,7 @@ import uuid
 from typing import Any
 
 from sqlalchemy import select, update
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, sessionmaker
 
 from app.batches.files import epoch, get_file
 from app.batches.lines import URL_ENDPOINTS
@@ -86,6 +86,12 @@ def create_batch(session: Session, tenant_id: uuid.UUID, body: Any, settings: An
     session.add(batch)
     session.flush()
     return batch
+
+
+def batch_kept(sessions: sessionmaker[Session], batch_id: str) -> bool:
+    """Read on a connection of its own: is the batch committed?"""
+    with sessions() as session:
+        return session.scalar(select(Batch.id).where(Batch.id == batch_id)) is not None
 
 
 def get_batch(session: Session, batch_id: str, tenant_id: uuid.UUID) -> Batch:

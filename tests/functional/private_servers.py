@@ -114,3 +114,81 @@ class ServedApp:
         poolq = self.app.extensions["poolq"]
         poolq.db_engine.dispose()
         poolq.request_session_factory.kw["bind"].dispose()
+
+
+class CommitCutter:
+    """A TCP proxy in front of Postgres that, once armed, breaks the next COMMIT of a transaction
+    that ran a statement containing `marker`, as a network fault would, then passes all through again:
+
+    - "before": the client's connection is cut and the COMMIT never reaches the server (nothing kept);
+    - "after": the COMMIT reaches the server, which commits; the client's connection is cut
+      before the answer reaches it (kept, but the client cannot know).
+    """
+
+    def __init__(self, upstream_port: int = 5432):
+        self.upstream_port = upstream_port
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.mode: str | None = None
+        self.marker = b""
+        self.fired = threading.Event()
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def arm(self, mode: str, marker: bytes) -> None:
+        assert mode in ("before", "after")
+        self.fired.clear()
+        self.mode, self.marker = mode, marker
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(("127.0.0.1", self.upstream_port))
+            link = {"swallow": False, "marked": False}
+            threading.Thread(target=self._to_server, args=(client, server, link), daemon=True).start()
+            threading.Thread(target=self._to_client, args=(server, client, link), daemon=True).start()
+
+    def _to_server(self, client, server, link) -> None:
+        try:
+            while data := client.recv(65536):
+                if self.mode and self.marker in data:
+                    link["marked"] = True
+                if link["marked"] and self.mode and b"Q\x00\x00\x00\x0bCOMMIT\x00" in data:
+                    mode, self.mode = self.mode, None
+                    if mode == "before":
+                        self._cut(client, server)
+                        self.fired.set()
+                        return
+                    link["swallow"] = True  # the answer to this COMMIT never reaches the client
+                server.sendall(data)
+        except OSError:
+            pass
+        self._cut(client, server)
+
+    def _to_client(self, server, client, link) -> None:
+        try:
+            while data := server.recv(65536):
+                if link["swallow"]:
+                    self._cut(client, None)  # the server has answered the COMMIT: it committed
+                    self.fired.set()
+                    return
+                client.sendall(data)
+        except OSError:
+            pass
+        self._cut(client, server)
+
+    @staticmethod
+    def _cut(*socks) -> None:
+        for sock in socks:
+            if sock is None:
+                continue
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+            except OSError:
+                pass
+
+    def close(self) -> None:
+        self.listener.close()
