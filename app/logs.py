@@ -26,7 +26,7 @@ _context: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("poolq
 # beat's "Sending due task" every few seconds, a line per light task, gunicorn's boot).
 QUIET_AT_INFO = ("alembic", "celery", "kombu", "gunicorn.error", "amqp", "urllib3", "httpx", "filelock")
 # Except the worker's own start and connection lines: "Connected to ...", "<name> ready." (once per start).
-KEEP_AT_INFO = ("celery.worker.consumer",)
+KEEP_AT_INFO = ("celery.worker.consumer", "celery.apps.worker")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 

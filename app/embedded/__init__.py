@@ -37,6 +37,12 @@ def run_embedded(settings: Settings, example: bool = False) -> int:
     from app.db.migrate import upgrade
 
     lock = HomeLock(settings.home).acquire()  # raises HomeInUse: the CLI prints it and exits 1
+    port_problem = _port_taken(settings.host, settings.port)
+    if port_problem:
+        log.error("cannot listen on %s:%d (%s); pick another with --port or POOLQ_PORT", settings.host,
+                  settings.port, port_problem)
+        lock.release()
+        return 1
     if not settings.models:
         settings = _with_demo_model(settings)
     upgrade(settings.database_url)
@@ -69,6 +75,20 @@ def run_embedded(settings: Settings, example: bool = False) -> int:
         lock.release()
 
 
+def _port_taken(host: str, port: int) -> str | None:
+    """Said at once, not after the API child has retried and failed (a newcomer's usual first error)."""
+    import socket
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as gunicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            return exc.strerror or str(exc)
+    return None
+
+
 def _children(settings: Settings) -> list[Child]:
     env = _child_env(settings)
     poolq = [sys.executable, "-m", "app.cli"]
@@ -79,16 +99,20 @@ def _children(settings: Settings) -> list[Child]:
         children.append(Child("redis", redis_command(socket, settings.home / "redis"), env, echo=False))
     children += [
         Child("worker", [*poolq, "worker"], env),
-        Child("beat", [*poolq, "beat"], env),
         Child("api", [*poolq, "api", "--workers", "1", "--threads", "32"], env),
+        Child("beat", [*poolq, "beat"], env, after_ready=True),
     ]
     return children
 
 
 def _start(settings: Settings, children: list[Child], url: str, stop: _Stop) -> bool:
     """Start every child and wait until the API is ready (every model loaded in the worker).
-    A child that dies meanwhile cannot start: nothing is retried before the service first ran."""
+    A child that dies meanwhile cannot start: nothing is retried before the service first ran.
+    Beat starts once the rest is ready: the first job needs none of its sweeps, and on a small
+    machine its start-up would take CPU from the worker's model load."""
     for child in children:
+        if child.after_ready:
+            continue
         child.start()
         if child.name == "redis" and not wait_for_redis(settings.broker_url, REDIS_START_S,
                                                         lambda: child.exited() is None and not stop.requested):
@@ -97,11 +121,14 @@ def _start(settings: Settings, children: list[Child], url: str, stop: _Stop) -> 
     waiting_for = None
     while time.monotonic() < deadline and not stop.requested:
         for child in children:
-            if child.exited() is not None:
+            if child.proc is not None and child.exited() is not None:
                 return _failed(child, stop)
         try:
             response = requests.get(f"{url}/ready", timeout=2)
             if response.status_code == 200:
+                for child in children:
+                    if child.after_ready:
+                        child.start()
                 return True
             models = response.json().get("checks", {}).get("models", "")
             if models != waiting_for and models.startswith("loading"):

@@ -51,9 +51,11 @@ class CannotStart(RuntimeError):
 
 
 class Child:
-    def __init__(self, name: str, argv: list[str], env: dict[str, str], echo: bool = True):
-        """`echo`: pass its lines on to our stdout (off: kept only for the message if it cannot start)."""
-        self.name, self.argv, self.env, self.echo = name, argv, env, echo
+    def __init__(self, name: str, argv: list[str], env: dict[str, str], echo: bool = True,
+                 after_ready: bool = False):
+        """`echo`: pass its lines on to our stdout (off: kept only for the message if it cannot start).
+        `after_ready`: started once the others serve, not with them."""
+        self.name, self.argv, self.env, self.echo, self.after_ready = name, argv, env, echo, after_ready
         self.proc: subprocess.Popen | None = None
         self.last_lines: collections.deque[str] = collections.deque(maxlen=LAST_LINES)
         self.restarts = 0

@@ -255,3 +255,25 @@ def test_up_with_no_model_serves_the_demo_and_runs_the_example(tmp_path):
         assert "SQLite + embedded Redis" in text
     finally:
         assert up.stop() == 0
+
+
+def test_a_child_that_cannot_start_ends_up_with_its_last_lines(tmp_path):
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    up = Up(tmp_path, ["--model", f"broken={broken}"])
+    assert up.proc.wait(timeout=120) == 1
+    text = up.text()
+    assert re.search(r"the (api|worker|beat) exited with status \d+ during start; its last lines:", text), text
+    assert "model 'broken'" in text.split("its last lines:")[1]
+
+
+def test_a_port_in_use_is_said_at_once(tmp_path):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "app.cli", "up", "--port", str(port)], capture_output=True,
+                              text=True, timeout=60, env={**os.environ, "POOLQ_HOME": str(tmp_path / "home")})
+    assert done.returncode == 1 and f"cannot listen on 127.0.0.1:{port}" in done.stderr, done.stderr
