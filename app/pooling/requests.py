@@ -39,6 +39,7 @@ def parse(endpoint: str, body: Any, served: ServedModels, max_items: int,
         raise bad_request("The request body must be a JSON object.")
     _reject_removed_parameters(endpoint, body)
     _check_cache_salt(body.get("cache_salt"))
+    _reject_mm_kwargs(body)
     parser = {"classify": _classify, "pooling": _pooling, "score": _score, "rerank": _rerank}[endpoint]
     model, request = parser(body, served, max_items, task)
     request["endpoint"] = endpoint
@@ -94,6 +95,16 @@ def _check_cache_salt(salt: Any) -> None:
     if len(salt) > CACHE_SALT_MAX or any(char in CACHE_SALT_FORBIDDEN for char in salt):
         raise bad_request("Parameter 'cache_salt' must be at most 128 characters and must not contain "
                           "'@', '/', '\\\\', or NUL.", "cache_salt")
+
+
+def _reject_mm_kwargs(body: dict[str, Any]) -> None:
+    """vLLM's validate_request_mm_kwargs (generate/base/protocol.py) without --trust-request-mm-kwargs,
+    which poolq does not have: it serves text models."""
+    for name, what in (("mm_processor_kwargs", "multimodal preprocessing"),
+                       ("media_io_kwargs", "multimodal media loading")):
+        if body.get(name):
+            raise bad_request(f"Per-request {name} are disabled by default because they can change {what} "
+                              "resource usage; poolq serves text models and takes none.", name)
 
 
 def _served_for(model: ServedModel, wanted: str, native_task: str | None) -> None:

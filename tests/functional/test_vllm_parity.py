@@ -58,6 +58,16 @@ def test_a_valid_cache_salt_is_accepted(client):
     assert response.status_code == 200, response.text
 
 
+# -- mm_processor_kwargs / media_io_kwargs -------------------------------------------
+# vllm/entrypoints/generate/base/protocol.py, validate_request_mm_kwargs: refused
+# unless the server trusts them (--trust-request-mm-kwargs, which poolq has not).
+
+@pytest.mark.parametrize("name", ["mm_processor_kwargs", "media_io_kwargs"])
+def test_per_request_mm_kwargs_are_refused(client, name):
+    assert_error(client.post("/pooling", json={"model": "tiny", "input": "x", name: {"num_crops": 4}}), 400,
+                 "BadRequestError", name, f"Per-request {name} are disabled by default")
+
+
 # -- encoding_format bytes / bytes_only -------------------------------------------
 # vllm/entrypoints/pooling/pooling/serving.py (request_output_to_pooling_bytes_response),
 # vllm/utils/serial_utils.py (encode_pooling_bytes, MetadataItem) and
