@@ -9,6 +9,7 @@ from gunicorn.glogging import Logger
 
 from app import create_app
 from app.config import Settings
+from app.tenants.auth import warn_if_open
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,7 @@ def serve(settings: Settings, workers: int = 2, threads: int = 32) -> None:
         "accesslog": None,
         "logger_class": _RootLogger,
     }
+    warn_if_open(settings.auth_required)
     log.info("API on http://%s:%d (gunicorn: %d process(es) x %d threads)", settings.host, settings.port, workers,
              threads)
     _Gunicorn(settings, options).run()

@@ -26,6 +26,7 @@ def run_worker(settings: Settings, beat: bool = False, preload: bool = True, nam
     from workers.engines import engine_registry
 
     task_logs.install()
+    shutdown_notes_through_logging()
 
     if settings.worker_metrics_port:
         from workers.metrics import serve_worker_metrics
@@ -70,6 +71,14 @@ def run_worker(settings: Settings, beat: bool = False, preload: bool = True, nam
         celery.worker_main(argv)
     finally:
         scheduler.stop(0)
+
+
+def shutdown_notes_through_logging() -> None:
+    """Celery writes "worker: Warm shutdown (MainProcess)" straight to stdout, past logging: one
+    line that is not JSON under POOLQ_LOG_FORMAT=json. Its own helper, pointed at logging."""
+    import celery.apps.worker as celery_worker
+
+    celery_worker.safe_say = lambda msg, f=None: logging.getLogger("celery.apps.worker").info("%s", msg)
 
 
 def announce_loaded_models(settings: Settings, name: str, engines) -> None:
@@ -148,6 +157,7 @@ def run_webhook_worker(settings: Settings, threads: int = 16) -> None:
     from workers import task_logs
 
     task_logs.install()
+    shutdown_notes_through_logging()
     install_webhook_drain(celery, settings.shutdown_grace_s)
     name = f"poolq-webhooks@{socket.gethostname()}"
     celery.worker_main(["--quiet", "worker", "--pool=threads", f"--concurrency={threads}",

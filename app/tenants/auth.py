@@ -34,10 +34,14 @@ def unauthorized() -> APIError:
                     headers={"WWW-Authenticate": 'Bearer realm="poolq"'})
 
 
-def init_auth(app: Flask, required: bool) -> None:
+def warn_if_open(required: bool) -> None:
+    """Said by the processes that serve HTTP (not by every one that builds the app: workers, beat)."""
     if not required:
         log.warning("AUTHENTICATION IS OFF: every caller acts as the default tenant and can read every job. "
                     "Set POOLQ_AUTH=required and create keys with `poolq keys create` before exposing this API.")
+
+
+def init_auth(app: Flask, required: bool) -> None:
 
     @app.before_request
     def _identify_caller():

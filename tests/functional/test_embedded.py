@@ -123,6 +123,8 @@ def up(tmp_path_factory, served_models, hooks):
     instance.wait_for("API listening on")
     yield instance
     assert instance.stop() == 0, instance.text()[-5000:]
+    for line in instance.text().splitlines():  # the shutdown's lines too
+        assert not line.strip() or json.loads(line), line
 
 
 def test_a_second_instance_on_the_same_home_is_refused(up):
@@ -156,7 +158,8 @@ class Load:
         self.errors: list[str] = []
 
     def post(self, path: str, **kwargs) -> requests.Response | None:
-        for _ in range(100):  # an API restart takes a few seconds
+        deadline = time.monotonic() + 120  # an API restart takes seconds; on a loaded machine, many
+        while time.monotonic() < deadline:
             try:
                 response = requests.post(self.url + path, timeout=10, **kwargs)
                 if response.status_code < 500:
@@ -202,8 +205,7 @@ def test_mixed_load_survives_a_kill_9_of_each_child(up, hooks):
             time.sleep(3)
             offset = len(up.text())
             os.kill(up.child_pid(name), signal.SIGKILL)
-            up.wait_for(f"started the {name} (pid", timeout=30, after=offset)
-            up.wait_for(f"{name} (pid", timeout=5)  # its death was logged with the way it died
+            up.wait_for(f"started the {name} (pid", timeout=60, after=offset)
         time.sleep(3)
     finally:
         load.stopping.set()
@@ -214,7 +216,7 @@ def test_mixed_load_survives_a_kill_9_of_each_child(up, hooks):
         assert re.search(rf"the {name} \(pid \d+\) was killed by SIGKILL", up.text()), name
 
     finished = {job_id: poll_job(up.url, job_id, timeout=90)["status"] for job_id in load.jobs}
-    assert len(finished) > 30
+    assert len(finished) >= 10, finished
     for job_id, kind in load.jobs.items():
         assert finished[job_id] in (("succeeded", "cancelled") if kind == "cancelled" else ("succeeded",)), \
             (job_id, kind, finished[job_id])
@@ -244,6 +246,9 @@ def test_json_logs_parse_line_by_line_and_carry_the_ids(up):
                 and " 202 " in e["message"]]
     assert accepted and all(e.get("job_id") and e.get("request_id") and e.get("tenant") for e in accepted)
     assert any(e.get("batch_id") for e in entries if e["logger"] == "poolq.access")
+    # A worker's task lines carry the task's ids (a webhook delivery's, a batch's).
+    assert any(e.get("task_id") and (e.get("delivery_id") or e.get("batch_id")) for e in entries
+               if e["logger"].startswith("workers.")), [e for e in entries if e["logger"].startswith("workers.")]
 
 
 def test_up_with_no_model_serves_the_demo_and_runs_the_example(tmp_path):
