@@ -27,6 +27,12 @@ from app.tenants.auth import init_auth
 # insert or read): a request never holds a connection, or the locks it took,
 # for longer, whatever the database is doing.
 API_STATEMENT_TIMEOUT_MS = 30_000
+# A request waits this long for a row lock (a worker's write holds its rows
+# for milliseconds), then answers 503 instead of queueing behind a stuck holder.
+API_LOCK_TIMEOUT_MS = 5_000
+# The server ends a request's transaction left idle this long (its process hung
+# or stopped mid-request), so the locks it holds do not outlive it.
+API_IDLE_IN_TRANSACTION_MS = 120_000
 # A request waits this long for a pooled connection, then answers 503: with
 # the database hung, requests fail fast instead of piling up behind the pool.
 API_POOL_TIMEOUT_S = 5
@@ -57,7 +63,8 @@ def create_app(settings: Settings | None = None) -> Flask:
 
     db_engine = make_engine(settings.database_url)
     request_engine = make_engine(settings.database_url, statement_timeout_ms=API_STATEMENT_TIMEOUT_MS,
-                                 pool_timeout=API_POOL_TIMEOUT_S)
+                                 lock_timeout_ms=API_LOCK_TIMEOUT_MS,
+                                 idle_in_transaction_ms=API_IDLE_IN_TRANSACTION_MS, pool_timeout=API_POOL_TIMEOUT_S)
     celery = celery_init_app(app, settings)
     poolq = Poolq(
         settings=settings,

@@ -5,14 +5,36 @@ from __future__ import annotations
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
+from app.db.bounded import bound_waits
+
 
 # libpq waits this long for a connection (its minimum is 2 s): a server that
 # is down or unreachable answers 503 promptly instead of hanging the caller.
 CONNECT_TIMEOUT_S = 2
+# A pooled connection is pinged before use; a live server answers at once.
+PING_WITHIN_S = 2.0
+# A statement with no server-side bound may run long (a batch's output file, a
+# sweep): a worker waits for it rather than fail it, but not forever.
+ANSWER_WITHIN_S = 300.0
+# A host that vanished (no RST) is noticed on an idle connection after
+# 15 + 3 x 5 s of unanswered keepalives, and on one with data in flight after
+# 30 s unacknowledged; a statement the client gave up on is cancelled by the
+# server at its next check of the socket.
+LIVENESS = {"keepalives": 1, "keepalives_idle": 15, "keepalives_interval": 5, "keepalives_count": 3,
+            "tcp_user_timeout": 30_000}
+SERVER_CHECKS = {"client_connection_check_interval": "10s"}
 
 
-def make_engine(url: str, statement_timeout_ms: int | None = None, **kwargs) -> Engine:
-    """`statement_timeout_ms` bounds every statement on the engine's connections, server side."""
+def make_engine(url: str, statement_timeout_ms: int | None = None, lock_timeout_ms: int | None = None,
+                idle_in_transaction_ms: int | None = None, answer_within_s: float | None = None,
+                **kwargs) -> Engine:
+    """Every wait on the engine's connections is bounded (connect, ping, each round trip; bounded.py).
+
+    `statement_timeout_ms`, `lock_timeout_ms` and `idle_in_transaction_ms` are the server's
+    own bounds on each statement, lock wait and idle transaction of these connections; the
+    client's wait for an answer (`answer_within_s`) is then set a little beyond them, so the
+    server's clear error comes first and the client's bound only fires on a silent server.
+    """
     if url.startswith("sqlite"):
         # The embedded mode shares one SQLite file between the API and the
         # worker process: WAL lets readers run beside the writer, and the busy
@@ -29,10 +51,17 @@ def make_engine(url: str, statement_timeout_ms: int | None = None, **kwargs) -> 
             cursor.close()
 
         return engine
-    connect_args = {"connect_timeout": CONNECT_TIMEOUT_S, **kwargs.pop("connect_args", {})}
-    if statement_timeout_ms:
-        # Set at connect time, so it costs no round trip per transaction.
-        connect_args["options"] = f"-c statement_timeout={int(statement_timeout_ms)}"
+    server_settings = dict(SERVER_CHECKS)
+    for name, value in (("statement_timeout", statement_timeout_ms), ("lock_timeout", lock_timeout_ms),
+                        ("idle_in_transaction_session_timeout", idle_in_transaction_ms)):
+        if value:
+            server_settings[name] = int(value)
+    connect_args = {"connect_timeout": CONNECT_TIMEOUT_S, **LIVENESS,
+                    # Set at connect time, so they cost no round trip per transaction.
+                    "options": " ".join(f"-c {name}={value}" for name, value in server_settings.items()),
+                    **kwargs.pop("connect_args", {})}
+    if answer_within_s is None:
+        answer_within_s = statement_timeout_ms / 1000 + 5 if statement_timeout_ms else ANSWER_WITHIN_S
     # Pre-ping: a pooled connection that died with a restarted or failed-over
     # server is replaced before use, so the first request after the database
     # is back succeeds (without it, each stale connection failed one request
@@ -41,7 +70,10 @@ def make_engine(url: str, statement_timeout_ms: int | None = None, **kwargs) -> 
     kwargs.setdefault("pool_recycle", 1800)
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
-    return create_engine(url, connect_args=connect_args, **kwargs)
+    engine = create_engine(url, connect_args=connect_args, **kwargs)
+    if engine.dialect.driver == "psycopg":
+        bound_waits(engine, answer_within_s, PING_WITHIN_S)
+    return engine
 
 
 def make_session_factory(engine: Engine) -> sessionmaker[Session]:

@@ -36,14 +36,19 @@ def wait_port(port: int, timeout: float = 20) -> None:
 
 
 class PrivateRedis:
-    def __init__(self):
+    """`persistent`: an append-only file, as a production broker keeps, so a restart loses no message."""
+
+    def __init__(self, persistent: bool = False):
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self.proc: subprocess.Popen | None = None
+        self.dir = tempfile.mkdtemp(prefix="poolq-redis-") if persistent else None
 
     def start(self) -> None:
+        persistence = (["--appendonly", "yes", "--appendfsync", "always", "--dir", self.dir] if self.dir
+                       else ["--appendonly", "no"])
         self.proc = subprocess.Popen(["redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-                                      "--save", "", "--appendonly", "no"],
+                                      "--save", "", *persistence],
                                      stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         wait_port(self.port)
 
@@ -53,6 +58,11 @@ class PrivateRedis:
             self.proc.terminate()
             self.proc.wait(timeout=10)
             self.proc = None
+
+    def remove(self) -> None:
+        self.stop()
+        if self.dir:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     def pause(self) -> None:
         os.kill(self.proc.pid, signal.SIGSTOP)
@@ -95,7 +105,30 @@ class PrivatePostgres:
         self.stop()
         self.start()
 
+    def pause(self) -> None:
+        """SIGSTOP the whole cluster (the postmaster and every backend): connections stay
+        open, the kernel still acknowledges TCP, and nothing answers."""
+        for pid in self._processes():
+            os.kill(pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        for pid in self._processes():
+            os.kill(pid, signal.SIGCONT)
+
+    def _processes(self) -> list[int]:
+        postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
+        children = []
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue  # exited meanwhile
+            if int(fields[1]) == postmaster:  # the parent pid
+                children.append(int(stat.parent.name))
+        return [postmaster, *children]
+
     def remove(self) -> None:
+        self.resume()  # a stopped cluster would not stop
         self.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
 
