@@ -25,8 +25,9 @@ _context: contextvars.ContextVar[dict[str, str]] = contextvars.ContextVar("poolq
 # At INFO these say what they do, not what went wrong (alembic's plugin and context lines,
 # beat's "Sending due task" every few seconds, a line per light task, gunicorn's boot).
 QUIET_AT_INFO = ("alembic", "celery", "kombu", "gunicorn.error", "amqp", "urllib3", "httpx", "filelock")
-# Except the worker's own start and connection lines: "Connected to ...", "<name> ready." (once per start).
-KEEP_AT_INFO = ("celery.worker.consumer", "celery.apps.worker")
+# Except their start and connection lines: the worker's "Connected to ...", "<name> ready.",
+# beat's "beat: Starting..." (once per start); beat's line per sent task is dropped (BeatTicks).
+KEEP_AT_INFO = ("celery.worker.consumer", "celery.apps.worker", "celery.beat")
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 
@@ -61,6 +62,13 @@ class ContextFilter(logging.Filter):
         return True
 
 
+class BeatTicks(logging.Filter):
+    """Beat's "Scheduler: Sending due task ..." every few seconds, kept for DEBUG."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.INFO or not str(record.msg).startswith("Scheduler: Sending due task")
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -79,11 +87,11 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
+def configure_logging(level: str = "INFO", fmt: str = "text", stream=None) -> None:
     level_no = logging.getLevelName(level.upper())
     if not isinstance(level_no, int):
         raise ValueError(f"log level {level!r}: use DEBUG, INFO, WARNING or ERROR")
-    handler = logging.StreamHandler(sys.stderr)
+    handler = logging.StreamHandler(stream or sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
     handler.addFilter(ContextFilter())
     root = logging.getLogger()
@@ -94,6 +102,10 @@ def configure_logging(level: str = "INFO", fmt: str = "text") -> None:
         logging.getLogger(name).setLevel(max(quiet, level_no))
     for name in KEEP_AT_INFO:
         logging.getLogger(name).setLevel(level_no)
+    beat = logging.getLogger("celery.beat")
+    beat.filters = [f for f in beat.filters if not isinstance(f, BeatTicks)]
+    if level_no >= logging.INFO:
+        beat.addFilter(BeatTicks())
     if level_no >= logging.INFO:
         # Before transformers is imported (it reads this once): no "Loading weights" bars.
         os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
