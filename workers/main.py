@@ -92,10 +92,9 @@ def announce_loaded_models(settings: Settings, name: str, engines) -> None:
 
     @worker_ready.connect(weak=False)
     def _announce(**_kwargs):
-        models = sorted(engines.loaded())
-        announcer.append(Announcer(settings.broker_url, settings.namespace, name, models))
+        announcer.append(Announcer(settings.broker_url, settings.namespace, name, lambda: sorted(engines.loaded())))
         announcer[0].start()
-        log.info("worker %s ready: %s loaded", name, ", ".join(models) or "no model")
+        log.info("worker %s ready: %s loaded", name, ", ".join(sorted(engines.loaded())) or "no model")
 
     @worker_shutting_down.connect(weak=False)
     def _withdraw(**_kwargs):

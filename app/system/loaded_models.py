@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 
 from app.broker import is_redis, redis_client_url
 
@@ -31,13 +32,19 @@ def _client(broker_url: str):
 
 
 class Announcer:
-    """The worker's side: a daemon thread that renews `worker`'s entries for `models`."""
+    """The worker's side: a daemon thread that renews `worker`'s entries for the models
+    `loaded()` names at each renewal (a model loaded lazily joins at the next one)."""
 
-    def __init__(self, broker_url: str, namespace: str, worker: str, models):
+    def __init__(self, broker_url: str, namespace: str, worker: str, loaded: Callable[[], list[str]]):
         self._client = _client(broker_url) if is_redis(broker_url) else None
-        self._keys = [_key(namespace, m) for m in models]
+        self._namespace = namespace
+        self._loaded = loaded
         self._worker = worker
         self._stopped = threading.Event()
+
+    @property
+    def _keys(self) -> list[str]:
+        return [_key(self._namespace, m) for m in self._loaded()]
 
     def start(self) -> None:
         if self._client is not None:
