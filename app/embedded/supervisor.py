@@ -68,8 +68,10 @@ class Child:
         return self.proc.pid if self.proc else None
 
     def start(self) -> None:
+        # A process group of its own: a Ctrl-C in the terminal reaches `poolq up` alone, which
+        # then stops the children in order (Redis last: the worker acks what it finishes).
         self.proc = subprocess.Popen(self.argv, env=self.env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+                                     stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent, process_group=0)
         self._started_at = time.monotonic()
         self._restart_at = None
         threading.Thread(target=self._relay, args=(self.proc,), name=f"poolq-{self.name}-output", daemon=True).start()
