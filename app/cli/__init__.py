@@ -17,10 +17,11 @@ from app.cli.serve import api, beat, demo_model, flower, migrate, up, webhooks, 
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--log-level", default="INFO", show_default=True, envvar="POOLQ_LOG_LEVEL",
-              help="DEBUG, INFO, WARNING or ERROR (env POOLQ_LOG_LEVEL).")
+@click.option("--log-level", type=click.Choice(("DEBUG", "INFO", "WARNING", "ERROR"), case_sensitive=False),
+              default="INFO", show_default=True, envvar="POOLQ_LOG_LEVEL", help="Env POOLQ_LOG_LEVEL.")
 @click.option("--log-format", type=click.Choice(("text", "json")), default="text", show_default=True,
-              envvar="POOLQ_LOG_FORMAT", help="json: one JSON object per line, for log shippers (env POOLQ_LOG_FORMAT).")
+              envvar="POOLQ_LOG_FORMAT",
+              help="json: one JSON object per line, for log shippers (env POOLQ_LOG_FORMAT).")
 def cli(log_level: str, log_format: str) -> None:
     """poolq: transformer pooling models (classify, NER, scoring) as a job service."""
     from app.logs import configure_logging
