@@ -162,7 +162,10 @@ def _stop_all(settings: Settings, children: list[Child]) -> None:
 def _with_demo_model(settings: Settings) -> Settings:
     from models.demo import DEMO_DESCRIPTION, materialize_demo_model
 
-    path = materialize_demo_model(settings.home / "models" / "demo")
+    target = settings.home / "models" / "demo"
+    if not (target / "config.json").is_file():
+        log.info("no model configured: building the demo model into %s (first run only, some seconds)", target)
+    path = materialize_demo_model(target)
     log.info("no model configured, serving the demo model 'demo' from %s", path)
     log.info("%s", DEMO_DESCRIPTION)
     return settings.with_models((ModelSpec(name="demo", source=str(path)),))
