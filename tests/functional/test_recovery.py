@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from app import create_app
 from app.celery import SWEEP_JOBS
@@ -91,47 +92,49 @@ def sweep(api) -> None:
     api.celery.send_task(SWEEP_JOBS, queue=api.settings.maintenance_queue)
 
 
-def test_a_job_survives_its_worker_killed_mid_run(recovery_env, api, tmp_path):
+def test_a_job_survives_its_worker_killed_mid_run(recovery_env, api, db, tmp_path):
+    import uuid
+
+    from app.jobs.records import Job
+
     env = {**os.environ, **recovery_env}
-    first = Worker(env, tmp_path / "first.log")
-    second = None
+    # Both start at once (a model load each, in parallel); the one that runs the job is killed.
+    workers = [Worker(env, tmp_path / "first.log"), Worker(env, tmp_path / "second.log")]
     try:
-        first.wait_ready()
+        for worker in workers:
+            worker.wait_ready()
         texts = [f"a sentence to classify, number {i}" for i in range(12000)]
         job_id = api.post("/v1/jobs", json={"task": "classify", "model": "tinyrec", "input": texts}).json["id"]
         wait_status(api, job_id, {"running"})
-        first.kill()  # SIGKILL: no ack, no clean shutdown
-        second = Worker(env, tmp_path / "second.log")
-        second.wait_ready()
-        # No sweep: the second worker's heartbeat takes over the job once its lease lapses.
+        with db() as session:
+            holder = session.scalar(select(Job.worker).where(Job.id == uuid.UUID(job_id)))
+        (running,) = [w for w in workers if f":{w.proc.pid}:" in holder]  # host:pid:incarnation
+        running.kill()  # SIGKILL: no ack, no clean shutdown
+        # No sweep: the other worker's heartbeat takes over the job once its lease lapses.
         job = wait_status(api, job_id, {"succeeded", "failed"}, timeout=120)
         assert job["status"] == "succeeded", job
-        assert job["attempts"] == 2  # taken over by the second worker, once
+        assert job["attempts"] == 2  # taken over by the other worker, once
         assert len(job["result"]["data"]) == 12000
         assert [d["index"] for d in job["result"]["data"]] == list(range(12000))
     finally:
-        for worker in (first, second):
-            if worker is not None:
-                worker.stop()
+        for worker in workers:
+            worker.stop()
 
 
-def test_a_job_accepted_while_the_broker_was_down_runs_once_it_is_back(recovery_env, api_keys, tmp_path):
-    """The row is committed first; the sweeper sends what the broker refused."""
-    down = create_app(Settings.from_env({**recovery_env, "POOLQ_BROKER_URL": "redis://127.0.0.1:1/0"})).test_client()
+def test_a_job_accepted_while_the_broker_was_down_runs_once_it_is_back(deployment_env, worker_process, api_keys):
+    """The row is committed first; the sweeper sends what the broker refused. The suite's
+    shared worker runs the sweep and the job."""
+    down = create_app(Settings.from_env({**deployment_env, "POOLQ_BROKER_URL": "redis://127.0.0.1:1/0"}))
+    down = down.test_client()
     down.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {api_keys['alpha']}"
-    response = down.post("/v1/jobs", json={"task": "classify", "model": "tinyrec", "input": ["kept", "safe"]})
+    response = down.post("/v1/jobs", json={"task": "classify", "model": "tiny", "input": ["kept", "safe"]})
     assert response.status_code == 202
     job_id = response.json["id"]
-    app = create_app(Settings.from_env(recovery_env))
+    app = create_app(Settings.from_env(deployment_env))
     up = app.test_client()
     up.environ_base["HTTP_AUTHORIZATION"] = f"Bearer {api_keys['alpha']}"
     up.celery, up.settings = app.extensions["celery"], app.extensions["poolq"].settings
-    worker = Worker({**os.environ, **recovery_env}, tmp_path / "worker.log")
-    try:
-        worker.wait_ready()
-        assert up.get(f"/v1/jobs/{job_id}").json["status"] == "queued"
-        sweep(up)
-        job = wait_status(up, job_id, {"succeeded", "failed"})
-        assert job["status"] == "succeeded" and len(job["result"]["data"]) == 2
-    finally:
-        worker.stop()
+    assert up.get(f"/v1/jobs/{job_id}").json["status"] == "queued"
+    sweep(up)
+    job = wait_status(up, job_id, {"succeeded", "failed"})
+    assert job["status"] == "succeeded" and len(job["result"]["data"]) == 2
