@@ -8,6 +8,7 @@ from celery import Celery
 
 from app.broker import send_policy
 from app.jobs.records import Job
+from app.task_messages import publisher_for
 
 log = logging.getLogger(__name__)
 
@@ -21,16 +22,15 @@ def send_job(celery: Celery, job: Job) -> bool:
     send is not an error for the client: the job is committed, and the
     sweeper sends it once the broker is back.
     """
+    args, kwargs = [str(job.id)], {"model": job.model, "task": job.task}
+    queue = celery.poolq.settings.queue_for(job.model)
     try:
-        celery.send_task(
-            RUN_JOB,
-            args=[str(job.id)],
-            kwargs={"model": job.model, "task": job.task},
-            queue=celery.poolq.settings.queue_for(job.model),
-            retry=True,
-            retry_policy=send_policy(),
-        )
+        publisher = publisher_for(celery)
+        if publisher is not None:
+            publisher.send(RUN_JOB, queue, args, kwargs)
+        else:
+            celery.send_task(RUN_JOB, args=args, kwargs=kwargs, queue=queue, retry=True, retry_policy=send_policy())
         return True
-    except Exception:  # kombu raises OperationalError and friends; all mean "not sent"
+    except Exception:  # kombu and redis raise OperationalError, ConnectionError and friends: "not sent"
         log.warning("broker refused job %s; the sweeper will resend it", job.id, exc_info=True)
         return False

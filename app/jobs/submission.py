@@ -6,6 +6,7 @@ here, so a job is durable before any response, whatever the route.
 
 from __future__ import annotations
 
+import functools
 import logging
 import uuid
 from dataclasses import dataclass
@@ -13,7 +14,8 @@ from dataclasses import dataclass
 from flask import current_app, jsonify, request, url_for
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
-from sqlalchemy.orm import Session
+from sqlalchemy import Engine
+from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.request import db_session
 from app.jobs import dispatch, services
@@ -53,8 +55,8 @@ def submit_job(model: ServedModel, job_request: dict, options: JobOptions, job_i
     session = db_session()
     tenant_id = current_tenant_id()
     poolq.admission.check(session, model.name, tenant_id)
-    job = services.create_job(session, model, job_request, tenant_id, options, idempotency, job_id)
-    _commit_job(session, job.id)
+    job = services.new_job(model, job_request, tenant_id, options, idempotency, job_id)
+    _insert_job(poolq.request_session_factory, job)
     sent = dispatch.send_job(poolq.celery, job)
     if not sent:
         _mark_unsent(session, job.id)
@@ -62,20 +64,28 @@ def submit_job(model: ServedModel, job_request: dict, options: JobOptions, job_i
     return Submitted(job, sent)
 
 
-def _commit_job(session: Session, job_id: uuid.UUID) -> None:
-    """COMMIT, or raise if the job is not kept.
+@functools.cache
+def _autocommit(engine: Engine) -> Engine:
+    """The same pool, each statement its own transaction."""
+    return engine.execution_options(isolation_level="AUTOCOMMIT")
 
-    A connection lost during COMMIT leaves it unknown whether the server
-    committed; a fresh read settles it, so a kept job is never answered 503
-    (a client retrying without an Idempotency-Key would run it twice).
+
+def _insert_job(sessions: sessionmaker, job: Job) -> None:
+    """Write the job in one statement, committed by itself, or raise if it is not kept.
+
+    One round trip instead of BEGIN, INSERT and COMMIT: the job is the only
+    row a submission writes. A connection lost during the statement leaves
+    it unknown whether the server committed it; a fresh read settles it, so
+    a kept job is never answered 503 (a client retrying without an
+    Idempotency-Key would run it twice).
     """
     try:
-        session.commit()
+        with _autocommit(sessions.kw["bind"]).connect() as connection:
+            services.insert_job(connection, job)
     except UNAVAILABLE:
-        _rollback(session)
-        if not _is_kept(job_id):
+        if not _is_kept(job.id):
             raise
-        log.warning("the commit of job %s raised, but the job is kept", job_id, exc_info=True)
+        log.warning("the insert of job %s raised, but the job is kept", job.id, exc_info=True)
 
 
 def _is_kept(job_id: uuid.UUID) -> bool:
