@@ -11,7 +11,7 @@ import datetime as dt
 import uuid
 from typing import Any
 
-from sqlalchemy import Connection, Text, cast, insert, select, update
+from sqlalchemy import Connection, Text, bindparam, cast, insert, select, update
 from sqlalchemy.orm import Session
 
 from app.db.base import as_utc, utcnow
@@ -119,8 +119,8 @@ def job_status(session: Session, job_id: uuid.UUID) -> str | None:
     return session.scalar(select(Job.status).where(Job.id == job_id))
 
 
-def job_finished(session: Session, job_id: uuid.UUID) -> bool:
-    status = session.scalar(select(Job.status).where(Job.id == job_id))
+def job_finished(connection: Connection | Session, job_id: uuid.UUID) -> bool:
+    status = connection.scalar(select(Job.status).where(Job.id == job_id))
     return status is None or status in FINISHED_STATUSES
 
 
@@ -139,18 +139,19 @@ def job_result_json(session: Session, job: Job) -> str | None:
     return session.scalar(select(cast(JobResult.body, Text)).where(JobResult.job_id == job.id))
 
 
-def finished_job_json(session: Session, job_id: uuid.UUID, tenant_id: uuid.UUID) -> tuple[Job, str | None]:
-    """A finished job and its stored result JSON (None unless it succeeded), in one query:
-    what a synchronous route answers with once its job is done."""
-    row = session.execute(
-        select(Job, cast(JobResult.body, Text))
-        .outerjoin(JobResult, JobResult.job_id == Job.id)
-        .where(Job.id == job_id, Job.tenant_id == tenant_id)
-        .execution_options(populate_existing=True)  # fresh, whatever this session saw of the row before
-    ).one_or_none()
+_FINISHED_OUTCOME = (select(JOBS_TABLE.c.status, JOBS_TABLE.c.error, cast(JobResult.__table__.c.body, Text))
+                     .outerjoin(JobResult.__table__, JobResult.__table__.c.job_id == JOBS_TABLE.c.id)
+                     .where(JOBS_TABLE.c.id == bindparam("job_id"), JOBS_TABLE.c.tenant_id == bindparam("tenant_id")))
+
+
+def finished_outcome(connection: Connection | Session, job_id: uuid.UUID,
+                     tenant_id: uuid.UUID) -> tuple[str, dict | None, str | None]:
+    """A job's status, error and stored result JSON (None unless it succeeded), in one query of
+    plain columns: what a synchronous route answers with once its job is done."""
+    row = connection.execute(_FINISHED_OUTCOME, {"job_id": job_id, "tenant_id": tenant_id}).one_or_none()
     if row is None:
         raise not_found(f"Job {str(job_id)!r} does not exist.")
-    return row[0], row[1]
+    return row[0], row[1], row[2]
 
 
 def job_resource_json(job: Job, result_json: str | None, dumps) -> str:

@@ -119,9 +119,16 @@ def _rollback(session: Session) -> None:
 
 
 def is_finished(job_id: uuid.UUID) -> bool:
-    """A fresh read each time: a long-lived SQLite read transaction would see a stale snapshot."""
-    with current_app.extensions["poolq"].request_session_factory() as session:
-        return services.job_finished(session, job_id)
+    """A fresh read each time (a long-lived SQLite read transaction would see a stale snapshot),
+    in one autocommit statement."""
+    with _autocommit(current_app.extensions["poolq"].request_session_factory.kw["bind"]).connect() as connection:
+        return services.job_finished(connection, job_id)
+
+
+def finished_outcome(job_id: uuid.UUID, tenant_id: uuid.UUID) -> tuple[str, dict | None, str | None]:
+    """`services.finished_outcome` in one autocommit statement, not a session's transaction."""
+    with _autocommit(current_app.extensions["poolq"].request_session_factory.kw["bind"]).connect() as connection:
+        return services.finished_outcome(connection, job_id, tenant_id)
 
 
 def prefers_async() -> bool:

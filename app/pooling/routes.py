@@ -12,12 +12,11 @@ import uuid
 
 from flask import Blueprint, current_app, jsonify, request
 
-from app.db.request import db_session
 from app.errors import error_body
 from app.http import json_body
-from app.jobs import services
 from app.jobs.options import parse_job_options, with_webhook
-from app.jobs.submission import UNAVAILABLE, accepted, is_finished, prefers_async, submit, submit_job
+from app.jobs.submission import (UNAVAILABLE, accepted, finished_outcome, is_finished, prefers_async, submit,
+                                  submit_job)
 from app import tokenization
 from app.pooling.binary import binary_response
 from app.pooling.invocations import invocation_endpoint
@@ -58,15 +57,15 @@ def handle(endpoint: str, body=None):
     if not done:
         return accepted(job)
     try:
-        job, result_json = services.finished_job_json(db_session(), job_id, current_tenant_id())
+        status, error, result_json = finished_outcome(job_id, current_tenant_id())
     except UNAVAILABLE:
         return accepted(job)
-    if job.status == "succeeded":
+    if status == "succeeded":
         if job_request.get("binary_response"):
             return binary_response(result_json, job_request, model.card.num_labels)
         # Verbatim: the body the worker stored is already vLLM's response.
         return current_app.response_class(result_json, mimetype="application/json")
-    error = job.error or error_body(f"The job was {job.status}.", "JobCancelled", None, 409)["error"]
+    error = error or error_body(f"The job was {status}.", "JobCancelled", None, 409)["error"]
     response = jsonify({"error": error})
     response.status_code = int(error.get("code") or 500)
     return response
