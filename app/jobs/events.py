@@ -1,11 +1,10 @@
 """Telling a waiting API request that its job finished.
 
-Synchronous pooling routes wait for their job. With Redis as the broker the
-worker publishes each finished job id on one channel and every API process
-has one listener thread that wakes the right waiter; the embedded
-filesystem broker has no pub/sub, so waiters poll the database instead.
-Either way a waiter also re-reads the job now and then, so a lost message
-costs latency, never a wrong answer.
+Synchronous pooling routes wait for their job. The worker publishes each
+finished job id on one Redis channel (the broker's Redis, the embedded one
+included) and every API process has one listener thread that wakes the
+right waiter. A waiter also re-reads the job now and then, so a lost
+message costs latency, never a wrong answer.
 """
 
 from __future__ import annotations
@@ -42,32 +41,6 @@ def redis_client(url: str, read_timeout_s: float | None = SOCKET_TIMEOUT_S):
 
     return redis.Redis.from_url(url, socket_connect_timeout=SOCKET_TIMEOUT_S, socket_timeout=read_timeout_s,
                                 retry=Retry(NoBackoff(), 1))
-
-
-class PolledJobEvents:
-    """No notifications: poll the job, backing off from 2 ms to 50 ms."""
-
-    def publish(self, job_id: str) -> None:
-        return None  # nothing listens; waiters poll
-
-    def publish_many(self, job_ids) -> None:
-        return None
-
-    @contextmanager
-    def expect(self, job_id: str) -> Iterator[Callable[[float, Callable[[], bool]], bool]]:
-        def wait(timeout: float, finished: Callable[[], bool]) -> bool:
-            deadline = time.monotonic() + timeout
-            delay = 0.002
-            while True:
-                if finished():
-                    return True
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                time.sleep(min(delay, remaining))
-                delay = min(delay * 2, 0.05)
-
-        yield wait
 
 
 class RedisJobEvents:
@@ -182,7 +155,7 @@ class RedisJobEvents:
             event.set()
 
 
-def job_events(broker_url: str, namespace: str = ""):
-    if broker_url.startswith(("redis://", "rediss://", "unix://")):
-        return RedisJobEvents(broker_url, namespace)
-    return PolledJobEvents()
+def job_events(broker_url: str, namespace: str = "") -> RedisJobEvents:
+    """`broker_url` as redis-py spells it (app.broker.redis_client_url): every deployment,
+    the embedded one included, has Redis as its broker."""
+    return RedisJobEvents(broker_url, namespace)

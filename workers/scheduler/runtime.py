@@ -30,7 +30,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
-from app.batches import chunk_leases, events as batch_events, progress
+from app.batches import chunk_leases, progress
 from app.batches.dispatch import send_chunk, send_finalize
 from app.errors import error_body
 from app.jobs import claims
@@ -67,6 +67,13 @@ def _small_work(held: Held) -> bool:
     if held.kind != "job":
         return False
     return held.prepared is None or sum(len(u) for u in held.prepared.units) <= SMALL
+
+
+def _ids(held: Held) -> dict[str, str]:
+    """The ids a log line about this work carries (JSON logs: app/logs.py)."""
+    if held.kind == "job":
+        return {"job_id": str(held.key), "model": held.model}
+    return {"batch_id": str(held.key[0]), "model": held.model}
 
 
 def _own_sessions(poolq):
@@ -261,7 +268,7 @@ class Scheduler:
                            for unit, parts in zip(held.prepared.units, held.parts)]
                 result = held.prepared.finish(outputs)
         except Exception as exc:  # noqa: BLE001 - shaping failed: the work fails like an engine error
-            log.exception("shaping the outputs of %s %s failed", held.kind, held.key)
+            log.exception("shaping the outputs of %s %s failed", held.kind, held.key, extra=_ids(held))
             held.error, result = exc, None
         held.parts = []  # the raw outputs are not needed any more
         (self._finished if _small_work(held) else self._finished_bulk).put((held, result))
@@ -275,7 +282,7 @@ class Scheduler:
         if isinstance(exc, ValueError):  # PoolingInputError is a ValueError: the client's input, a 400
             error = error_body(str(exc), "BadRequestError", getattr(exc, "parameter", None), 400)["error"]
         else:
-            log.error("job %s failed in the engine: %r", job.id, exc)
+            log.error("job %s failed in the engine: %r", job.id, exc, extra=_ids(held))
             error = error_body(f"The engine failed on this job: {type(exc).__name__}", "InternalServerError",
                                None, 500)["error"]
         return claims.Outcome(job.id, held.attempt, "failed", error=error)
@@ -322,7 +329,8 @@ class Scheduler:
                 JOBS_RUN.labels(held.model, held.payload.task, outcome).inc()
                 JOB_SECONDS.labels(held.model).observe(time.monotonic() - held.since)
             else:
-                log.info("job %s was finished elsewhere, cancelled or deleted; its result is dropped", held.key)
+                log.info("job %s was finished elsewhere, cancelled or deleted; its result is dropped", held.key,
+                         extra=_ids(held))
         send_deliveries(self.poolq.celery, deliveries)
 
     def _write_chunk(self, held: Held, rows) -> None:
@@ -335,7 +343,7 @@ class Scheduler:
                                                                                            window))
         self._settle(held)
         if stored is None:
-            log.info("batch %s chunk %d was stored by another attempt", *held.key)
+            log.info("batch %s chunk %d was stored by another attempt", *held.key, extra=_ids(held))
             return
         unsent = [key for key in stored.send if not send_chunk(self.poolq.celery, *key)]
         if unsent:
@@ -413,10 +421,12 @@ class Scheduler:
         if taken:
             self._failpoint("claimed")
         for c in taken:
-            log.warning("took over job %s (attempt %d): its worker stopped renewing its lease", c.id, c.attempt)
+            log.warning("took over job %s (attempt %d): its worker stopped renewing its lease", c.id, c.attempt,
+                        extra={"job_id": str(c.id), "model": c.model})
             self._hold(Held("job", c.id, c.model, c.tenant_id, work.priority_of(c.request) > 0, c.attempt, c))
         for c in taken_chunks:
-            log.warning("took over batch %s chunk %d: its worker stopped renewing its lease", c.batch_id, c.index)
+            log.warning("took over batch %s chunk %d: its worker stopped renewing its lease", c.batch_id, c.index,
+                        extra={"batch_id": str(c.batch_id), "model": c.model})
             self._hold(Held("chunk", (c.batch_id, c.index), c.model, tenants.get(c.batch_id), True, c.attempt, c))
 
     def _check_cancels(self) -> None:
@@ -435,7 +445,8 @@ class Scheduler:
                 if held.state not in (State.PREPARING, State.RUNNING):
                     continue  # finished meanwhile: its write decides
                 held.state = State.WRITING
-            log.info("%s %s is no longer ours (cancelled, deleted or taken over); stopped", held.kind, held.key)
+            log.info("%s %s is no longer ours (cancelled, deleted or taken over); stopped", held.kind, held.key,
+                     extra=_ids(held))
             dispatcher = self._dispatchers.get(held.model)
             if dispatcher is not None:
                 dispatcher.drop(held)
