@@ -40,9 +40,11 @@ def deliver_webhook(self: PoolqTask, delivery_id: str) -> None:
     if attempt is None:
         log.debug("webhook delivery %s is not due; message ignored", delivery_id)
         return
-    # Outside any transaction: it may take seconds.
-    response, refused = delivery.perform(claimed, settings, opened=attempt.opened)
-    if not IN_FLIGHT.finished(attempt):
+    try:  # outside any transaction: it may take seconds
+        response, refused = delivery.perform(claimed, settings, opened=attempt.opened)
+    finally:
+        mine = IN_FLIGHT.finished(attempt)  # an error here leaves the row to its lease and the sweeper
+    if not mine:
         log.info("webhook %s attempt %d was handed back at shutdown", claimed.webhook_id, claimed.number)
         return
     with self.unit_of_work() as session:
