@@ -158,6 +158,26 @@ class PoolingEngine:
         return self._prepare(prompts, True, truncate_prompt_tokens, truncation_side, add_special_tokens,
                              aggregation is not None, self._token_classified(use_activation, aggregation))
 
+    def stream_classify(self, prompts, use_activation=None, truncate_prompt_tokens=None, truncation_side=None,
+                        add_special_tokens=True) -> Iterator[Prepared]:
+        """`prepare_classify` a chunk of prompts at a time, in order, each ready as soon as it is
+        tokenized: a scheduler runs the first chunks of a big request while the rest tokenize, as
+        `classify` does. A bad prompt raises when its chunk is reached."""
+        self._require_task("classify")
+        return self._prepare_stream(prompts, False, truncate_prompt_tokens, truncation_side, add_special_tokens,
+                                    self._classified(use_activation))
+
+    def stream_encode(self, prompts, pooling_task="classify", use_activation=None, truncate_prompt_tokens=None,
+                      truncation_side=None, add_special_tokens=True) -> Iterator[Prepared]:
+        """`prepare_encode` as `stream_classify` (no entity aggregation: it needs every offset)."""
+        self._check_encode(pooling_task, None)
+        if pooling_task == "classify":
+            classified = self._classified(use_activation)
+            return self._prepare_stream(prompts, False, truncate_prompt_tokens, truncation_side,
+                                        add_special_tokens, lambda *raw: self._as_pooling(classified(*raw)))
+        return self._prepare_stream(prompts, True, truncate_prompt_tokens, truncation_side, add_special_tokens,
+                                    self._token_classified(use_activation, None))
+
     def prepare_score(self, data_1, data_2, use_activation=None, max_tokens_per_query=0, max_tokens_per_doc=0,
                       chat_template_kwargs=None, truncate_prompt_tokens=None) -> Prepared:
         if not self.card.supports_score:
@@ -318,6 +338,14 @@ class PoolingEngine:
                     torch.cat([c.type_ids if c.type_ids is not None else torch.zeros_like(c.ids) for c in chunks]))
         encoded = [e for c in chunks for e in (c.encoded or [])] if with_offsets else []
         return Prepared(ids, type_ids, [n for c in chunks for n in c.lengths], token, encoded, finish)
+
+    def _prepare_stream(self, prompts, token, truncate_prompt_tokens, truncation_side, add_special_tokens,
+                        finish) -> Iterator[Prepared]:
+        # Checked now, not at the first next(): a bad argument is the caller's error at once.
+        items = inp.normalize_prompts(prompts)
+        args = self._tokenize_args(truncate_prompt_tokens, truncation_side, add_special_tokens, False)
+        return (Prepared(c.ids, c.type_ids, c.lengths, token, [], finish)
+                for c in self._tokenized_chunks(items, args))
 
     def _tokenize_args(self, truncate_prompt_tokens, truncation_side, add_special_tokens, with_offsets) -> tuple:
         limit = inp.resolve_truncation(truncate_prompt_tokens, self.max_model_len)

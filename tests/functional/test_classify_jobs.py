@@ -109,6 +109,16 @@ def test_over_length_input_fails_the_job_with_vllms_message(client, worker_proce
     assert done["result"] is None
 
 
+def test_over_length_input_late_in_a_big_job_fails_it_whole(client, worker_process):
+    """A big job's units are tokenized while its first ones run; a bad input in a later chunk
+    still fails the whole job with vLLM's message, and no partial result is kept."""
+    texts = ["short text"] * 650 + ["word " * 500] + ["short text"] * 10
+    done = client.wait_job(submit(client, {"task": "classify", "model": "tiny", "input": texts})["id"])
+    assert done["status"] == "failed"
+    assert done["error"]["code"] == 400 and "Please reduce the length of the input prompt" in done["error"]["message"]
+    assert done["result"] is None
+
+
 def test_truncation_makes_over_length_input_fit(client, worker_process):
     job = submit(client, {"task": "classify", "model": "tiny", "input": "word " * 500, "truncate_prompt_tokens": -1})
     done = client.wait_job(job["id"])

@@ -216,6 +216,29 @@ def test_prepared_slices_in_any_order_equal_the_offline_call(bert, ner):
         assert torch.tensor(out.data) == pytest.approx(torch.tensor(want.data), abs=TOL)
 
 
+def test_a_streamed_request_is_the_offline_call_a_chunk_at_a_time(bert, ner):
+    """stream_*: one Prepared per tokenizer chunk, in order, together exactly the offline outputs;
+    a bad prompt raises when its chunk is reached, not before."""
+    from models import engine as engine_module
+
+    texts = _texts(engine_module.CHUNK * 2 + 7, seed=9)
+    units = list(bert.stream_classify(texts))
+    assert [len(u) for u in units] == [engine_module.CHUNK, engine_module.CHUNK, 7]
+    outs = [o for u in units for o in u.finish([bert.submit([(u, 0, len(u), 0)])[0].result(timeout=60)])]
+    want = bert.classify(texts)
+    assert [o.label for o in outs] == [o.label for o in want]
+    assert torch.tensor([o.probs for o in outs]) == pytest.approx(torch.tensor([o.probs for o in want]), abs=TOL)
+    tokens = [o for u in ner.stream_encode(texts[:300], pooling_task="token_classify")
+              for o in u.finish([ner.submit([(u, 0, len(u), 0)])[0].result(timeout=60)])]
+    for out, expected in zip(tokens, ner.encode(texts[:300], pooling_task="token_classify")):
+        assert torch.tensor(out.data) == pytest.approx(torch.tensor(expected.data), abs=TOL)
+    bad = texts[:engine_module.CHUNK] + [[5] * (bert.max_model_len + 1)]  # longer than the model takes
+    stream = bert.stream_classify(bad)
+    assert len(next(stream)) == engine_module.CHUNK
+    with pytest.raises(ValueError):
+        next(stream)
+
+
 def test_a_lone_request_runs_on_the_callers_thread_and_company_goes_to_the_batcher():
     import threading
 

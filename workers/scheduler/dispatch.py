@@ -42,6 +42,14 @@ class Dispatcher:
     def add(self, held: Held) -> None:
         self._events.put(("add", held))
 
+    def extend(self, held: Held, unit) -> None:
+        """One more unit of streamed work (work.Plan.more), in order."""
+        self._events.put(("extend", (held, unit)))
+
+    def seal(self, held: Held, error: BaseException | None = None) -> None:
+        """No more units of this work will come; `error` if making the next one failed."""
+        self._events.put(("seal", (held, error)))
+
     def drop(self, held: Held) -> None:
         """Hand out nothing more of this work (it was cancelled or taken over)."""
         self._events.put(("drop", held))
@@ -75,6 +83,10 @@ class Dispatcher:
             self._admit(arg)
         elif kind == "done":
             self._done(*arg)
+        elif kind == "extend":
+            self._extend(*arg)
+        elif kind == "seal":
+            self._seal(*arg)
         elif kind == "drop":
             self._drop_units(arg)
             if not arg.outstanding:
@@ -87,13 +99,38 @@ class Dispatcher:
         if held.state is not State.PREPARING:
             return  # abandoned while it was tokenized
         held.state = State.RUNNING
-        if not held.remaining:
-            self._on_complete(held)
-            return
         self._held[held.key] = held
         for i, unit in enumerate(units):
             if len(unit):
                 self._policy.add(Unit((held.key, i), held.tenant, held.bulk, unit.starts))
+        self._maybe_complete(held)
+
+    def _extend(self, held: Held, unit) -> None:
+        if held.state is not State.RUNNING or held.error is not None:
+            return  # abandoned or failed meanwhile: nothing more of it runs
+        index = len(held.prepared.units)
+        held.prepared.units.append(unit)
+        held.parts.append({})
+        held.remaining += len(unit)
+        if len(unit):
+            self._policy.add(Unit((held.key, index), held.tenant, held.bulk, unit.starts))
+
+    def _seal(self, held: Held, error: BaseException | None) -> None:
+        held.sealed = True
+        if held.state is not State.RUNNING:
+            return
+        if error is not None and held.error is None:
+            held.error = error
+            self._drop_units(held)
+        self._maybe_complete(held)
+
+    def _maybe_complete(self, held: Held) -> None:
+        """Hand the work on once every unit is made and back (or it failed and nothing is out)."""
+        if not held.sealed or held.outstanding:
+            return
+        if held.remaining <= 0 or held.error is not None:
+            self._held.pop(held.key, None)
+            self._on_complete(held)
 
     def _drop_units(self, held: Held) -> None:
         for i in range(len(held.parts)):
@@ -138,6 +175,4 @@ class Dispatcher:
                 log.warning("the engine failed a slice of %s %s: %r", held.kind, held.key, exc)
                 held.error = exc
                 self._drop_units(held)
-        if held.remaining <= 0 or (held.error is not None and not held.outstanding):
-            self._held.pop(held.key, None)
-            self._on_complete(held)
+        self._maybe_complete(held)

@@ -42,4 +42,5 @@ class Held:
     remaining: int = 0  # sequences not yet back from the engine
     slices: int = 0  # slices handed out so far (a job of many is checked for cancellation)
     outstanding: int = 0  # slices in the engine now
+    sealed: bool = True  # False while a streamed job's further units are still being made
     error: BaseException | None = None

@@ -245,7 +245,24 @@ class Scheduler:
             held.error = exc
             self._complete(held)
             return
-        self._dispatchers[held.model].add(held)
+        dispatcher = self._dispatchers[held.model]
+        more = held.prepared.more
+        if more is None:
+            dispatcher.add(held)
+            return
+        # A big job: its first units run while the rest are tokenized, here, in order.
+        held.sealed = False
+        dispatcher.add(held)
+        error = None
+        try:
+            for unit in more:
+                if held.state not in (State.PREPARING, State.RUNNING) or held.error is not None:
+                    break  # cancelled, taken over or failed meanwhile: the rest is not wanted
+                dispatcher.extend(held, unit)
+        except Exception as exc:  # noqa: BLE001 - as above, for a later chunk of the input
+            error = exc
+        finally:
+            dispatcher.seal(held, error)
 
     # -- finishing -------------------------------------------------------------
     def _complete(self, held: Held) -> None:

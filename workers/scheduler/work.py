@@ -18,7 +18,7 @@ from __future__ import annotations
 import base64
 import json
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +36,9 @@ class Plan:
 
     units: list
     finish: Callable[[list[list]], Any]  # outputs per unit, in unit order -> result
+    # A big job's further units, in order, each ready once tokenized (the engine tokenizes
+    # them in parallel meanwhile): the device starts on the first while the rest are made.
+    more: Iterator | None = None
 
 
 def priority_of(request: dict[str, Any]) -> int:
@@ -44,10 +47,41 @@ def priority_of(request: dict[str, Any]) -> int:
 
 # -- jobs -------------------------------------------------------------------
 
+# Past this many prompts a job's units are made a tokenizer chunk at a time (engine.stream_*).
+STREAM_AFTER = 512
+
+
 def prepare_job(engine, model: str, request: dict[str, Any]) -> Plan:
-    """One unit; the result is the response body the matching vLLM route answers with."""
+    """The units of one job; the result is the response body the matching vLLM route answers with.
+    A bad input raises ValueError here, or (a big job) from `more` when its chunk is reached."""
+    streamed = _stream(engine, model, request)
+    if streamed is not None:
+        return streamed
     unit, shape = _plan(engine, model, request)
     return Plan([unit], lambda outputs: shape(outputs[0]))
+
+
+def _stream(engine, model: str, req: dict[str, Any]) -> Plan | None:
+    """A big job of plain prompts (classify, or pooling without entity offsets) as a stream of units."""
+    endpoint, prompts = req.get("endpoint", "classify"), req.get("input")
+    if endpoint not in ("classify", "pooling") or not isinstance(prompts, list) or len(prompts) <= STREAM_AFTER:
+        return None
+    rid, special = req["request_id"], req.get("add_special_tokens", True)
+    if endpoint == "classify":
+        units = engine.stream_classify(prompts, add_special_tokens=special, **_common(req))
+
+        def shape(outs):
+            return responses.classification(rid, model, outs)
+    else:
+        task = req["task"]
+        if task == "token_classify" and req.get("aggregation_strategy"):
+            return None
+        units = engine.stream_encode(prompts, pooling_task=task, add_special_tokens=special, **_common(req))
+
+        def shape(outs):
+            return responses.pooling(rid, model, outs, _encoded(req, outs))
+    first = next(units)  # the first chunk's errors are the caller's at once, as an unstreamed job's
+    return Plan([first], lambda outputs: shape([o for unit in outputs for o in unit]), units)
 
 
 def _plan(engine, model: str, req: dict[str, Any]):
