@@ -156,6 +156,9 @@ class CommitCutter:
     - "before": the client's connection is cut and the COMMIT never reaches the server (nothing kept);
     - "after": the COMMIT reaches the server, which commits; the client's connection is cut
       before the answer reaches it (kept, but the client cannot know).
+
+    `autocommit=True` breaks the statement containing `marker` itself, for a write that is
+    its own transaction (no COMMIT is sent).
     """
 
     def __init__(self, upstream_port: int = 5432):
@@ -164,13 +167,14 @@ class CommitCutter:
         self.port = self.listener.getsockname()[1]
         self.mode: str | None = None
         self.marker = b""
+        self.autocommit = False
         self.fired = threading.Event()
         threading.Thread(target=self._accept, daemon=True).start()
 
-    def arm(self, mode: str, marker: bytes) -> None:
+    def arm(self, mode: str, marker: bytes, autocommit: bool = False) -> None:
         assert mode in ("before", "after")
         self.fired.clear()
-        self.mode, self.marker = mode, marker
+        self.mode, self.marker, self.autocommit = mode, marker, autocommit
 
     def _accept(self) -> None:
         while True:
@@ -188,7 +192,8 @@ class CommitCutter:
             while data := client.recv(65536):
                 if self.mode and self.marker in data:
                     link["marked"] = True
-                if link["marked"] and self.mode and b"Q\x00\x00\x00\x0bCOMMIT\x00" in data:
+                commit = b"Q\x00\x00\x00\x0bCOMMIT\x00" in data or (self.autocommit and self.marker in data)
+                if link["marked"] and self.mode and commit:
                     mode, self.mode = self.mode, None
                     if mode == "before":
                         self._cut(client, server)

@@ -1,4 +1,4 @@
-"""POST /v1/batches when the connection breaks at COMMIT: the answer is the truth.
+"""POST /v1/batches and /v1/jobs when the connection breaks at COMMIT: the answer is the truth.
 
 A proxy in front of the test database (private_servers.CommitCutter) breaks
 the batch's COMMIT as a network fault would: before the server gets it
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import json
+import uuid
 
 import pytest
 from sqlalchemy import func, select
@@ -84,3 +85,27 @@ def test_a_batch_whose_commit_never_arrived_is_a_503_that_kept_nothing(api, cutt
     assert batches_of(db, file_id) == 0
     retried = create(api, file_id)  # the client retries, as the 503 says
     assert retried.status_code == 200 and batches_of(db, file_id) == 1
+
+
+def jobs_tagged(db, tag: str) -> int:
+    from app.jobs.records import Job
+
+    with db() as session:
+        return session.scalar(select(func.count()).select_from(Job).where(Job.request["input"][0].as_string() == tag))
+
+
+@pytest.mark.parametrize("mode", ["after", "before"])
+def test_a_job_is_202_only_if_kept_whichever_side_of_its_insert_the_connection_broke(api, cutter, db, mode):
+    """A job is one autocommit INSERT: the statement is its commit. Cut after the server ran it,
+    the job is kept and answered 202 (once); cut before, nothing is kept and the answer is 503."""
+    tag = f"cut-{mode}-{uuid.uuid4().hex[:8]}"
+    cutter.arm(mode, tag.encode(), autocommit=True)
+    response = api.post("/v1/jobs", json={"task": "classify", "model": "tiny", "input": [tag]})
+    assert cutter.fired.is_set()
+    if mode == "after":
+        assert response.status_code == 202, response.json
+        assert jobs_tagged(db, tag) == 1
+    else:
+        assert response.status_code == 503, response.json
+        assert response.headers["Retry-After"]
+        assert jobs_tagged(db, tag) == 0
