@@ -217,7 +217,8 @@ class Batcher:
                 _fail(request, RuntimeError("the pooling engine is closed"))
 
     # -- collator thread --------------------------------------------------
-    def _take_segments(self) -> list[tuple[_Request, int, int]]:
+    def _take_segments(self) -> tuple[list[tuple[_Request, int, int]], bool]:
+        """The next window, interactive work first; and whether it is bulk work."""
         with self._cond:
             while not self._pending_seqs and not self._closed:
                 self._cond.wait()
@@ -227,7 +228,8 @@ class Batcher:
             while (not self._closed and self._pending_tokens < self.max_tokens
                    and self._pending_seqs < self.max_seqs and time.monotonic() < deadline):
                 self._cond.wait(deadline - time.monotonic())
-            lane = self._lanes[0] if self._lanes[0] else self._lanes[1]
+            bulk = not self._lanes[0]
+            lane = self._lanes[1] if bulk else self._lanes[0]
             taken, seqs, tokens = [], 0, 0
             while lane and seqs < self.window_seqs and tokens < self.window_tokens:
                 request, begin, end = lane.popleft()
@@ -243,7 +245,7 @@ class Batcher:
             self._pending_seqs -= seqs
             self._pending_tokens -= tokens
         # A request that already failed or was cancelled wastes no more device time.
-        return [seg for seg in taken if not seg[0].future.done()]
+        return [seg for seg in taken if not seg[0].future.done()], bulk
 
     def _window(self, segments: list[tuple[_Request, int, int]]) -> _Window:
         requests = [request for request, _, _ in segments]
@@ -268,19 +270,36 @@ class Batcher:
                        index=np.concatenate(index), token=np.concatenate(token))
 
     def _collate_loop(self) -> None:
+        # The batches of a bulk window not yet handed over. A bulk window is up to
+        # `window_batches` batches, so its lengths sort into full batches; interactive
+        # work that arrives meanwhile goes before the rest of them, so it waits for at
+        # most the batches already handed over, not for the whole window.
+        deferred: collections.deque = collections.deque()
         while True:
-            segments = self._take_segments()
+            if deferred and not self._lanes[0]:
+                self._hand_over(*deferred.popleft())
+                continue
+            segments, bulk = self._take_segments() if not (deferred and self._closed) else ([], False)
             if not segments:
                 if self._closed:
+                    for window, rows in deferred:
+                        _fail_owners(window, rows, RuntimeError("the pooling engine is closed"))
                     return
                 continue
             window = self._window(segments)
             order = np.argsort(window.lengths, kind="stable")
-            for begin, end in plan_batches(window.lengths[order], self.max_tokens, self.max_seqs, self.max_len):
-                rows = order[begin:end]
-                batch = self._to_device(window, rows)
-                self._count(window, rows, batch)
-                self._ready.put((window, rows, batch))  # blocks while two batches wait: back-pressure
+            plan = [order[begin:end] for begin, end in
+                    plan_batches(window.lengths[order], self.max_tokens, self.max_seqs, self.max_len)]
+            if bulk:
+                deferred.extend((window, rows) for rows in plan)
+            else:
+                for rows in plan:
+                    self._hand_over(window, rows)
+
+    def _hand_over(self, window: _Window, rows: np.ndarray) -> None:
+        batch = self._to_device(window, rows)
+        self._count(window, rows, batch)
+        self._ready.put((window, rows, batch))  # blocks while two batches wait: back-pressure
 
     def _count(self, window: _Window, rows: np.ndarray, batch) -> None:
         if isinstance(batch, Exception):

@@ -258,6 +258,11 @@ class PoolingEngine:
     def max_batch_seqs(self) -> int:
         return self._batcher.max_seqs
 
+    @property
+    def window_batches(self) -> int:
+        """Batches' worth of bulk work the batcher sorts by length at a time."""
+        return self._batcher.window_batches
+
     def batch_stats(self) -> dict[str, int]:
         """Counters since start: batches, sequences, real and padded tokens."""
         return dict(self._batcher.stats)

@@ -150,7 +150,13 @@ class Dispatcher:
         for s in slices:
             held_key, index = s.unit.key
             held = self._held[held_key]
-            submits.append((held.prepared.units[index], s.begin, s.end, 1 if held.bulk else 0))
+            unit = held.prepared.units[index]
+            # A small job, whole in one slice, goes to the engine's interactive lane: it is
+            # batched before the rest of a bulk window (models/batcher.py). Everything else
+            # goes to the bulk lane in the policy's order, where windows of several batches
+            # sort by length into full batches.
+            whole = not held.bulk and held.sealed and len(held.prepared.units) == 1 and s.end - s.begin == len(unit)
+            submits.append((unit, s.begin, s.end, 0 if whole else 1))
             owners.append((held, index, s))
         futures = self.engine.submit(submits)
         for future, (held, index, s) in zip(futures, owners):

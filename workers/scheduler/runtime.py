@@ -139,9 +139,11 @@ class Scheduler:
                 # A slice is a quarter of a batch: a big job takes several slices
                 # per batch, so others' work fits in the same batch beside it.
                 slice_tokens=max(1, tokens // 4), max_slice_seqs=engine.max_batch_seqs,
-                # A second batch waits collated while one runs, so the device never
-                # idles between them; everything else waits here, in the policy's order.
-                inflight_tokens=2 * tokens)
+                # A bulk window's worth (the batcher's 8 batches): enough that the collator
+                # sorts it by length into full batches, as the offline call does; a small
+                # job still goes first, in the interactive lane, and everything else waits
+                # here, in the policy's order.
+                inflight_tokens=engine.window_batches * tokens)
         for thread in self._threads:
             thread.start()
         log.info("scheduler %s: lease %.0f s, renewed every %.1f s, at most %d attempts", self.identity,
