@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from workers.metrics import SEQUENCES_RUN
 from workers.scheduler.held import Held, State
-from workers.scheduler.policy import Policy, Unit
+from workers.scheduler.policy import Policy, Slice, Unit
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,7 @@ class Dispatcher:
         self.engine = engine
         self._on_complete = on_complete
         self._policy = Policy(slice_tokens, max_slice_seqs)
+        self._slice_tokens, self._slice_seqs = slice_tokens, max_slice_seqs
         self._room = inflight_tokens
         self._batch_tokens = engine.max_batch_tokens
         self._inflight = 0  # tokens submitted to the engine and not yet back
@@ -100,10 +101,22 @@ class Dispatcher:
             return  # abandoned while it was tokenized
         held.state = State.RUNNING
         self._held[held.key] = held
+        if self._whole_small(held):
+            # One slice's worth: straight to the engine's interactive lane, which the collator
+            # serves before any bulk window. Waiting in the policy for a batch's worth of room
+            # would queue it behind the big work it is there to pass.
+            unit = units[0]
+            self._submit([Slice(Unit((held.key, 0), held.tenant, False, unit.starts), 0, len(unit), unit.tokens())])
+            return
         for i, unit in enumerate(units):
             if len(unit):
                 self._policy.add(Unit((held.key, i), held.tenant, held.bulk, unit.starts))
         self._maybe_complete(held)
+
+    def _whole_small(self, held: Held) -> bool:
+        units = held.prepared.units
+        return (not held.bulk and held.sealed and len(units) == 1 and 0 < len(units[0]) <= self._slice_seqs
+                and units[0].tokens() <= self._slice_tokens)
 
     def _extend(self, held: Held, unit) -> None:
         if held.state is not State.RUNNING or held.error is not None:
@@ -145,7 +158,9 @@ class Dispatcher:
             # once. Refilled slice by slice as they come back, the collator would
             # take each alone and the device would run part-empty batches.
             return
-        slices = self._policy.next_slices(room)
+        self._submit(self._policy.next_slices(room))
+
+    def _submit(self, slices: list[Slice]) -> None:
         submits, owners = [], []
         for s in slices:
             held_key, index = s.unit.key
