@@ -742,18 +742,22 @@ def main() -> int:
                 noop_runs.append(celery_noop(redis_url, a.noop_k, logdir, meter))
             log(f"# small jobs, sync route: {s}, {c} clients x {per}")
             since = time.time()
+            counters = phases.engine_counters(metrics_port)
             before = meter.snapshot()
             r = run_load(port, "sync", s, texts, c, per, a.client_procs, offset=13)
             cpu = CpuMeter.delta(before, meter.snapshot())
             cpu["clients"] = r["client_cpu_s"]
             small["sync_route"] = {"jobs_per_s": r["rate_per_s"], "ok": r["ok"], "errors": r["errors"],
                                    "first_error": r["first_error"], **lat_summary(r["lat"]),
-                                   "db": db_stats(dbc, s, since), "cpu_s": cpu, "cpu_ms_per_job": per_job(cpu, r["ok"])}
+                                   "db": db_stats(dbc, s, since), "cpu_s": cpu, "cpu_ms_per_job": per_job(cpu, r["ok"]),
+                                   "engine_batches": phases.counters_delta(counters, phases.engine_counters(metrics_port),
+                                                                           s)}
             small["sync_route"]["loadavg_1m"] = loadavg()  # other load on this machine skews figures
             print(json.dumps({"phase": "small_sync", **small["sync_route"]}), flush=True)
 
             log(f"# small jobs, POST /v1/jobs flood: {s}, {c} clients x {per}, completion read from Postgres")
             since = time.time()
+            counters = phases.engine_counters(metrics_port)
             before = meter.snapshot()
             start_at, collect = run_load(port, "submit", s, texts, c, per, a.client_procs, offset=17, background=True)
             target, deadline, failed = per * c, time.monotonic() + 600, 0
@@ -772,7 +776,9 @@ def main() -> int:
                                      "submit_errors": r["errors"], "first_error": r["first_error"],
                                      "seconds": round(wall, 3), "accepted_per_s": r["rate_per_s"],
                                      "submit_latency": lat_summary(r["lat"]), "db": db_stats(dbc, s, since),
-                                     "cpu_s": cpu, "cpu_ms_per_job": per_job(cpu, done)}
+                                     "cpu_s": cpu, "cpu_ms_per_job": per_job(cpu, done),
+                                     "engine_batches": phases.counters_delta(
+                                         counters, phases.engine_counters(metrics_port), s)}
             small["submit_flood"]["loadavg_1m"] = loadavg()  # other load on this machine skews figures
             print(json.dumps({"phase": "small_submit_flood", **small["submit_flood"]}), flush=True)
             if "noop" not in a.skip:

@@ -163,29 +163,31 @@ class Batcher:
             self._outstanding += len(made)
             for request, _ in made:
                 request.future.add_done_callback(self._settled)
-            # Nothing else in the engine and one small request: run it here and
-            # now. Handing it to the collator, device and delivery threads costs
-            # three thread wake-ups, which on a small model is more than the
-            # forward itself; with company, the threads batch as usual.
-            alone = made[0][0]
-            inline = (len(made) == 1 and self._outstanding == 1 and not self._pending_seqs
-                      and len(alone.lengths) <= self.max_seqs and alone.ids.shape[0] <= self.max_tokens)
+            # Nothing else in the engine, and interactive work that fits one batch (one
+            # request, or the group a scheduler submits together): run it here and now.
+            # Handing it to the collator, device and delivery threads costs three thread
+            # wake-ups, which on a small model is more than the forward itself; with
+            # company in the engine, the threads batch as usual.
+            inline = (self._outstanding == len(made) and not self._pending_seqs
+                      and all(priority <= 0 for _, priority in made)
+                      and sum(len(r.lengths) for r, _ in made) <= self.max_seqs
+                      and sum(r.ids.shape[0] for r, _ in made) <= self.max_tokens)
             for request, priority in ([] if inline else made):
                 self._lanes[1 if priority > 0 else 0].append((request, 0, len(request.lengths)))
                 self._pending_tokens += request.ids.shape[0]
                 self._pending_seqs += len(request.lengths)
             self._cond.notify()
         if inline:
-            self._run_inline(alone)
+            self._run_inline([request for request, _ in made])
         return [request.future for request, _ in made]
 
     def _settled(self, _future) -> None:
         with self._cond:
             self._outstanding -= 1
 
-    def _run_inline(self, request: _Request) -> None:
-        """One request's batches on the caller's thread, start to finish."""
-        window = self._window([(request, 0, len(request.lengths))])
+    def _run_inline(self, requests: list[_Request]) -> None:
+        """These requests' batches on the caller's thread, start to finish."""
+        window = self._window([(request, 0, len(request.lengths)) for request in requests])
         order = np.argsort(window.lengths, kind="stable")
         for begin, end in plan_batches(window.lengths[order], self.max_tokens, self.max_seqs, self.max_len):
             rows = order[begin:end]
@@ -199,10 +201,9 @@ class Batcher:
                     seq = None if seq is None else seq.cpu()
                     tok = None if tok is None else tok.cpu()
                 self._deliver(window, rows, seq, tok)
-            except Exception as exc:  # noqa: BLE001 - the request's own failure, as on the device thread
+            except Exception as exc:  # noqa: BLE001 - the requests' own failure, as on the device thread
                 log.warning("pooling batch failed: %s", exc)
-                _fail(request, exc)
-                return
+                _fail_owners(window, rows, exc)
 
     def close(self) -> None:
         with self._cond:

@@ -239,25 +239,32 @@ def test_a_streamed_request_is_the_offline_call_a_chunk_at_a_time(bert, ner):
         next(stream)
 
 
-def test_a_lone_request_runs_on_the_callers_thread_and_company_goes_to_the_batcher():
+def test_interactive_work_on_an_idle_engine_runs_on_the_callers_thread_and_the_rest_goes_to_the_batcher():
     import threading
 
     seen = []
 
     class Runner:
         def __call__(self, batch):
-            seen.append(threading.current_thread().name)
+            seen.append((threading.current_thread().name, batch.input_ids.shape[0]))
             n = batch.input_ids.shape[0]
             return torch.ones(n, 2), None
 
     batcher = Batcher(Runner(), torch.device("cpu"), max_batch_tokens=64, max_batch_seqs=8, max_wait_ms=0,
                       max_len=32)
+    here = threading.current_thread().name
     try:
         ids = torch.arange(1, 7)
         out = batcher.submit(ids, [3, 3], token=False).result(timeout=10)
-        assert out.shape == (2, 2) and seen == [threading.current_thread().name]
-        both = batcher.submit_many([(ids, [3, 3], False, None, 0), (ids, [6], False, None, 0)])
-        assert [f.result(timeout=10).shape for f in both] == [(2, 2), (1, 2)]
-        assert seen[1:] and all(name == "poolq-device" for name in seen[1:])
+        assert out.shape == (2, 2) and seen == [(here, 2)]
+        # A group submitted together (the scheduler's small jobs of one turn): one batch, here.
+        group = batcher.submit_many([(ids, [3, 3], False, None, 0), (ids, [6], False, None, 0)])
+        assert [f.result(timeout=10).shape for f in group] == [(2, 2), (1, 2)]
+        assert seen[1:] == [(here, 3)]
+        # Bulk work, and a group larger than a batch, go through the batcher's threads.
+        bulk = batcher.submit_many([(ids, [3, 3], False, None, 1)])
+        big = batcher.submit_many([(ids, [3, 3], False, None, 0)] * 5)
+        assert [f.result(timeout=10).shape for f in bulk + big] == [(2, 2)] * 6
+        assert seen[2:] and all(name == "poolq-device" for name, _ in seen[2:])
     finally:
         batcher.close()

@@ -35,13 +35,19 @@ class Dispatcher:
         self._batch_tokens = engine.max_batch_tokens
         self._inflight = 0  # tokens submitted to the engine and not yet back
         self._held: dict[object, Held] = {}  # work with units in the policy or slices in the engine
+        self._whole: list[Slice] = []  # small jobs admitted this turn, submitted together at its end
         self._events: queue.SimpleQueue = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._loop, name=f"poolq-dispatch-{model}", daemon=True)
         self._thread.start()
 
     # -- any thread ------------------------------------------------------------
     def add(self, held: Held) -> None:
-        self._events.put(("add", held))
+        self._events.put(("add", [held]))
+
+    def add_many(self, helds: list[Held]) -> None:
+        """Work prepared together (a claimed group): one event, so its small jobs reach the
+        engine as one submission, and so one batch."""
+        self._events.put(("add", helds))
 
     def extend(self, held: Held, unit) -> None:
         """One more unit of streamed work (work.Plan.more), in order."""
@@ -81,7 +87,8 @@ class Dispatcher:
 
     def _handle(self, kind: str, arg) -> None:
         if kind == "add":
-            self._admit(arg)
+            for held in arg:
+                self._admit(held)
         elif kind == "done":
             self._done(*arg)
         elif kind == "extend":
@@ -106,7 +113,8 @@ class Dispatcher:
             # serves before any bulk window. Waiting in the policy for a batch's worth of room
             # would queue it behind the big work it is there to pass.
             unit = units[0]
-            self._submit([Slice(Unit((held.key, 0), held.tenant, False, unit.starts), 0, len(unit), unit.tokens())])
+            self._whole.append(Slice(Unit((held.key, 0), held.tenant, False, unit.starts), 0, len(unit),
+                                     unit.tokens()))
             return
         for i, unit in enumerate(units):
             if len(unit):
@@ -150,6 +158,13 @@ class Dispatcher:
             self._policy.drop((held.key, i))
 
     def _fill(self) -> None:
+        if self._whole:
+            # Every small job that arrived since the last turn, in one submission: with
+            # the engine idle they run as one batch on this thread, and while it runs
+            # the next ones gather here (load-adaptive: no timer, no lone wait).
+            whole, self._whole = [s for s in self._whole if s.unit.key[0] in self._held], []
+            if whole:  # (less any dropped meanwhile)
+                self._submit(whole)
         room = self._room - self._inflight
         if room <= 0 or not len(self._policy):
             return

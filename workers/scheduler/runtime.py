@@ -39,6 +39,7 @@ from app.webhooks.dispatch import send_deliveries
 from app.webhooks.services import job_event
 from workers.metrics import GROUP_JOBS, JOB_SECONDS, JOBS_RUN
 from workers.scheduler import work
+from workers.scheduler.acks import ack_all
 from workers.scheduler.dispatch import Dispatcher
 from workers.scheduler.fairqueue import FairQueue
 from workers.scheduler.held import Delivery, Held, State
@@ -198,9 +199,11 @@ class Scheduler:
         taken = {c.id for c in claimed}
         # The rest: finished, cancelled, deleted, or run by a live worker: redeliveries.
         self._ack([d for job_id, ds in jobs.items() if job_id not in taken for d in ds])
+        ready: list[Held] = []
         for c in claimed:
             self._hold(Held("job", c.id, c.model, c.tenant_id, work.priority_of(c.request) > 0, c.attempt, c,
-                            [d for d in jobs[c.id] if d is not None]))
+                            [d for d in jobs[c.id] if d is not None]), ready)
+        self._add_all(ready)
 
     def _admit_chunk(self, key, delivery: Delivery | None) -> None:
         batch_id, index = key
@@ -213,7 +216,9 @@ class Scheduler:
         self._hold(Held("chunk", key, claimed.model, tenant.get(batch_id), True, claimed.attempt, claimed,
                         [delivery] if delivery else []))
 
-    def _hold(self, held: Held) -> None:
+    def _hold(self, held: Held, ready: list[Held] | None = None) -> None:
+        """Take on claimed work. A small job is prepared here and now, and appended to `ready`
+        (handed to its dispatcher with the rest of its group) where one is given."""
         with self._lock:
             previous = self._held.get(held.key)
             if previous is not None and previous.state is not State.DONE:
@@ -224,9 +229,16 @@ class Scheduler:
         if held.kind == "job" and _small(held.payload.request):
             # A few prompts tokenize in well under a millisecond: here, not behind a
             # big job's tokenization and not at the cost of a thread hand-off.
-            self._prepare_one(held)
+            self._prepare_one(held, ready)
         else:
             self._preparing.put(held.bulk, held.tenant, held)
+
+    def _add_all(self, ready: list[Held]) -> None:
+        by_model: dict[str, list[Held]] = {}
+        for held in ready:
+            by_model.setdefault(held.model, []).append(held)
+        for model, helds in by_model.items():
+            self._dispatchers[model].add_many(helds)
 
     def _prepare_loop(self) -> None:
         while not self._stopping.is_set():
@@ -234,7 +246,7 @@ class Scheduler:
             if held is not None:
                 self._prepare_one(held)
 
-    def _prepare_one(self, held: Held) -> None:
+    def _prepare_one(self, held: Held, ready: list[Held] | None = None) -> None:
         if held.state is not State.PREPARING:
             return  # cancelled or taken over while it waited
         try:
@@ -250,7 +262,10 @@ class Scheduler:
         dispatcher = self._dispatchers[held.model]
         more = held.prepared.more
         if more is None:
-            dispatcher.add(held)
+            if ready is not None:
+                ready.append(held)
+            else:
+                dispatcher.add(held)
             return
         # A big job: its first units run while the rest are tokenized, here, in order.
         held.sealed = False
@@ -341,8 +356,8 @@ class Scheduler:
         self._failpoint("committed")
         won_ids = {o.job_id for o in won}
         self.poolq.events.publish_many([str(i) for i in won_ids])  # wakes synchronous requests
+        self._settle_all([held for held, _ in finished])
         for held, _ in finished:
-            self._settle(held)
             if held.key in won_ids:
                 outcome = "succeeded" if held.error is None else "failed"
                 JOBS_RUN.labels(held.model, held.payload.task, outcome).inc()
@@ -372,26 +387,30 @@ class Scheduler:
 
     def _settle(self, held: Held) -> None:
         """The work is written or abandoned: ack its messages, forget it."""
+        self._settle_all([held])
+
+    def _settle_all(self, helds: list[Held]) -> None:
+        """As `_settle`, for a group: their messages acked together (one Redis round trip)."""
+        settled = []
         with self._lock:
-            held.state = State.DONE
-            if self._held.get(held.key) is held:
-                del self._held[held.key]
-            deliveries, held.deliveries = held.deliveries, []
-        self._ack(deliveries)
-        for d in deliveries:
-            if d is not None and self.task_event is not None:
-                self.task_event(d.task_id, held)
+            for held in helds:
+                held.state = State.DONE
+                if self._held.get(held.key) is held:
+                    del self._held[held.key]
+                deliveries, held.deliveries = held.deliveries, []
+                settled.append((held, deliveries))
+        self._ack([d for _, deliveries in settled for d in deliveries])
+        if self.task_event is not None:
+            for held, deliveries in settled:
+                for d in deliveries:
+                    if d is not None:
+                        self.task_event(d.task_id, held)
 
     task_event = None  # set by the Celery handoff: sends task-succeeded for Flower
 
-    def _ack(self, deliveries) -> None:
-        for d in deliveries:
-            if d is None:
-                continue
-            try:
-                d.message.ack()
-            except Exception:  # noqa: BLE001 - a broker reconnect dropped the channel: it redelivers, a no-op
-                log.debug("ack failed", exc_info=True)
+    @staticmethod
+    def _ack(deliveries) -> None:
+        ack_all([d.message for d in deliveries if d is not None])
 
     def _busy(self) -> bool:
         with self._lock:
