@@ -22,9 +22,11 @@ back-pressure the collator so pending work piles up into fuller,
 better-sorted windows when the device is the bottleneck.
 
 Two lanes: interactive work (priority 0) and bulk work (priority > 0, e.g.
-batch chunks). A window is taken from the interactive lane whenever it holds
-anything, so an interactive request waits for at most the bulk batches
-already collated (two), never behind the bulk backlog.
+batch chunks), in the pending work and again among the collated batches. A
+window is taken from the interactive lane whenever it holds anything, and
+an interactive batch goes to the device before bulk batches collated ahead
+of it, so an interactive request waits for the batch the device is running
+(and, on a GPU, the one launched behind it), never behind the bulk backlog.
 """
 from __future__ import annotations
 
@@ -43,6 +45,10 @@ import torch
 from .collate import collate, plan_batches
 
 log = logging.getLogger(__name__)
+
+
+# Collated batches that may wait for the device, per lane (see Batcher._ready_room).
+READY_DEPTH = 2
 
 
 class _Request:
@@ -117,8 +123,11 @@ class Batcher:
         self._pending_tokens = 0
         self._pending_seqs = 0
         self._outstanding = 0  # requests submitted whose future has not settled
+        # One lock for the lanes and for the collated batches waiting for the device
+        # ([interactive, bulk], READY_DEPTH each): the collator waits on both at once.
         self._cond = threading.Condition()
-        self._ready: queue.Queue = queue.Queue(maxsize=2)
+        self._ready: tuple[collections.deque, collections.deque] = (collections.deque(), collections.deque())
+        self._ready_closed = False
         self._launched: queue.Queue = queue.Queue(maxsize=1)
         # Written by the collator thread only; read for benchmarks and metrics.
         self.stats = {"batches": 0, "sequences": 0, "real_tokens": 0, "padded_tokens": 0}
@@ -176,7 +185,7 @@ class Batcher:
                 self._lanes[1 if priority > 0 else 0].append((request, 0, len(request.lengths)))
                 self._pending_tokens += request.ids.shape[0]
                 self._pending_seqs += len(request.lengths)
-            self._cond.notify()
+            self._cond.notify_all()  # the collator; the device thread waits on this lock too
         if inline:
             self._run_inline([request for request, _ in made])
         return [request.future for request, _ in made]
@@ -210,7 +219,9 @@ class Batcher:
             self._closed = True
             self._cond.notify_all()
         self._collator.join()
-        self._ready.put(None)
+        with self._cond:
+            self._ready_closed = True  # the device thread runs what waits, then stops
+            self._cond.notify_all()
         self._worker.join()
         self._deliverer.join()
         for lane in self._lanes:
@@ -273,18 +284,26 @@ class Batcher:
     def _collate_loop(self) -> None:
         # The batches of a bulk window not yet handed over. A bulk window is up to
         # `window_batches` batches, so its lengths sort into full batches; interactive
-        # work that arrives meanwhile goes before the rest of them, so it waits for at
-        # most the batches already handed over, not for the whole window.
+        # work that arrives meanwhile goes before the rest of them. A bulk batch is
+        # collated only once the device has room for it, so the collator is never
+        # stuck handing one over while interactive work waits to be batched.
         deferred: collections.deque = collections.deque()
         while True:
-            if deferred and not self._lanes[0]:
-                self._hand_over(*deferred.popleft())
-                continue
-            segments, bulk = self._take_segments() if not (deferred and self._closed) else ([], False)
-            if not segments:
-                if self._closed:
+            if deferred:
+                with self._cond:
+                    while not (self._lanes[0] or self._closed or self._ready_room(bulk=True)):
+                        self._cond.wait()
+                    interactive_first, closed = bool(self._lanes[0]), self._closed
+                if closed:
                     for window, rows in deferred:
                         _fail_owners(window, rows, RuntimeError("the pooling engine is closed"))
+                    return
+                if not interactive_first:
+                    self._hand_over(*deferred.popleft(), bulk=True)
+                    continue
+            segments, bulk = self._take_segments()
+            if not segments:
+                if self._closed:
                     return
                 continue
             window = self._window(segments)
@@ -295,12 +314,34 @@ class Batcher:
                 deferred.extend((window, rows) for rows in plan)
             else:
                 for rows in plan:
-                    self._hand_over(window, rows)
+                    self._hand_over(window, rows, bulk=False)
 
-    def _hand_over(self, window: _Window, rows: np.ndarray) -> None:
+    def _ready_room(self, bulk: bool) -> bool:
+        """Whether a collated batch of this kind may join those waiting for the device (under
+        the lock): at most READY_DEPTH of each kind, and bulk only while no more than that wait
+        in all, so an interactive batch has at most the running one ahead of it."""
+        if bulk:
+            return len(self._ready[0]) + len(self._ready[1]) < READY_DEPTH
+        return len(self._ready[0]) < READY_DEPTH
+
+    def _hand_over(self, window: _Window, rows: np.ndarray, bulk: bool) -> None:
         batch = self._to_device(window, rows)
         self._count(window, rows, batch)
-        self._ready.put((window, rows, batch))  # blocks while two batches wait: back-pressure
+        with self._cond:
+            while not self._ready_room(bulk):  # back-pressure from the device
+                self._cond.wait()
+            self._ready[1 if bulk else 0].append((window, rows, batch))
+            self._cond.notify_all()
+
+    def _next_ready(self):
+        """The next collated batch for the device, interactive first; None once closed and drained."""
+        with self._cond:
+            while not (self._ready[0] or self._ready[1] or self._ready_closed):
+                self._cond.wait()
+            lane = self._ready[0] if self._ready[0] else self._ready[1]
+            job = lane.popleft() if lane else None
+            self._cond.notify_all()  # room for the collator
+            return job
 
     def _count(self, window: _Window, rows: np.ndarray, batch) -> None:
         if isinstance(batch, Exception):
@@ -320,7 +361,7 @@ class Batcher:
     # -- device thread ----------------------------------------------------
     def _device_loop(self) -> None:
         while True:
-            job = self._ready.get()
+            job = self._next_ready()
             if job is None:
                 self._launched.put(None)
                 return

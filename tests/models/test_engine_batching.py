@@ -268,3 +268,35 @@ def test_interactive_work_on_an_idle_engine_runs_on_the_callers_thread_and_the_r
         assert seen[2:] and all(name == "poolq-device" for name, _ in seen[2:])
     finally:
         batcher.close()
+
+
+def test_an_interactive_batch_runs_next_ahead_of_bulk_batches_already_collated():
+    """With the device busy and bulk batches collated and waiting, an interactive request is
+    the next batch the device runs: it waits for the running batch only."""
+    import threading
+
+    release, running = threading.Event(), threading.Event()
+    ran = []
+
+    class Runner:
+        def __call__(self, batch):
+            ran.append(int(batch.input_ids[0, 0]))  # each request's ids start with its own marker
+            running.set()
+            release.wait(timeout=10)
+            return torch.ones(batch.input_ids.shape[0], 2), None
+
+    batcher = Batcher(Runner(), torch.device("cpu"), max_batch_tokens=8, max_batch_seqs=1, max_wait_ms=0,
+                      max_len=8)
+    try:
+        # Four bulk batches of one sequence each (marker 7), one running and the rest waiting.
+        bulk = batcher.submit(torch.full((16,), 7), [4, 4, 4, 4], token=False, priority=1)
+        assert running.wait(timeout=10)
+        time.sleep(0.3)  # the collator fills the device's queue with the next bulk batches
+        urgent = batcher.submit(torch.full((4,), 3), [4], token=False)
+        time.sleep(0.2)  # the collator batches it meanwhile
+        release.set()
+        assert urgent.result(timeout=10).shape == (1, 2) and bulk.result(timeout=10).shape == (4, 2)
+        assert ran == [7, 3, 7, 7, 7]
+    finally:
+        release.set()
+        batcher.close()
