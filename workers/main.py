@@ -5,12 +5,15 @@ from __future__ import annotations
 import gc
 import logging
 import socket
+import sys
 from pathlib import Path
 
 from app import create_app
 from app.config import Settings
 from app.webhooks.dispatch import webhook_queue
 from workers.shutdown import grace_left, install_webhook_drain
+
+GIL_SWITCH_S = 0.001  # see run_worker
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +44,13 @@ def run_worker(settings: Settings, beat: bool = False, preload: bool = True, nam
     # collector stops re-scanning it: a bulk job's outputs otherwise trigger
     # full collections that walk it all, ~0.2 s each.
     gc.freeze()
+    # The scheduler's stages are threads that mostly wait on Postgres, Redis or the
+    # device while another runs Python (the Celery consumer, a forward's glue,
+    # shaping). A thread whose answer has arrived waits for the GIL until the holder
+    # lets go, by default after up to 5 ms, and each small job takes several such
+    # round trips. 1 ms hands it back sooner: small-job flood +8% (4 of 4 A/B runs,
+    # docs/benchmarks.md).
+    sys.setswitchinterval(GIL_SWITCH_S)
     scheduler = start_scheduler(flask_app.extensions["poolq"], celery, engine_registry(settings))
     queues = [settings.queue_for(spec.name) for spec in settings.models] + [settings.maintenance_queue]
     queues += [settings.bulk_queue_for(spec.name) for spec in settings.models]
