@@ -4,7 +4,9 @@ Synchronous pooling routes wait for their job. The worker publishes each
 finished job id on one Redis channel (the broker's Redis, the embedded one
 included) and every API process has one listener thread that wakes the
 right waiter. A waiter also re-reads the job now and then, so a lost
-message costs latency, never a wrong answer.
+message costs latency, never a wrong answer. A small succeeded result rides
+with its message (the JSON text stored, byte for byte), so the waiter
+answers without a read of it from the database.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ class RedisJobEvents:
     def __init__(self, url: str, namespace: str = ""):
         self._url = url
         self._channel = f"{namespace}{CHANNEL}"
-        self._waiters: dict[str, threading.Event] = {}
+        self._waiters: dict[str, Waiter] = {}
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
         self._listener_pid: int | None = None
@@ -59,40 +61,35 @@ class RedisJobEvents:
     def publish(self, job_id: str) -> None:
         self.publish_many([job_id])
 
-    def publish_many(self, job_ids) -> None:
-        """Every id in one round trip (a pipeline of PUBLISHes): a worker finishes jobs in groups."""
+    def publish_many(self, finished) -> None:
+        """Every finished job in one round trip (a pipeline of PUBLISHes): a worker finishes jobs
+        in groups. Each item is a job id, or (job id, result JSON) for a succeeded job whose stored
+        result is small: it travels with the message, and its waiter answers without reading it
+        back from the database."""
+        finished = list(finished)
         try:
             if self._publisher is None:
                 import redis
 
                 self._publisher = redis.Redis.from_url(self._url, socket_timeout=2, socket_connect_timeout=2)
             pipe = self._publisher.pipeline(transaction=False)
-            for job_id in job_ids:
-                pipe.publish(self._channel, str(job_id))
+            for item in finished:
+                job_id, result_json = item if isinstance(item, tuple) else (item, None)
+                pipe.publish(self._channel, str(job_id) if result_json is None else f"{job_id} {result_json}")
             pipe.execute()
         except Exception:  # waiters fall back to re-reading the job
-            log.warning("could not publish completion of %d job(s)", len(list(job_ids)), exc_info=True)
+            log.warning("could not publish completion of %d job(s)", len(finished), exc_info=True)
 
     @contextmanager
-    def expect(self, job_id: str) -> Iterator[Callable[[float, Callable[[], bool]], bool]]:
+    def expect(self, job_id: str) -> Iterator[Waiter]:
         """Register before the job is sent, so its completion cannot be missed."""
         self._ensure_listener()
-        event = threading.Event()
+        waiter = Waiter(self.RECHECK_S)
         key = str(job_id)
         with self._lock:
-            self._waiters[key] = event
-
-        def wait(timeout: float, finished: Callable[[], bool]) -> bool:
-            deadline = time.monotonic() + timeout
-            while True:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return finished()
-                if event.wait(min(self.RECHECK_S, remaining)) or finished():
-                    return True
-
+            self._waiters[key] = waiter
         try:
-            yield wait
+            yield waiter
         finally:
             with self._lock:
                 self._waiters.pop(key, None)
@@ -149,10 +146,35 @@ class RedisJobEvents:
             pubsub.close()
 
     def _wake(self, data) -> None:
-        key = data.decode() if isinstance(data, bytes) else str(data)
-        event = self._waiters.get(key)
-        if event is not None:
-            event.set()
+        text = data.decode() if isinstance(data, bytes) else str(data)
+        key, _, result_json = text.partition(" ")
+        waiter = self._waiters.get(key)
+        if waiter is not None:
+            waiter.finished(result_json or None)
+
+
+class Waiter:
+    """One request waiting for its job: `waiter(timeout, finished)` returns once the job is
+    finished (notified, or `finished()` says so at a recheck) or the timeout passed; then
+    `result_json` is the stored result if it came with the notification, else None."""
+
+    def __init__(self, recheck_s: float):
+        self._event = threading.Event()
+        self._recheck_s = recheck_s
+        self.result_json: str | None = None
+
+    def finished(self, result_json: str | None) -> None:
+        self.result_json = result_json
+        self._event.set()
+
+    def __call__(self, timeout: float, finished: Callable[[], bool]) -> bool:
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return finished()
+            if self._event.wait(min(self._recheck_s, remaining)) or finished():
+                return True
 
 
 def job_events(broker_url: str, namespace: str = "") -> RedisJobEvents:

@@ -56,10 +56,13 @@ def handle(endpoint: str, body=None):
             done = False  # the job is kept: its Location is the truthful answer, not a 503
     if not done:
         return accepted(job)
-    try:
-        status, error, result_json = finished_outcome(job_id, current_tenant_id())
-    except UNAVAILABLE:
-        return accepted(job)
+    if wait.result_json is not None:  # it came with the completion message
+        status, error, result_json = "succeeded", None, wait.result_json
+    else:
+        try:
+            status, error, result_json = finished_outcome(job_id, current_tenant_id())
+        except UNAVAILABLE:
+            return accepted(job)
     if status == "succeeded":
         if job_request.get("binary_response"):
             return binary_response(result_json, job_request, model.card.num_labels)

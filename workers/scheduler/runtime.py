@@ -19,6 +19,7 @@ at any point loses nothing and writes nothing twice.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import queue
@@ -68,6 +69,21 @@ def _small_work(held: Held) -> bool:
     if held.kind != "job":
         return False
     return held.prepared is None or sum(len(u) for u in held.prepared.units) <= SMALL
+
+
+# A succeeded small job's result up to this long travels with its completion message.
+RESULT_IN_MESSAGE_MAX = 16_384
+
+
+def _completion(outcome: claims.Outcome, small: bool):
+    """A finished job's completion message: its id, and a small job's result with it, as the JSON
+    text just stored (SQLAlchemy's JSON type writes json.dumps of the body), so a synchronous
+    request answers without reading it back."""
+    if small and outcome.status == "succeeded":
+        text = json.dumps(outcome.body)
+        if len(text) <= RESULT_IN_MESSAGE_MAX:
+            return str(outcome.job_id), text
+    return str(outcome.job_id)
 
 
 def _ids(held: Held) -> dict[str, str]:
@@ -355,7 +371,8 @@ class Scheduler:
         GROUP_JOBS.labels("finish").observe(len(outcomes))
         self._failpoint("committed")
         won_ids = {o.job_id for o in won}
-        self.poolq.events.publish_many([str(i) for i in won_ids])  # wakes synchronous requests
+        small = {held.key for held, _ in finished if _small_work(held)}
+        self.poolq.events.publish_many([_completion(o, o.job_id in small) for o in won])  # wakes sync requests
         self._settle_all([held for held, _ in finished])
         for held, _ in finished:
             if held.key in won_ids:
