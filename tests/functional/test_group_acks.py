@@ -51,3 +51,29 @@ def test_messages_of_other_transports_are_acked_one_by_one():
     messages = [Message() for _ in range(3)]
     ack_all(messages)
     assert [m.acked for m in messages] == [1, 1, 1]
+
+
+def test_a_channel_reuses_one_client_and_its_messages_still_ack(redis_url, namespace):
+    from workers.scheduler.redis_channel import reuse_client
+
+    queue = f"{namespace}client.{secrets.token_hex(3)}"
+    with Connection(redis_url, transport_options={"global_keyprefix": namespace}) as connection:
+        simple = connection.SimpleQueue(queue)
+        try:
+            channel = simple.channel
+            assert channel._create_client() is not channel._create_client()  # kombu's own: one per call
+            reuse_client(channel)
+            reuse_client(channel)  # twice: still the one wrapper
+            assert channel._create_client() is channel._create_client()
+            assert channel._create_client(asynchronous=True) is not channel._create_client()
+            for i in range(3):
+                simple.put({"n": i})
+            got = [simple.get(timeout=5) for _ in range(3)]  # each delivery writes the unacked index
+            client = redis.Redis.from_url(redis_url)
+            unacked = f"{namespace}{channel.qos.unacked_key}"
+            assert client.hlen(unacked) == 3
+            got[0].ack()
+            ack_all(got[1:])
+            assert client.hlen(unacked) == 0
+        finally:
+            simple.close()
