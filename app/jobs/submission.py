@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from flask import current_app, jsonify, request, url_for
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
-from sqlalchemy import Engine
+from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.request import db_session
@@ -70,6 +70,12 @@ def _autocommit(engine: Engine) -> Engine:
     return engine.execution_options(isolation_level="AUTOCOMMIT")
 
 
+def _statement_connection(sessions: sessionmaker | None = None) -> Connection:
+    """A connection of the requests' pool (`sessions`') on which each statement commits by itself."""
+    sessions = sessions or current_app.extensions["poolq"].request_session_factory
+    return _autocommit(sessions.kw["bind"]).connect()
+
+
 def _insert_job(sessions: sessionmaker, job: Job) -> None:
     """Write the job in one statement, committed by itself, or raise if it is not kept.
 
@@ -80,7 +86,7 @@ def _insert_job(sessions: sessionmaker, job: Job) -> None:
     Idempotency-Key would run it twice).
     """
     try:
-        with _autocommit(sessions.kw["bind"]).connect() as connection:
+        with _statement_connection(sessions) as connection:
             services.insert_job(connection, job)
     except UNAVAILABLE:
         if not _is_kept(job.id):
@@ -121,13 +127,13 @@ def _rollback(session: Session) -> None:
 def is_finished(job_id: uuid.UUID) -> bool:
     """A fresh read each time (a long-lived SQLite read transaction would see a stale snapshot),
     in one autocommit statement."""
-    with _autocommit(current_app.extensions["poolq"].request_session_factory.kw["bind"]).connect() as connection:
+    with _statement_connection() as connection:
         return services.job_finished(connection, job_id)
 
 
 def finished_outcome(job_id: uuid.UUID, tenant_id: uuid.UUID) -> tuple[str, dict | None, str | None]:
     """`services.finished_outcome` in one autocommit statement, not a session's transaction."""
-    with _autocommit(current_app.extensions["poolq"].request_session_factory.kw["bind"]).connect() as connection:
+    with _statement_connection() as connection:
         return services.finished_outcome(connection, job_id, tenant_id)
 
 
