@@ -9,8 +9,8 @@ commands, and each message is then marked acked in kombu's own state exactly
 as its `ack()` would have (the channel's QoS forgets the tag; the message's
 state becomes ACK).
 
-Anything but kombu's Redis transport (the embedded SQLite-backed broker, a
-test's stand-in) is acked one by one, as before. A failure leaves the
+Anything but kombu's Redis transport (another broker, a test's stand-in) is
+acked one by one, as before. A failure leaves the
 messages unacked: the broker redelivers them and the claim finds their work
 settled, so it acks them then (docs/design/worker.md).
 """
@@ -20,16 +20,13 @@ import logging
 
 log = logging.getLogger(__name__)
 
-try:
-    from kombu.transport import redis as kombu_redis
-    from kombu.transport.virtual import base as kombu_virtual
-except ImportError:  # pragma: no cover - kombu ships redis support with celery[redis]
-    kombu_redis = None
+from kombu.transport import redis as kombu_redis
+from kombu.transport.virtual import base as kombu_virtual
 
 
 def _redis_qos(message):
     """The message's channel QoS, where it is kombu's Redis one and the message is still unacked."""
-    if kombu_redis is None or getattr(message, "acknowledged", True):
+    if getattr(message, "acknowledged", True):
         return None
     qos = getattr(getattr(message, "channel", None), "qos", None)
     return qos if isinstance(qos, kombu_redis.QoS) else None

@@ -12,15 +12,12 @@ a reconnect is a new object and gets its own.
 """
 from __future__ import annotations
 
-try:
-    from kombu.transport import redis as kombu_redis
-except ImportError:  # pragma: no cover - kombu ships redis support with celery[redis]
-    kombu_redis = None
+from kombu.transport import redis as kombu_redis
 
 
 def reuse_client(channel) -> None:
     """Make `channel` hand out one client for its pool (a no-op for other transports, or twice)."""
-    if kombu_redis is None or not isinstance(channel, kombu_redis.Channel) or "_create_client" in vars(channel):
+    if not isinstance(channel, kombu_redis.Channel) or "_create_client" in vars(channel):
         return
     make = channel._create_client  # kombu's, bound to this channel
 
