@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import logging
 
-log = logging.getLogger(__name__)
-
 from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual import base as kombu_virtual
+
+log = logging.getLogger(__name__)
 
 
 def _redis_qos(message):
