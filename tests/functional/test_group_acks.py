@@ -77,3 +77,83 @@ def test_a_channel_reuses_one_client_and_its_messages_still_ack(redis_url, names
             assert client.hlen(unacked) == 0
         finally:
             simple.close()
+
+
+def _batched_consumer(connection, queue, prefetch=None):
+    """A kombu consumer on `queue` whose channel reads in batches; what it saw, read by read."""
+    from kombu import Consumer, Queue
+
+    from workers.scheduler.redis_channel import batch_reads
+
+    channel = connection.channel()
+    reads: list[list] = []
+    current: list = []
+
+    def begin():
+        current.clear()
+
+    def end():
+        reads.append(list(current))
+
+    consumer = Consumer(channel, [Queue(queue)], callbacks=[lambda body, message: current.append(message)],
+                        accept=["json"])
+    if prefetch:
+        consumer.qos(prefetch_count=prefetch)
+    consumer.consume()
+    batch_reads(channel, begin, end)
+    batch_reads(channel, begin, end)  # twice: still one wrapper
+    return channel, reads
+
+
+def test_a_batched_read_takes_the_waiting_messages_at_once_and_records_them_as_kombu_does(redis_url, namespace):
+    queue = f"{namespace}batched.{secrets.token_hex(3)}"
+    with Connection(redis_url, transport_options={"visibility_timeout": 1}) as connection:
+        producer = connection.Producer()
+        for i in range(10):
+            producer.publish({"n": i}, routing_key=queue, declare=[], serializer="json")
+        channel, reads = _batched_consumer(connection, queue)
+        connection.drain_events(timeout=5)
+        assert len(reads) == 1 and [m.payload["n"] for m in reads[0]] == list(range(10))  # one read, in order
+        qos = channel.qos
+        client = redis.Redis.from_url(redis_url)
+        tags = [m.delivery_tag for m in reads[0]]
+        records = client.hmget(qos.unacked_key, tags)
+        # kombu's own record of an unacked message: [message, exchange, routing key], with its score
+        import json
+
+        assert [json.loads(r) for r in records] == [[m._raw, "", queue] for m in reads[0]]
+        assert all(client.zscore(qos.unacked_index_key, t) for t in tags)
+        assert len(qos._delivered) == 10
+
+        ack_all(reads[0][:9])
+        # The tenth, never acked (its worker died), comes back through kombu's own restore.
+        time.sleep(1.2)
+        qos.restore_visible(num=100)
+        assert client.hlen(qos.unacked_key) == 0 or tags[9].encode() not in client.hkeys(qos.unacked_key)
+        assert client.llen(queue) == 1
+        connection.drain_events(timeout=5)
+        assert [m.payload["n"] for m in reads[1]] == [9]
+        ack_all(reads[1])
+        assert client.hget(qos.unacked_key, tags[9]) is None
+
+
+def test_a_batched_read_keeps_to_the_prefetch_window(redis_url, namespace):
+    queue = f"{namespace}batched.{secrets.token_hex(3)}"
+    with Connection(redis_url) as connection:
+        producer = connection.Producer()
+        for i in range(7):
+            producer.publish({"n": i}, routing_key=queue, declare=[], serializer="json")
+        channel, reads = _batched_consumer(connection, queue, prefetch=3)
+        connection.drain_events(timeout=5)
+        assert [m.payload["n"] for m in reads[0]] == [0, 1, 2]
+        client = redis.Redis.from_url(redis_url)
+        assert client.llen(queue) == 4  # the rest still waits in the queue, not popped
+        ack_all(reads[0])
+        connection.drain_events(timeout=5)
+        assert [m.payload["n"] for m in reads[1]] == [3, 4, 5]
+        ack_all(reads[1])
+        connection.drain_events(timeout=5)
+        ack_all(reads[2])
+        assert [m.payload["n"] for m in reads[2]] == [6]
+        assert client.hlen(channel.qos.unacked_key) == 0 or not any(
+            client.hexists(channel.qos.unacked_key, m.delivery_tag) for r in reads for m in r)

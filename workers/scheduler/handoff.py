@@ -20,7 +20,7 @@ import threading
 import time
 
 from workers.scheduler.held import Delivery
-from workers.scheduler.redis_channel import reuse_client
+from workers.scheduler.redis_channel import batch_reads, reuse_client
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +73,32 @@ class BatchedEvents:
 _batched: BatchedEvents | None = None
 
 
+class _ReadGroup:
+    """The messages of one batched read (redis_channel.batch_reads), handed to the scheduler
+    together so that its admission claims them in one transaction; outside a batched read
+    (another transport) each goes on alone. The consumer's thread is the only caller."""
+
+    def __init__(self):
+        self._items: list | None = None
+
+    def begin(self) -> None:
+        self._items = []
+
+    def end(self) -> None:
+        items, self._items = self._items, None
+        if items and _scheduler is not None:
+            _scheduler.receive_many(items)
+
+    def receive(self, item: tuple) -> None:
+        if self._items is not None:
+            self._items.append(item)
+        else:
+            _scheduler.receive_many([item])
+
+
+_read_group = _ReadGroup()
+
+
 def _events(task, consumer):
     global _batched
     eventer = consumer.event_dispatcher
@@ -119,6 +145,7 @@ def _strategy(task, app, consumer, options, parse):
         if message.channel is not seen_channel:  # the first message, or one after a reconnect
             seen_channel = message.channel
             reuse_client(seen_channel)
+            batch_reads(seen_channel, _read_group.begin, _read_group.end)
         task_id = message.headers.get("id", "")
         try:
             args, kwargs, _embed = message.decode()
@@ -133,6 +160,6 @@ def _strategy(task, app, consumer, options, parse):
             send_event("task-received", uuid=task_id, name=task.name, args=repr(args)[:REPR_MAX],
                        kwargs=repr(kwargs)[:REPR_MAX], root_id=message.headers.get("root_id"),
                        parent_id=message.headers.get("parent_id"), retries=0, eta=None, expires=None)
-        scheduler.receive(kind, key, model, Delivery(message, task_id))
+        _read_group.receive((kind, key, model, Delivery(message, task_id)))
 
     return handle

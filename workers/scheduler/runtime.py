@@ -169,7 +169,12 @@ class Scheduler:
     # -- the Celery side (consumer thread) ---------------------------------------
     def receive(self, kind: str, key, model: str | None, delivery: Delivery | None) -> None:
         """A message arrived: `kind` "job" (key: job id) or "chunk" (key: (batch id, index))."""
-        self._inbox.put((kind, key, model, delivery))
+        self._inbox.put([(kind, key, model, delivery)])
+
+    def receive_many(self, items: list[tuple]) -> None:
+        """Messages that arrived together (one batched read): admitted as one group."""
+        if items:
+            self._inbox.put(items)
 
     # -- admission -------------------------------------------------------------
     def _admit_loop(self) -> None:
@@ -179,7 +184,7 @@ class Scheduler:
             except queue.Empty:
                 continue
             try:
-                self._admit(_drain(self._inbox, first, limit=2000))
+                self._admit([item for items in _drain(self._inbox, first, limit=2000) for item in items])
             except Exception:  # noqa: BLE001 - the messages stay unacked; their leases say the rest
                 log.exception("admission failed")
 
