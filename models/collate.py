@@ -63,13 +63,13 @@ def collate(flat_ids: torch.Tensor, flat_types: torch.Tensor | None, starts: np.
                 token_type_ids=flat_types[index] if flat_types is not None else None,
                 lengths=torch.from_numpy(lengths.astype(np.int64)))
     return DeviceBatch(
-        **{k: _move(v, device) for k, v in host.items()},
-        seq_rows=_move(torch.from_numpy(seq_rows), device) if len(seq_rows) else None,
-        token_rows=_move(torch.from_numpy(token_rows), device) if len(token_rows) else None,
+        **{k: move(v, device) for k, v in host.items()},
+        seq_rows=move(torch.from_numpy(seq_rows), device) if len(seq_rows) else None,
+        token_rows=move(torch.from_numpy(token_rows), device) if len(token_rows) else None,
     )
 
 
-def _move(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
+def move(t: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
     if t is None or device.type == "cpu":
         return t
     # Pinned host memory lets the copy run asynchronously, so this thread can

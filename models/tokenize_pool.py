@@ -62,15 +62,39 @@ def _exit_with_parent(parent_pid: int, every_s: float = 1.0) -> None:
 
 
 def _encode(texts: Sequence[str], max_length: int, side: str, add_special_tokens: bool) -> tuple[np.ndarray, np.ndarray]:
-    tok = _tokenizer
-    # As transformers' fast tokenizer sets it for truncation=True.
+    return encode_plain(_tokenizer, texts, max_length, side, add_special_tokens)
+
+
+def encode_plain(tok: Any, texts: Sequence[str], max_length: int, side: str,
+                 add_special_tokens: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Text prompts through a Rust `tokenizers.Tokenizer` as transformers' fast tokenizer encodes
+    them with truncation=True (no pairs, no offsets, no padding): flat int32 ids and lengths.
+    Sets the tokenizer's truncation, so each thread or process must call it with its own."""
     tok.enable_truncation(max_length, stride=0, strategy="longest_first", direction=side)
+    if tok.padding is not None:
+        tok.no_padding()
     # encode_batch_fast skips the offsets, which the plain path never reads.
     encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
     ids = [e.ids for e in encode(list(texts), add_special_tokens=add_special_tokens)]
     lengths = np.fromiter(map(len, ids), dtype=np.int32, count=len(ids))
     flat = np.fromiter(chain.from_iterable(ids), dtype=np.int32, count=int(lengths.sum()))
     return flat, lengths
+
+
+# What a tokenizer must encode exactly as transformers does before its plain path is trusted.
+AGREEMENT_SAMPLE = ("poolq checks its tokenizer helpers", "Ünïcode, CJK 漢字 and emoji 🙂 too", "x " * 600)
+
+
+def agrees(tokenizer: Any, encode, max_length: int, side: str) -> bool:
+    """Whether `encode(texts, max_length, side, True)` (flat ids, lengths) gives exactly the ids
+    the transformers `tokenizer` gives for AGREEMENT_SAMPLE: a tokenizer with Python-side
+    preprocessing would not."""
+    texts = list(AGREEMENT_SAMPLE)
+    tokenizer.truncation_side = side
+    expected = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
+    flat, lengths = encode(texts, max_length, side, True)
+    got = np.split(flat, np.cumsum(lengths)[:-1])
+    return len(got) == len(expected) and all(g.tolist() == e for g, e in zip(got, expected))
 
 
 def _ping() -> int:
@@ -110,16 +134,12 @@ class TokenizerPool:
     def submit(self, texts: Sequence[str], max_length: int, side: str, add_special_tokens: bool) -> Future:
         return self._executor.submit(_encode, texts, max_length, side, add_special_tokens)
 
-    def matches(self, tokenizer: Any, texts: Sequence[str], max_length: int, side: str) -> bool:
+    def matches(self, tokenizer: Any, max_length: int, side: str) -> bool:
         """Whether the helpers produce exactly the ids the transformers tokenizer gives."""
-        tokenizer.truncation_side = side
-        expected = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
-        flat, lengths = self.submit(texts, max_length, side, True).result()
-        got = np.split(flat, np.cumsum(lengths)[:-1])
-        return len(got) == len(expected) and all(g.tolist() == e for g, e in zip(got, expected))
+        return agrees(tokenizer, lambda *args: self.submit(*args).result(), max_length, side)
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-__all__ = ["TokenizerPool", "BrokenProcessPool"]
+__all__ = ["TokenizerPool", "BrokenProcessPool", "encode_plain", "agrees"]

@@ -300,3 +300,24 @@ def test_an_interactive_batch_runs_next_ahead_of_bulk_batches_already_collated()
     finally:
         release.set()
         batcher.close()
+
+
+def test_a_lone_request_of_equal_lengths_runs_unpadded_as_the_general_path_would(bert, ner, model_dirs,
+                                                                                 engine_factory):
+    # Several prompts of one length (token ids): the lone-request path takes them as the
+    # batch as they are; a mixed engine cuts the same prompts into padded batches with others.
+    prompts = [[101] + [2000 + i * 7 + j for j in range(10)] + [102] for i in range(6)]
+    mixed = engine_factory(model_dirs["bert"], max_batch_tokens=64, max_batch_seqs=3)
+    before = bert.batch_stats()["padded_tokens"]
+    alone = [o.probs for o in bert.classify(prompts, use_activation=False)]
+    assert bert.batch_stats()["padded_tokens"] - before == 6 * 12  # one unpadded batch
+    together = [o.probs for o in mixed.classify(prompts + ["a longer text than the others, padded"],
+                                                use_activation=False)][:6]
+    assert torch.tensor(alone) == pytest.approx(torch.tensor(together), abs=TOL)
+
+    ner_mixed = engine_factory(model_dirs["ner"], max_batch_tokens=64, max_batch_seqs=3)
+    alone_tokens = [o.data for o in ner.encode(prompts, pooling_task="token_classify")]
+    mixed_tokens = [o.data for o in ner_mixed.encode(prompts + ["padding company"], pooling_task="token_classify")][:6]
+    assert len(alone_tokens) == 6 and all(len(a) == 12 for a in alone_tokens)
+    for a, m in zip(alone_tokens, mixed_tokens):
+        assert torch.tensor(a) == pytest.approx(torch.tensor(m), abs=TOL)

@@ -2,6 +2,7 @@
 same results and errors through the engine, and survival of a dead helper."""
 from __future__ import annotations
 
+import copy
 import os
 import random
 import signal
@@ -16,7 +17,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from models import PoolingInputError
 from models.engine import CHUNK
-from models.tokenize_pool import TokenizerPool
+from models.tokenize_pool import TokenizerPool, encode_plain
 
 TOL = 1e-5
 
@@ -60,7 +61,11 @@ def test_helpers_give_the_transformers_ids(tokenizer_and_pool, side, max_length,
     flat, lengths = pool.submit(texts, max_length, side, special).result(30)
     assert flat.dtype == np.int32 and lengths.tolist() == [len(w) for w in want]
     assert [g.tolist() for g in np.split(flat, np.cumsum(lengths)[:-1])] == want
-    assert pool.matches(tok, texts, max_length, side)
+    assert pool.matches(tok, max_length, side)
+    # The engine's in-process plain path: the same function on a copy of the backend.
+    backend = copy.deepcopy(tok).backend_tokenizer
+    flat, lengths = encode_plain(backend, texts, max_length, side, special)
+    assert [g.tolist() for g in np.split(flat, np.cumsum(lengths)[:-1])] == want
 
 
 @pytest.fixture(scope="module")
