@@ -101,8 +101,9 @@ def claim(session: Session, job_ids: Iterable[uuid.UUID], worker: str, lease_s: 
     if not ids:
         return []
     now = utcnow()
-    rows = session.execute(_CLAIM, {"ids": ids, "now": now, "max_attempts": max_attempts, "worker": worker,
-                                    "lease": now + dt.timedelta(seconds=lease_s)}).all()
+    # Core statements on the transaction's connection: the Session's ORM layer would only add CPU.
+    rows = session.connection().execute(_CLAIM, {"ids": ids, "now": now, "max_attempts": max_attempts,
+                                                 "worker": worker, "lease": now + dt.timedelta(seconds=lease_s)}).all()
     return _claimed(rows)
 
 
@@ -133,16 +134,17 @@ def finish(session: Session, worker: str, outcomes: list[Outcome]) -> list[Outco
     if not outcomes:
         return []
     by_id = {o.job_id: o for o in outcomes}
-    held = session.execute(_LOCK_HELD, {"ids": sorted(by_id), "worker": worker}).all()
+    connection = session.connection()  # as in claim
+    held = connection.execute(_LOCK_HELD, {"ids": sorted(by_id), "worker": worker}).all()
     won = [by_id[r.id] for r in held if r.attempts == by_id[r.id].attempt]
     if not won:
         return []
     now = utcnow()
-    session.execute(_FINISH, [{"b_id": o.job_id, "b_worker": worker, "b_status": o.status, "b_tokens": o.prompt_tokens,
-                               "b_error": o.error, "b_now": now} for o in won])
+    connection.execute(_FINISH, [{"b_id": o.job_id, "b_worker": worker, "b_status": o.status,
+                                  "b_tokens": o.prompt_tokens, "b_error": o.error, "b_now": now} for o in won])
     succeeded = [{"job_id": o.job_id, "body": o.body, "created_at": now} for o in won if o.status == "succeeded"]
     if succeeded:
-        session.execute(_STORE_RESULT, succeeded)
+        connection.execute(_STORE_RESULT, succeeded)
     return won
 
 
