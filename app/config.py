@@ -154,7 +154,10 @@ class Settings:
     # Schedules one tenant may hold (0: no limit).
     max_schedules_per_tenant: int = 100
     batch_chunk_lines: int = 512
-    batch_parallel_chunks: int = 2
+    # Four: the next chunks are claimed and tokenized while others run, so the device does
+    # not wait between them (two left it idle between chunks: docs/benchmarks.md, run 8).
+    # A chunk holds no thread, and the bulk lane runs behind interactive work whatever this is.
+    batch_parallel_chunks: int = 4
     # Delivery retries, timeouts, the callback allowlist (POOLQ_WEBHOOK_*).
     webhooks: WebhookSettings = field(default_factory=lambda: _webhook_settings({}))
     extra: Mapping[str, str] = field(default_factory=dict, repr=False)
@@ -232,7 +235,7 @@ class Settings:
             if env.get("POOLQ_MAX_SCHEDULES_PER_TENANT") else 100,
             file_expiry_s=_int(env, "POOLQ_FILE_EXPIRY_S") if env.get("POOLQ_FILE_EXPIRY_S") else 30 * 24 * 3600,
             batch_chunk_lines=_int(env, "POOLQ_BATCH_CHUNK_LINES") or 512,
-            batch_parallel_chunks=_int(env, "POOLQ_BATCH_PARALLEL_CHUNKS") or 2,
+            batch_parallel_chunks=_int(env, "POOLQ_BATCH_PARALLEL_CHUNKS") or 4,
             webhooks=_webhook_settings(env),
         )
         settings = replace(settings, auth=_auth_mode(env.get("POOLQ_AUTH"), settings.embedded_database))
