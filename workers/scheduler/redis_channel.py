@@ -148,6 +148,11 @@ def batch_reads(channel, begin: Callable[[], None], end: Callable[[], None]) -> 
         more = max(0, min(BATCH_MAX, room if room is not None else BATCH_MAX) - 1)
         try:
             reply = script(keys=[dest, qos.unacked_index_key, qos.unacked_key], args=[time(), more, first])
+        except channel.connection_errors:
+            # The broker went away after BRPOP: this message goes kombu's way (its own append
+            # then fails as kombu's would, and the consumer reconnects); batching stays on.
+            channel.connection._deliver(loads(bytes_to_str(first)), queue)
+            return True
         except Exception:  # noqa: BLE001 - a server without RPOP's count (< 6.2) or scripts: kombu's way
             log.warning("batched reads unavailable on this Redis; one message per read", exc_info=True)
             channel.handlers["BRPOP"] = channel._brpop_read
