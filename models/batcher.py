@@ -239,10 +239,7 @@ class Batcher:
                                 else move(request.type_ids.reshape(n, width), self.device)),
                 lengths=move(torch.from_numpy(lengths), self.device),
                 seq_rows=None if request.token else rows, token_rows=rows if request.token else None)
-            self.stats["batches"] += 1
-            self.stats["sequences"] += n
-            self.stats["real_tokens"] += n * width
-            self.stats["padded_tokens"] += n * width
+            self._add_stats(n, n * width, n * width)
             with torch.inference_mode():
                 seq, tok = self.runner(batch)
                 out = list(torch.split(tok.cpu(), width)) if request.token else seq.cpu()
@@ -383,12 +380,14 @@ class Batcher:
             return job
 
     def _count(self, window: _Window, rows: np.ndarray, batch) -> None:
-        if isinstance(batch, Exception):
-            return
+        if not isinstance(batch, Exception):
+            self._add_stats(len(rows), int(window.lengths[rows].sum()), batch.input_ids.numel())
+
+    def _add_stats(self, sequences: int, real_tokens: int, padded_tokens: int) -> None:
         self.stats["batches"] += 1
-        self.stats["sequences"] += len(rows)
-        self.stats["real_tokens"] += int(window.lengths[rows].sum())
-        self.stats["padded_tokens"] += batch.input_ids.numel()
+        self.stats["sequences"] += sequences
+        self.stats["real_tokens"] += real_tokens
+        self.stats["padded_tokens"] += padded_tokens
 
     def _to_device(self, window: _Window, rows: np.ndarray):
         try:
