@@ -108,12 +108,19 @@ class PrivatePostgres:
     def pause(self) -> None:
         """SIGSTOP the whole cluster (the postmaster and every backend): connections stay
         open, the kernel still acknowledges TCP, and nothing answers."""
-        for pid in self._processes():
-            os.kill(pid, signal.SIGSTOP)
+        self._signal_all(signal.SIGSTOP)
 
     def resume(self) -> None:
+        self._signal_all(signal.SIGCONT)
+
+    def _signal_all(self, sig: int) -> None:
         for pid in self._processes():
-            os.kill(pid, signal.SIGCONT)
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                # Exited between the listing and the signal (a backend whose client left, once
+                # the processes resumed before it ran on): gone, so nothing to stop or resume.
+                pass
 
     def _processes(self) -> list[int]:
         postmaster = int((self.data / "postmaster.pid").read_text().split()[0])
