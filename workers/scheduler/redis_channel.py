@@ -148,15 +148,14 @@ def batch_reads(channel, begin: Callable[[], None], end: Callable[[], None]) -> 
         more = max(0, min(BATCH_MAX, room if room is not None else BATCH_MAX) - 1)
         try:
             reply = script(keys=[dest, qos.unacked_index_key, qos.unacked_key], args=[time(), more, first])
-        except channel.connection_errors:
-            # The broker went away after BRPOP: this message goes kombu's way (its own append
-            # then fails as kombu's would, and the consumer reconnects); batching stays on.
-            channel.connection._deliver(loads(bytes_to_str(first)), queue)
-            return True
-        except Exception:  # noqa: BLE001 - a server without RPOP's count (< 6.2) or scripts: kombu's way
-            log.warning("batched reads unavailable on this Redis; one message per read", exc_info=True)
-            channel.handlers["BRPOP"] = channel._brpop_read
-            qos.append = kombu_append
+        except Exception as exc:  # noqa: BLE001 - this message goes kombu's way, see below
+            if not isinstance(exc, channel.connection_errors):
+                # A server without RPOP's count (< 6.2) or scripts: kombu's reads from now on.
+                # (A connection error keeps batching on: kombu's own append then fails as it
+                # would, and the consumer reconnects.)
+                log.warning("batched reads unavailable on this Redis; one message per read", exc_info=True)
+                channel.handlers["BRPOP"] = channel._brpop_read
+                qos.append = kombu_append
             channel.connection._deliver(loads(bytes_to_str(first)), queue)
             return True
         payloads = []

@@ -169,7 +169,7 @@ class Scheduler:
     # -- the Celery side (consumer thread) ---------------------------------------
     def receive(self, kind: str, key, model: str | None, delivery: Delivery | None) -> None:
         """A message arrived: `kind` "job" (key: job id) or "chunk" (key: (batch id, index))."""
-        self._inbox.put([(kind, key, model, delivery)])
+        self.receive_many([(kind, key, model, delivery)])
 
     def receive_many(self, items: list[tuple]) -> None:
         """Messages that arrived together (one batched read): admitted as one group."""
