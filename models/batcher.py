@@ -238,7 +238,8 @@ class Batcher:
                 token_type_ids=(None if request.type_ids is None
                                 else move(request.type_ids.reshape(n, width), self.device)),
                 lengths=move(torch.from_numpy(lengths), self.device),
-                seq_rows=None if request.token else rows, token_rows=rows if request.token else None)
+                seq_rows=None if request.token else rows, token_rows=rows if request.token else None,
+                padded=False)
             self._add_stats(n, n * width, n * width)
             with torch.inference_mode():
                 seq, tok = self.runner(batch)

@@ -50,9 +50,9 @@ def collate(flat_ids: torch.Tensor, flat_types: torch.Tensor | None, starts: np.
     which every position past a row's length gathers."""
     longest = int(lengths.max())
     # Rows of one length (a lone request, above all) are not padded: with no padding
-    # the mask is all ones, and the model skips building and applying it (one text on
-    # the tiny model, CPU: the backbone's forward 1.5 -> 1.2 ms).
-    width = longest if longest == int(lengths.min()) else padded_len(longest, max_len)
+    # the mask is all ones, and the model is not given one (DeviceBatch.padded).
+    unpadded = longest == int(lengths.min())
+    width = longest if unpadded else padded_len(longest, max_len)
     cols = np.arange(width)
     mask = cols < lengths[:, None]
     index = torch.from_numpy(np.where(mask, starts[:, None] + cols, len(flat_ids) - 1))
@@ -66,6 +66,7 @@ def collate(flat_ids: torch.Tensor, flat_types: torch.Tensor | None, starts: np.
         **{k: move(v, device) for k, v in host.items()},
         seq_rows=move(torch.from_numpy(seq_rows), device) if len(seq_rows) else None,
         token_rows=move(torch.from_numpy(token_rows), device) if len(token_rows) else None,
+        padded=not unpadded,
     )
 
 

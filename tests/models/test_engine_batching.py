@@ -1,6 +1,7 @@
 """Batching invariance, concurrency, error isolation and the collator."""
 from __future__ import annotations
 
+import copy
 import random
 import subprocess
 import sys
@@ -321,3 +322,27 @@ def test_a_lone_request_of_equal_lengths_runs_unpadded_as_the_general_path_would
     assert len(alone_tokens) == 6 and all(len(a) == 12 for a in alone_tokens)
     for a, m in zip(alone_tokens, mixed_tokens):
         assert torch.tensor(a) == pytest.approx(torch.tensor(m), abs=TOL)
+
+
+def test_an_unpadded_batch_skips_the_model_s_forward_only_where_that_gives_its_output(bert, qwen, cross_encoder,
+                                                                                   model_dirs, engine_factory):
+    from models.runner import direct_forward
+
+    runner = bert._batcher.runner
+    assert runner.direct is not None and cross_encoder._batcher.runner.direct is not None
+    assert qwen._batcher.runner.direct is None  # no embeddings-then-encoder backbone
+    # A backbone whose own forward gives something its pieces do not: the probe refuses it.
+    shifted = copy.deepcopy(runner.backbone)
+
+    def shift(_module, _inputs, out):
+        out.last_hidden_state.add_(1.0)  # returns None: the output object stays the forward's
+
+    shifted.register_forward_hook(shift)
+    assert direct_forward(shifted, runner.uses_token_types) is None
+
+    # A lone pair (token types, no padding: the direct call) scores as it does padded among others.
+    mixed = engine_factory(model_dirs["ce"], max_batch_tokens=64, max_batch_seqs=2)
+    query, doc = "where is the river stone", "the stone lies under the river in berlin"
+    alone = cross_encoder.score(query, doc)[0].score
+    together = mixed.score(query, [doc, "gamma", "a much longer document about alpha beta and delta"])[0].score
+    assert alone == pytest.approx(together, abs=TOL)
