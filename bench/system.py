@@ -537,7 +537,7 @@ def bulk(api: Api, model: str, texts: list[str], n: int, engine_rate: float | No
 
 
 def batch_run(port: int, model: str, texts: list[str], n: int, engine_rate: float | None, meter: CpuMeter,
-              poll_s: float) -> dict:
+              poll_s: float, conn: psycopg.Connection | None = None) -> dict:
     """A bulk batch (issue 6): N one-text `/classify` lines in a JSONL file, uploaded, run, polled."""
     import requests
 
@@ -549,6 +549,7 @@ def batch_run(port: int, model: str, texts: list[str], n: int, engine_rate: floa
     upload = requests.post(f"{base}/v1/files", files={"file": ("bench.jsonl", lines.encode())},
                            data={"purpose": "batch"}, timeout=600)
     upload.raise_for_status()
+    t_uploaded = time.time()
     created = requests.post(f"{base}/v1/batches", json={"input_file_id": upload.json()["id"], "endpoint": "/classify",
                                                        "completion_window": "24h"}, timeout=60)
     created.raise_for_status()
@@ -569,7 +570,23 @@ def batch_run(port: int, model: str, texts: list[str], n: int, engine_rate: floa
     return {"n": n, "seconds": round(t1 - t0, 3), "lines_per_s": round(rate, 1),
             "ratio_vs_engine": round(rate / engine_rate, 3) if engine_rate else None,
             "in_progress_to_completed_s": round((batch["completed_at"] or t1) - (batch["in_progress_at"] or t0), 3),
+            "breakdown_s": _batch_breakdown(conn, batch["id"], t0, t_uploaded, t1) if conn else None,
             "cpu_s": cpu}
+
+
+def _batch_breakdown(conn: psycopg.Connection, batch_id: str, t0: float, t_uploaded: float, t1: float) -> dict:
+    """Where a batch's wall time went: the client's clock, the batch row's timestamps and its
+    chunks' (first start, last finish), all in seconds since the upload began."""
+    row = conn.execute(
+        """SELECT extract(epoch FROM b.created_at), extract(epoch FROM b.in_progress_at),
+                  extract(epoch FROM min(c.started_at)), extract(epoch FROM max(c.finished_at)),
+                  extract(epoch FROM b.finalizing_at), extract(epoch FROM b.completed_at)
+           FROM batches b JOIN batch_chunks c ON c.batch_id = b.id WHERE b.id = %s
+           GROUP BY b.id""", (batch_id,)).fetchone()
+    names = ("created", "in_progress", "first_chunk_started", "last_chunk_finished", "finalizing", "completed")
+    marks = {"uploaded": t_uploaded, **{k: float(v) for k, v in zip(names, row or ()) if v is not None},
+             "client_has_status": t1}
+    return {k: round(v - t0, 3) for k, v in marks.items()}
 
 
 def db_stats(conn: psycopg.Connection, model: str, since: float) -> dict:
@@ -701,7 +718,7 @@ def main() -> int:
                 print(json.dumps({"phase": "bulk", "shape": s, **res["bulk"]}), flush=True)
             if "batch" not in a.skip:
                 log(f"# batch (JSONL file, /v1/batches): {s}, n={bulk_n(a, s)}")
-                res["batch"] = batch_run(port, s, texts, bulk_n(a, s), engine_rate, meter, a.bulk_poll_s)
+                res["batch"] = batch_run(port, s, texts, bulk_n(a, s), engine_rate, meter, a.bulk_poll_s, dbc)
                 res["batch"]["loadavg_1m"] = loadavg()
                 print(json.dumps({"phase": "batch", "shape": s, **res["batch"]}), flush=True)
             if "latency" not in a.skip:
