@@ -329,7 +329,8 @@ def test_an_unpadded_batch_skips_the_model_s_forward_only_where_that_gives_its_o
     from models.runner import direct_forward
 
     runner = bert._batcher.runner
-    assert runner.direct is not None and cross_encoder._batcher.runner.direct is not None
+    assert runner.direct is not None and runner.direct.masks  # BERT with SDPA: padded batches too
+    assert cross_encoder._batcher.runner.direct is not None
     assert qwen._batcher.runner.direct is None  # no embeddings-then-encoder backbone
     # A backbone whose own forward gives something its pieces do not: the probe refuses it.
     shifted = copy.deepcopy(runner.backbone)
