@@ -423,10 +423,12 @@ def engine_in_process(shape: str, model_dir: pathlib.Path, texts: list[str], n: 
         for _ in range(2):
             if GPU:
                 torch.cuda.synchronize()
+            before = engine.batch_stats()
             t = time.perf_counter()
             out = engine.classify(texts[:n])
             runs.append(time.perf_counter() - t)
             assert len(out) == n
+            stats = {k: v - before.get(k, 0) for k, v in engine.batch_stats().items()}
         tokens = sum(o.num_prompt_tokens for o in out)
         best = min(runs)
         one = []
@@ -436,7 +438,9 @@ def engine_in_process(shape: str, model_dir: pathlib.Path, texts: list[str], n: 
             one.append(time.perf_counter() - t)
         r = {"n": n, "seconds": [round(r, 3) for r in runs], "texts_per_s": round(n / best, 1),
              "tokens_per_s": round(tokens / best), "mean_tokens": round(tokens / n, 1),
-             "device": str(engine.device), "dtype": str(engine.dtype), "one_text": lat_summary(one)}
+             "device": str(engine.device), "dtype": str(engine.dtype), "one_text": lat_summary(one),
+             "batches": {**stats, "sequences_per_batch": round(stats["sequences"] / max(stats["batches"], 1), 2),
+                         "padded_per_real_token": round(stats["padded_tokens"] / max(stats["real_tokens"], 1), 3)}}
         if plain_n:
             pv = phases.plain_loop_vs_engine(engine, model_dir, texts, plain_n, engine.device, engine.dtype, GPU)
             e50, p50 = pct(pv["engine"], 50), pct(pv["plain"], 50)
@@ -713,12 +717,16 @@ def main() -> int:
             engine_rate = res.get("engine", {}).get("texts_per_s")
             if "bulk" not in a.skip:
                 log(f"# bulk: {s}, n={bulk_n(a, s)}")
+                counters = phases.engine_counters(metrics_port)
                 res["bulk"] = bulk(api, s, texts, bulk_n(a, s), engine_rate, meter, a.bulk_poll_s)
+                res["bulk"]["engine_batches"] = phases.counters_delta(counters, phases.engine_counters(metrics_port), s)
                 res["bulk"]["loadavg_1m"] = loadavg()  # other load on this machine skews figures
                 print(json.dumps({"phase": "bulk", "shape": s, **res["bulk"]}), flush=True)
             if "batch" not in a.skip:
                 log(f"# batch (JSONL file, /v1/batches): {s}, n={bulk_n(a, s)}")
+                counters = phases.engine_counters(metrics_port)
                 res["batch"] = batch_run(port, s, texts, bulk_n(a, s), engine_rate, meter, a.bulk_poll_s, dbc)
+                res["batch"]["engine_batches"] = phases.counters_delta(counters, phases.engine_counters(metrics_port), s)
                 res["batch"]["loadavg_1m"] = loadavg()
                 print(json.dumps({"phase": "batch", "shape": s, **res["batch"]}), flush=True)
             if "latency" not in a.skip:
