@@ -9,6 +9,8 @@ threads. Activation and entity aggregation run back on the caller's thread.
 """
 from __future__ import annotations
 
+import collections
+import itertools
 import logging
 import os
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -106,8 +108,8 @@ class PoolingEngine:
             max_batch_seqs=max_batch_seqs or seqs,
             max_wait_ms=wait if max_wait_ms is None else max_wait_ms,
             max_len=self.max_model_len, pad_id=int(pad_id))
-        self._pool = ThreadPoolExecutor(max_workers=min(4, os.cpu_count() or 1),
-                                        thread_name_prefix="poolq-tokenize")
+        self._pool_threads = min(4, os.cpu_count() or 1)
+        self._pool = ThreadPoolExecutor(max_workers=self._pool_threads, thread_name_prefix="poolq-tokenize")
         self._plain_in_process = self._plain_agrees()
         self._process_pool = self._start_process_pool(
             default_tokenizer_processes(self.device) if tokenizer_processes is None else tokenizer_processes)
@@ -364,11 +366,28 @@ class PoolingEngine:
         if len(chunks) == 1:
             yield self._encode_chunk(chunks[0], *args)
             return
-        # Tokenize all chunks in parallel and hand each on as soon as it is
-        # ready, in order, so the device starts on the first one early.
-        pending = [self._start_chunk(c, args) for c in chunks]
-        for chunk, future in zip(chunks, pending):
+        # Tokenize chunks in parallel and hand each on as soon as it is ready, in
+        # order, so the device starts on the first one early. Only a few ahead of
+        # the one handed on: the tokenizers are shared and first come first served,
+        # so a 20k-text request that queued all its chunks at once would have every
+        # request after it wait for all of them; and a stream its caller stops
+        # reading (a cancelled job) leaves little tokenized for nothing.
+        upcoming = iter(chunks)
+        pending = collections.deque((c, self._start_chunk(c, args))
+                                    for c in itertools.islice(upcoming, self._tokenize_ahead()))
+        while pending:
+            chunk, future = pending.popleft()
+            following = next(upcoming, None)
+            if following is not None:
+                pending.append((following, self._start_chunk(following, args)))
             yield self._finish_chunk(chunk, future, args)
+
+    def _tokenize_ahead(self) -> int:
+        """Chunks a request keeps being tokenized at once: two per tokenizer, so each has its
+        next chunk queued when it finishes one."""
+        pool = self._process_pool
+        workers = pool.processes if pool is not None and not pool.broken else self._pool_threads
+        return 2 * max(1, workers)
 
     def _start_chunk(self, prompts: list, args: tuple) -> Future:
         limit, side, add_special_tokens, with_offsets = args

@@ -240,6 +240,29 @@ def test_a_streamed_request_is_the_offline_call_a_chunk_at_a_time(bert, ner):
         next(stream)
 
 
+def test_a_big_request_keeps_only_a_few_chunks_tokenizing_ahead_of_its_reader(model_dirs, engine_factory):
+    """The tokenizers are shared, first come first served: a stream that queued all of a 20k-text
+    request's chunks at once would put every later request behind all of them."""
+    from models import engine as engine_module
+
+    engine = engine_factory(model_dirs["bert"])
+    started = []
+    start_chunk = engine._start_chunk
+
+    def counting(prompts, args):  # the engine's own call, counted
+        started.append(len(prompts))
+        return start_chunk(prompts, args)
+
+    engine._start_chunk = counting
+    ahead = engine._tokenize_ahead()
+    texts = _texts(engine_module.CHUNK * (ahead + 10), seed=11)
+    stream = engine.stream_classify(texts)
+    assert len(next(stream)) == engine_module.CHUNK
+    assert len(started) == ahead + 1  # the one read, and `ahead` more
+    assert sum(len(u) for u in stream) == len(texts) - engine_module.CHUNK  # the rest, in order, all there
+    assert len(started) == ahead + 10
+
+
 def test_interactive_work_on_an_idle_engine_runs_on_the_callers_thread_and_the_rest_goes_to_the_batcher():
     import threading
 

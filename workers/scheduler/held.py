@@ -43,4 +43,5 @@ class Held:
     slices: int = 0  # slices handed out so far (a job of many is checked for cancellation)
     outstanding: int = 0  # slices in the engine now
     sealed: bool = True  # False while a streamed job's further units are still being made
+    streaming: bool = False  # its further units are made a turn at a time by the preparation threads
     error: BaseException | None = None

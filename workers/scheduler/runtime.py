@@ -268,6 +268,9 @@ class Scheduler:
                 self._prepare_one(held)
 
     def _prepare_one(self, held: Held, ready: list[Held] | None = None) -> None:
+        if held.streaming:
+            self._prepare_next_unit(held)
+            return
         if held.state is not State.PREPARING:
             return  # cancelled or taken over while it waited
         try:
@@ -288,19 +291,30 @@ class Scheduler:
             else:
                 dispatcher.add(held)
             return
-        # A big job: its first units run while the rest are tokenized, here, in order.
+        # A big job: its first units run while the rest are tokenized, in order, a unit per turn.
         held.sealed = False
+        held.streaming = True
         dispatcher.add(held)
-        error = None
-        try:
-            for unit in more:
-                if held.state not in (State.PREPARING, State.RUNNING) or held.error is not None:
-                    break  # cancelled, taken over or failed meanwhile: the rest is not wanted
-                dispatcher.extend(held, unit)
-        except Exception as exc:  # noqa: BLE001 - as above, for a later chunk of the input
-            error = exc
-        finally:
+        self._preparing.put(held.bulk, held.tenant, held)
+
+    def _prepare_next_unit(self, held: Held) -> None:
+        """One more unit of a streamed job, then the next turn goes to whoever waits (round robin
+        across tenants, then their jobs): a 20k-text job tokenized start to finish would hold a
+        preparation thread, and so another tenant's job, for seconds."""
+        dispatcher = self._dispatchers[held.model]
+        unit = error = None
+        if held.state in (State.PREPARING, State.RUNNING) and held.error is None:
+            try:
+                unit = next(held.prepared.more, None)
+            except Exception as exc:  # noqa: BLE001 - as in _prepare_one, for a later chunk of the input
+                error = exc
+        # else cancelled, taken over or failed meanwhile: the rest is not wanted
+        if unit is None:
+            held.streaming = False
             dispatcher.seal(held, error)
+            return
+        dispatcher.extend(held, unit)
+        self._preparing.put(held.bulk, held.tenant, held)
 
     # -- finishing -------------------------------------------------------------
     def _complete(self, held: Held) -> None:
