@@ -47,8 +47,10 @@ def priority_of(request: dict[str, Any]) -> int:
 
 # -- jobs -------------------------------------------------------------------
 
-# Past this many prompts a job's units are made a tokenizer chunk at a time (engine.stream_*).
-STREAM_AFTER = 512
+# Past this many prompts (one tokenizer chunk) a job's units are made a chunk at a time
+# (engine.stream_*), a preparation turn each: its first chunk runs while the rest are
+# tokenized, and another tenant's job waits for one chunk's tokenizing, not the job's.
+STREAM_AFTER = 256
 
 
 def prepare_job(engine, model: str, request: dict[str, Any]) -> Plan:
