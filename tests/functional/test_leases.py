@@ -229,6 +229,37 @@ def test_sigterm_finishes_within_the_grace_and_gives_the_rest_back(api, workers,
     assert job.status == "succeeded" and results_per_job(db, [big]) == {big: 1}
 
 
+def test_a_job_whose_message_a_worker_holds_unclaimed_is_not_re_sent(api, workers, db):
+    """Between a worker's read (up to 64 messages at once) and its claim, a job is still
+    `queued` and its queue may be empty: its message is in the broker's unacked record, not
+    lost, and the sweep must not send it again."""
+    job_id = submit(api, ["taken off the queue, not claimed yet"])
+    with api.celery.connection_for_write() as conn:
+        held = conn.SimpleQueue(api.settings.queue_for(MODEL))
+        message = held.get(timeout=10)  # off the list, recorded unacked, as a worker's read does
+        time.sleep(1.2)  # past POOLQ_REQUEUE_AFTER_S below: aged, and its queue is empty
+        # A long redelivery: the broker would otherwise give the message back to the worker
+        # by itself once it is older than that, while the worker starts.
+        worker = workers(POOLQ_REQUEUE_AFTER_S="1", POOLQ_REDELIVER_AFTER_S="120")
+        worker.wait_ready()
+        for _ in range(5):
+            api.celery.send_task(SWEEP_JOBS, queue=api.settings.maintenance_queue)
+            time.sleep(0.3)
+        client = conn.default_channel.client
+        deadline = time.monotonic() + 30
+        while client.llen(api.settings.maintenance_queue) and time.monotonic() < deadline:
+            time.sleep(0.1)  # the worker has taken every sweep
+        time.sleep(1.0)  # and run them: a re-sent message would have been claimed and run by now
+        assert "re-sent" not in worker.log.read_text()
+        with db() as session:
+            assert session.get(Job, uuid.UUID(job_id)).status == "queued"
+        message.requeue()  # the holder gives it back, as kombu restores a dead worker's messages
+        held.close()
+    job = wait_all(db, [job_id])[job_id]
+    assert job.status == "succeeded" and job.attempts == 1
+    assert "re-sent" not in worker.log.read_text()
+
+
 def test_no_job_is_sent_twice_without_a_fault(api, workers, db, lease_env):
     ids = [submit(api, [f"queued before any worker {i}"]) for i in range(300)]
     time.sleep(1.2)  # past POOLQ_REQUEUE_AFTER_S below: aged, but their messages wait in the queue

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
+import uuid
 
 from celery import shared_task
 
@@ -10,6 +13,7 @@ from app.celery import EXPIRE_JOBS, SWEEP_JOBS
 from app.batches.retention import delete_orphan_files, expire_files, expire_finished_batches
 from app.broker import is_redis
 from app.jobs import dispatch, lifecycle, services
+from app.jobs.dispatch import RUN_JOB
 from workers.base import PoolqTask
 
 log = logging.getLogger(__name__)
@@ -24,8 +28,12 @@ def sweep_jobs(self: PoolqTask) -> int:
     """
     settings = self.poolq.settings
     drained = _models_with_empty_queues(self.poolq.celery, settings)
+    # Read after the queue lengths: a message that had left an empty queue is then either in
+    # a worker's unacked record or acked, and a worker acks a job's message only after the
+    # claim that takes the job out of `queued` has committed, so the query below skips it.
+    delivered = _jobs_delivered_unacked(self.poolq.celery, settings) if drained else set()
     with self.unit_of_work() as session:
-        ids = services.unsent_jobs(session, settings.requeue_after_s, drained)
+        ids = [i for i in services.unsent_jobs(session, settings.requeue_after_s, drained) if i not in delivered]
         jobs = services.mark_sent(session, ids)
     unsent = [job.id for job in jobs if not dispatch.send_job(self.poolq.celery, job)]
     if unsent:
@@ -54,6 +62,35 @@ def _models_with_empty_queues(celery, settings) -> set[str]:
     except Exception:  # noqa: BLE001 - the broker is unreachable: re-send nothing on a guess
         log.warning("could not read the broker's queue lengths", exc_info=True)
         return set()
+
+
+def _jobs_delivered_unacked(celery, settings) -> set[uuid.UUID]:
+    """Jobs whose `run_job` message a worker has taken off its queue and not acked yet (kombu's
+    unacked record on Redis). Such a job is still `queued` until the worker's admission claims
+    it, a moment later, or a group of them (a batched read takes up to 64 at once): its queue is
+    empty, but its message is not lost. Where that cannot be read, none are known (each worker
+    claims what it took within moments; a sweep then re-sends at most a duplicate, which the
+    claim turns away)."""
+    try:
+        with celery.connection_for_write() as conn:
+            channel = conn.default_channel
+            # kombu prefixes the keys of the commands it sends itself; HVALS is not one of them.
+            prefix = getattr(channel, "global_keyprefix", "") or ""
+            records = channel.client.hvals(prefix + channel.unacked_key)
+    except Exception:  # noqa: BLE001 - the broker is unreachable; the queue lengths said as much
+        log.warning("could not read the broker's unacked messages", exc_info=True)
+        return set()
+    held = set()
+    for record in records:
+        try:
+            message = json.loads(record)[0]
+            if message["headers"].get("task") != RUN_JOB:
+                continue
+            args = json.loads(base64.b64decode(message["body"]))[0]
+            held.add(uuid.UUID(str(args[0])))
+        except (ValueError, KeyError, IndexError, TypeError):
+            continue  # not a message of ours; kombu writes JSON records
+    return held
 
 
 @shared_task(bind=True, base=PoolqTask, name=EXPIRE_JOBS, ignore_result=True)
