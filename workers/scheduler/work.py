@@ -47,7 +47,7 @@ def priority_of(request: dict[str, Any]) -> int:
 
 # -- jobs -------------------------------------------------------------------
 
-# Past this many prompts (one tokenizer chunk) a job's units are made a chunk at a time
+# Past this many prompts (one tokenizer chunk, models.engine.CHUNK) a job's units are made a chunk at a time
 # (engine.stream_*), a preparation turn each: its first chunk runs while the rest are
 # tokenized, and another tenant's job waits for one chunk's tokenizing, not the job's.
 STREAM_AFTER = 256
