@@ -428,7 +428,7 @@ def engine_in_process(shape: str, model_dir: pathlib.Path, texts: list[str], n: 
             out = engine.classify(texts[:n])
             runs.append(time.perf_counter() - t)
             assert len(out) == n
-            stats = {k: v - before.get(k, 0) for k, v in engine.batch_stats().items()}
+            batches = phases.counters_delta({shape: before}, {shape: engine.batch_stats()}, shape)
         tokens = sum(o.num_prompt_tokens for o in out)
         best = min(runs)
         one = []
@@ -439,8 +439,7 @@ def engine_in_process(shape: str, model_dir: pathlib.Path, texts: list[str], n: 
         r = {"n": n, "seconds": [round(r, 3) for r in runs], "texts_per_s": round(n / best, 1),
              "tokens_per_s": round(tokens / best), "mean_tokens": round(tokens / n, 1),
              "device": str(engine.device), "dtype": str(engine.dtype), "one_text": lat_summary(one),
-             "batches": {**stats, "sequences_per_batch": round(stats["sequences"] / max(stats["batches"], 1), 2),
-                         "padded_per_real_token": round(stats["padded_tokens"] / max(stats["real_tokens"], 1), 3)}}
+             "batches": batches}
         if plain_n:
             pv = phases.plain_loop_vs_engine(engine, model_dir, texts, plain_n, engine.device, engine.dtype, GPU)
             e50, p50 = pct(pv["engine"], 50), pct(pv["plain"], 50)
