@@ -27,3 +27,18 @@ def json_body() -> Any:
         return jsonparse.loads(raw)
     except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError, jsonparse.TooDeep
         raise bad_request(f"The body is not valid JSON: {exc} [json_invalid]", "body") from None
+
+
+def preferred_wait_s(most_s: float) -> float:
+    """RFC 7240's `Prefer: wait=N`: how many seconds the client is willing to wait for the
+    resource to change, capped at `most_s`; 0 when it did not ask. A preference the server
+    cannot read is ignored, as the RFC has it, not refused."""
+    for token in request.headers.get("Prefer", "").split(","):
+        name, _, value = token.strip().partition("=")
+        if name.strip().lower() == "wait":
+            try:
+                seconds = float(value.strip().strip('"'))
+            except ValueError:
+                return 0.0
+            return min(max(seconds, 0.0), most_s) if seconds == seconds else 0.0  # NaN: ignored
+    return 0.0

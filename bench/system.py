@@ -393,12 +393,14 @@ class Api:
         self.port = port
         self.c = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
 
-    def request(self, method: str, path: str, body: dict | bytes | None = None) -> tuple[int, dict]:
+    def request(self, method: str, path: str, body: dict | bytes | None = None,
+                headers: dict | None = None) -> tuple[int, dict]:
         data = body if isinstance(body, (bytes, type(None))) else json.dumps(body).encode()
         for attempt in range(2):
             try:
                 self.c.request(method, path, body=data,
-                               headers={"Content-Type": "application/json"} if data is not None else {})
+                               headers={**({"Content-Type": "application/json"} if data is not None else {}),
+                                        **(headers or {})})
                 r = self.c.getresponse()
                 raw = r.read()
                 return r.status, (json.loads(raw) if raw else {})
@@ -494,13 +496,20 @@ def celery_noop(redis_url: str, k: int, logdir: pathlib.Path, meter: CpuMeter) -
         meter.groups.pop("noop_worker", None)
 
 
+# A client that waits for a job or batch asks the server to answer when it ends (RFC 7240's
+# `Prefer: wait`, at most POOLQ_SYNC_TIMEOUT_S); against a server that ignores it, the loops below
+# still back off from 5 ms to poll_max between reads.
+LONG_POLL = {"Prefer": "wait=25"}
+
+
 def wait_job(api: Api, job_id: str, poll_max: float) -> tuple[dict, int, float]:
-    """Poll GET /v1/jobs/{id}, backing off from 5 ms to poll_max; returns (job, polls, slowest poll)."""
+    """GET /v1/jobs/{id} until it ends (a long poll; polls backing off to poll_max where the server
+    answers at once); returns (job, reads, slowest read)."""
     delay, polls, slowest = 0.005, 0, 0.0
     deadline = time.monotonic() + 1800
     while time.monotonic() < deadline:
         t = time.perf_counter()
-        status, job = api.request("GET", f"/v1/jobs/{job_id}")
+        status, job = api.request("GET", f"/v1/jobs/{job_id}", headers=LONG_POLL)
         slowest = max(slowest, time.perf_counter() - t)
         polls += 1
         if status != 200:
@@ -560,7 +569,7 @@ def batch_run(port: int, model: str, texts: list[str], n: int, engine_rate: floa
     while batch["status"] not in ("completed", "failed", "expired", "cancelled"):
         time.sleep(delay)
         delay = min(delay * 1.5, poll_s)
-        batch = requests.get(f"{base}/v1/batches/{batch['id']}", timeout=60).json()
+        batch = requests.get(f"{base}/v1/batches/{batch['id']}", headers=LONG_POLL, timeout=60).json()
     t1 = time.time()
     cpu = CpuMeter.delta(before, meter.snapshot())
     counts = batch["request_counts"]
@@ -589,7 +598,13 @@ def _batch_breakdown(conn: psycopg.Connection, batch_id: str, t0: float, t_uploa
     names = ("created", "in_progress", "first_chunk_started", "last_chunk_finished", "finalizing", "completed")
     marks = {"uploaded": t_uploaded, **{k: float(v) for k, v in zip(names, row or ()) if v is not None},
              "client_has_status": t1}
-    return {k: round(v - t0, 3) for k, v in marks.items()}
+    chunks = conn.execute(
+        """SELECT extract(epoch FROM sent_at), extract(epoch FROM started_at), extract(epoch FROM finished_at)
+           FROM batch_chunks WHERE batch_id = %s ORDER BY index""", (batch_id,)).fetchall()
+    # each chunk: [sent, started, finished]; a gap between one chunk's finish and the next start is the pipeline's
+    return {**{k: round(v - t0, 3) for k, v in marks.items()},
+            "chunks_sent_started_finished": [[None if v is None else round(float(v) - t0, 3) for v in c]
+                                             for c in chunks]}
 
 
 def db_stats(conn: psycopg.Connection, model: str, since: float) -> dict:

@@ -9,6 +9,7 @@ from app.db.commit import commit_kept
 from app.db.request import db_session
 from app.errors import bad_request
 from app.http import json_body
+from app.jobs.submission import long_poll
 from app.tenants.auth import current_tenant_id
 from app.webhooks.services import delivery_resource
 
@@ -85,7 +86,16 @@ def list_batches():
 
 @bp.get("/v1/batches/<batch_id>")
 def get_batch(batch_id: str):
-    return jsonify(services.batch_resource(services.get_batch(db_session(), batch_id, current_tenant_id())))
+    """With `Prefer: wait=N` a batch not yet ended is answered when it ends (the worker announces
+    it), or after N seconds as it then is (submission.long_poll)."""
+    sessions = current_app.extensions["poolq"].request_session_factory
+    session = db_session()
+    batch = services.get_batch(session, batch_id, current_tenant_id())
+    if batch.status not in services.BATCH_EVENTS:
+        key = batch.id  # read before long_poll's rollback, which expires the row
+        if long_poll(session, key, lambda: services.batch_ended(sessions, key)):
+            batch = services.get_batch(session, batch_id, current_tenant_id())
+    return jsonify(services.batch_resource(batch))
 
 
 @bp.post("/v1/batches/<batch_id>/cancel")

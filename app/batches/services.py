@@ -101,6 +101,12 @@ def get_batch(session: Session, batch_id: str, tenant_id: uuid.UUID) -> Batch:
     return batch
 
 
+def batch_ended(sessions, batch_id: str) -> bool:
+    """Whether the batch is in a final state, read in a session of its own (a fresh snapshot)."""
+    with sessions() as session:
+        return session.scalar(select(Batch.status).where(Batch.id == batch_id)) in (None, *BATCH_EVENTS)
+
+
 def list_batches(session: Session, tenant_id: uuid.UUID, args: dict[str, str]) -> tuple[list[Batch], bool]:
     """Newest first; `after` is the last id of the previous page, as OpenAI's cursor pages send it."""
     limit = page_limit(args, most=MAX_PAGE)

@@ -1,6 +1,8 @@
-"""Telling a waiting API request that its job finished.
+"""Telling a waiting API request that its job (or batch) finished.
 
-Synchronous pooling routes wait for their job. The worker publishes each
+Synchronous pooling routes wait for their job; `GET /v1/jobs/{id}` and
+`GET /v1/batches/{id}` with `Prefer: wait=N` wait for it to finish (a long
+poll), and the worker announces a batch's end on the same channel. The worker publishes each
 finished job id on one Redis channel (the broker's Redis, the embedded one
 included) and every API process has one listener thread that wakes the
 right waiter. A waiter also re-reads the job now and then, so a lost
@@ -93,6 +95,13 @@ class RedisJobEvents:
         finally:
             with self._lock:
                 self._waiters.pop(key, None)
+
+    def wait_for(self, key: str, timeout: float, finished: Callable[[], bool]) -> bool:
+        """A long poll: True as soon as `key` (a job or batch id) is announced finished or
+        `finished()` says so, False after `timeout`. The waiter is registered before the first
+        check, so a completion between the caller's own read and this call is not missed."""
+        with self.expect(key) as waiter:
+            return finished() or waiter(timeout, finished)
 
     def _ensure_listener(self) -> None:
         # One listener per process; a forked gunicorn worker starts its own.

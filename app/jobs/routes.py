@@ -9,8 +9,9 @@ from app.db.request import db_session
 from app.errors import APIError
 from app.http import json_body
 from app.jobs import lifecycle, services
+from app.jobs.records import FINISHED_STATUSES
 from app.jobs.options import parse_job_options, request_hash, with_webhook
-from app.jobs.submission import accepted, submit
+from app.jobs.submission import accepted, is_finished, long_poll, submit
 from app.tenants.auth import current_tenant_id
 from app.webhooks.dispatch import send_deliveries
 from app.webhooks.services import job_event
@@ -69,7 +70,14 @@ def list_jobs():
 
 @bp.get("/v1/jobs/<job_id>")
 def get_job(job_id: str):
-    job = services.get_job(db_session(), job_id, current_tenant_id())
+    """With `Prefer: wait=N` an unfinished job is answered when it finishes, or after N seconds
+    as it then is: a client learns of the end at once, without polling (submission.long_poll)."""
+    session = db_session()
+    job = services.get_job(session, job_id, current_tenant_id())
+    if job.status not in FINISHED_STATUSES:
+        key = job.id  # read before long_poll's rollback, which expires the row
+        if long_poll(session, str(key), lambda: is_finished(key)):
+            job = services.get_job(session, job_id, current_tenant_id())
     return current_app.response_class(_resource_json(job), mimetype="application/json")
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import functools
 import logging
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from flask import current_app, jsonify, request, url_for
@@ -18,6 +19,7 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.request import db_session
+from app.http import preferred_wait_s
 from app.jobs import dispatch, services
 from app.jobs.options import JobOptions
 from app.jobs.records import Job
@@ -141,6 +143,23 @@ def prefers_async() -> bool:
     """RFC 7240 `Prefer: respond-async`."""
     prefer = request.headers.get("Prefer", "")
     return any(token.strip().lower().startswith("respond-async") for token in prefer.split(","))
+
+
+def long_poll(session: Session, key: str, ended: Callable[[], bool]) -> bool:
+    """RFC 7240 `Prefer: wait=N` on a read of an unfinished job or batch: wait until `key` is
+    announced finished (or `ended()` says so), at most N seconds and POOLQ_SYNC_TIMEOUT_S. True if
+    it waited: the caller reads the row again. The request's transaction ends first, so none is
+    held open while waiting and the next read is fresh (a SQLite snapshot would be stale)."""
+    poolq = current_app.extensions["poolq"]
+    wait_s = preferred_wait_s(poolq.settings.sync_timeout_s)
+    if not wait_s:
+        return False
+    session.rollback()
+    try:
+        poolq.events.wait_for(key, wait_s, ended)
+    except UNAVAILABLE:
+        pass  # the database is away: the caller's read answers what it finds, or its 503
+    return True
 
 
 def accepted(job: Job, applied_async: bool = False):

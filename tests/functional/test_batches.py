@@ -88,6 +88,14 @@ def test_openai_client_round_trip_matches_the_sync_route(oai, client):
     assert oai.batches.list(limit=1).data[0].id == done.id
 
 
+def test_prefer_wait_answers_a_batch_when_it_ends(oai, client):
+    lines = [{"custom_id": f"w-{i}", "method": "POST", "url": "/classify", "body": {"model": "tiny", "input": f"t {i}"}}
+             for i in range(600)]  # two chunks
+    batch = submit(oai, lines, "/classify")
+    done = client.get(f"/v1/batches/{batch.id}", headers={"Prefer": "wait=25"}).json()
+    assert done["status"] == "completed" and done["request_counts"]["completed"] == 600  # one read, no polling
+
+
 def test_run_batch_score_and_rerank_files_are_accepted_unchanged(oai, client):
     # The lines of vLLM's own run-batch examples, with the model poolq serves.
     score = [{"custom_id": "request-1", "method": "POST", "url": "/v1/score",

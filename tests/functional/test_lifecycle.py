@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import secrets
+import threading
 import time
 import uuid
 
@@ -155,3 +156,29 @@ def test_idempotency_keys_are_per_tenant(client, other_client):
     mine = client.post("/v1/jobs", json=body, headers={"Idempotency-Key": key}).json()["id"]
     theirs = other_client.post("/v1/jobs", json=body, headers={"Idempotency-Key": key}).json()["id"]
     assert mine != theirs
+
+
+def test_prefer_wait_answers_a_job_as_soon_as_it_finishes(client):
+    job_id = client.post("/v1/jobs", json={"task": "classify", "model": "tiny",
+                                           "input": [f"text {i}" for i in range(300)]}).json()["id"]
+    job = client.get(f"/v1/jobs/{job_id}", headers={"Prefer": "wait=25"}).json()
+    assert job["status"] == "succeeded" and len(job["result"]["data"]) == 300  # one read, no polling
+
+
+def test_prefer_wait_answers_on_a_change_or_at_its_bound(offline_client, client):
+    job_id = offline_client.post("/v1/jobs", json={"task": "classify", "model": "tiny", "input": "x"}).json["id"]
+    started = time.monotonic()
+    assert client.get(f"/v1/jobs/{job_id}", headers={"Prefer": "wait=0.5"}).json()["status"] == "queued"
+    assert time.monotonic() - started >= 0.5  # the bound, and the job as it then is
+    # a preference the server cannot read is ignored (RFC 7240), not refused
+    assert client.get(f"/v1/jobs/{job_id}", headers={"Prefer": "wait=soon"}).json()["status"] == "queued"
+
+    answers = []
+    reader = threading.Thread(target=lambda: answers.append(
+        client.get(f"/v1/jobs/{job_id}", headers={"Prefer": "respond-async, wait=20"}).json()))
+    reader.start()
+    time.sleep(0.3)
+    assert client.post(f"/v1/jobs/{job_id}/cancel").json()["status"] == "cancelled"
+    reader.join(10)
+    assert not reader.is_alive(), "the waiting read did not answer the change"
+    assert answers[0]["status"] == "cancelled"

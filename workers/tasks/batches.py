@@ -37,6 +37,8 @@ def validate_batch(self: PoolqTask, batch_id: str) -> None:
         validated = progress.validate(session, batch_id, self.poolq.served, s.max_items_per_request,
                                       s.batch_chunk_lines, s.batch_parallel_chunks)
         deliveries = events.final_event(session, batch_id) if validated.failed else []
+    if validated.failed:
+        self.poolq.events.publish(batch_id)  # wakes a `Prefer: wait` read of the batch
     send_deliveries(self.poolq.celery, deliveries)
     _send_chunks(self, validated.send)
 
@@ -58,6 +60,8 @@ def finalize_batch(self: PoolqTask, batch_id: str) -> None:
         closed = closing.close(session, batch_id, status)
         # Only the closer that won: a batch ends, and is announced, once.
         deliveries = events.final_event(session, batch_id) if closed else []
+    if closed:
+        self.poolq.events.publish(batch_id)  # wakes a `Prefer: wait` read of the batch
     send_deliveries(self.poolq.celery, deliveries)
     log.info("batch %s %s", batch_id, status if closed else "was closed by another finalize")
 
@@ -94,6 +98,8 @@ def expire_batches(self: PoolqTask) -> int:
         with self.unit_of_work() as session:
             won = closing.expire(session, batch_id)
             deliveries = events.final_event(session, batch_id) if won else []
+        if won:
+            self.poolq.events.publish(batch_id)
         send_deliveries(self.poolq.celery, deliveries)
         expired += won
     if expired:
