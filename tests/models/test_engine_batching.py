@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from engine_cases import classify_concurrently
 from models.batcher import Batcher
@@ -370,3 +371,30 @@ def test_an_unpadded_batch_skips_the_model_s_forward_only_where_that_gives_its_o
     alone = cross_encoder.score(query, doc)[0].score
     together = mixed.score(query, [doc, "gamma", "a much longer document about alpha beta and delta"])[0].score
     assert alone == pytest.approx(together, abs=TOL)
+
+
+def test_the_direct_call_runs_traced_only_where_the_trace_gives_the_eager_output(bert, cross_encoder):
+    from models.runner import DirectBackbone, _probe, _traced
+
+    runner = bert._batcher.runner
+    assert runner.direct.plain is not None and runner.direct.masked is not None  # BERT: both calls traced
+    assert cross_encoder._batcher.runner.direct.traced_types  # a cross-encoder's trace takes token types
+
+    class WidthBranch(nn.Module):
+        """A Python branch on the width: a trace keeps the side its own input took."""
+
+        def __init__(self, encoder):
+            super().__init__()
+            self.encoder = encoder
+
+        def forward(self, hidden, attention_mask=None):
+            out = self.encoder(hidden, attention_mask=attention_mask)[0]
+            return (out * 2 if hidden.shape[1] > 8 else out,)
+
+    direct = DirectBackbone(runner.direct.embeddings, WidthBranch(runner.direct.encoder))
+    config, device = runner.backbone.config, next(runner.backbone.parameters()).device
+    probes = [_probe(config, device, 2, 13, 9, runner.uses_token_types),
+              _probe(config, device, 3, 5, 2, runner.uses_token_types)]
+    assert _traced(direct, probes[:1], masked=False) is not None  # its own shape cannot show it
+    assert _traced(direct, probes, masked=False) is None  # a narrower probe does: the eager call stays
+    assert _traced(direct, probes, masked=True) is None
