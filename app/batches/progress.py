@@ -34,8 +34,9 @@ from typing import Any
 from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
+from app.batches.files import read_content
 from app.batches.lines import parse_file
-from app.batches.records import Batch, BatchChunk, BatchOutput, File
+from app.batches.records import Batch, BatchChunk, BatchOutput
 from app.db.base import utcnow
 from app.served import ServedModels
 
@@ -62,7 +63,7 @@ def validate(session: Session, batch_id: str, served: ServedModels, max_items: i
     batch = session.get(Batch, batch_id)
     if batch is None or batch.status != "validating":
         return Validated([])
-    content = session.scalar(select(File.content).where(File.id == batch.input_file_id))
+    content = read_content(session, batch.input_file_id)
     parsed = parse_file(content or b"", batch.endpoint, served, max_items)
     if content is None:
         parsed.fatal = f"The input file {batch.input_file_id} was deleted."
