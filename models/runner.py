@@ -104,9 +104,9 @@ class DirectBackbone:
         self.embeddings = embeddings
         self.encoder = encoder
         self.masks = False
-        self.plain: torch.jit.ScriptModule | None = None   # traced calls: no mask, and with one
-        self.masked: torch.jit.ScriptModule | None = None
-        self.traced_types = False  # whether the traces take token type ids (they take what the probe gave)
+        # Traced calls by (token type ids given, mask given): text prompts come without type
+        # ids, pairs with them, and each call's graph is its own.
+        self.traces: dict[tuple[bool, bool], torch.jit.ScriptModule] = {}
 
     def eager(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None,
               mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -122,8 +122,8 @@ class DirectBackbone:
 
     def __call__(self, input_ids: torch.Tensor, token_type_ids: torch.Tensor | None,
                  mask: torch.Tensor | None = None) -> torch.Tensor:
-        traced = self.plain if mask is None else self.masked
-        if traced is None or (token_type_ids is not None) != self.traced_types:
+        traced = self.traces.get((token_type_ids is not None, mask is not None))
+        if traced is None:
             return self.eager(input_ids, token_type_ids, mask)
         args = [input_ids] + ([token_type_ids] if token_type_ids is not None else [])
         if mask is not None:
@@ -216,10 +216,12 @@ def direct_forward(backbone: nn.Module, uses_token_types: bool) -> DirectBackbon
         return None
     probes = [(ids, types, mask), _probe(config, device, 3, 5, 2, uses_token_types),
               _probe(config, device, 1, 1, 1, uses_token_types), _probe(config, device, 5, 40, 17, uses_token_types)]
-    direct.traced_types = types is not None
-    direct.plain = _traced(direct, probes, masked=False)
-    if direct.masks:
-        direct.masked = _traced(direct, probes, masked=True)
+    for with_types in ((False, True) if types is not None else (False,)):
+        given = probes if with_types else [(i, None, m) for i, _, m in probes]
+        for masked in ((False, True) if direct.masks else (False,)):
+            traced = _traced(direct, given, masked)
+            if traced is not None:
+                direct.traces[with_types, masked] = traced
     return direct
 
 

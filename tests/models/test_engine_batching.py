@@ -377,8 +377,18 @@ def test_the_direct_call_runs_traced_only_where_the_trace_gives_the_eager_output
     from models.runner import DirectBackbone, _probe, _traced
 
     runner = bert._batcher.runner
-    assert runner.direct.plain is not None and runner.direct.masked is not None  # BERT: both calls traced
-    assert cross_encoder._batcher.runner.direct.traced_types  # a cross-encoder's trace takes token types
+    # BERT: with and without padding, and with token type ids (pairs) or without (text prompts)
+    assert set(runner.direct.traces) == {(False, False), (False, True), (True, False), (True, True)}
+    assert set(cross_encoder._batcher.runner.direct.traces) == set(runner.direct.traces)
+    used, traces = [], dict(runner.direct.traces)
+    for key, traced in traces.items():
+        runner.direct.traces[key] = lambda *args, key=key, traced=traced: used.append(key) or traced(*args)
+    try:
+        bert.classify(["one text", "and a longer second one, so the first is padded"])  # one padded batch
+        bert.classify(["one text alone"])
+    finally:
+        runner.direct.traces.update(traces)
+    assert used == [(False, True), (False, False)]  # text prompts (no type ids) run traced
 
     class WidthBranch(nn.Module):
         """A Python branch on the width: a trace keeps the side its own input took."""
