@@ -89,8 +89,9 @@ class DirectBackbone:
     (`direct_forward`); `masks` says whether that held for padded rows too, given the
     mask as the [B, 1, 1, L] boolean one scaled-dot-product attention takes.
 
-    Each of the two calls (without and with a mask) then runs as a TorchScript trace where
-    one gives the same output as the eager call on probes of other shapes (`_traced`). Why:
+    Each form of the call (with or without a mask, with or without token type ids) then runs
+    as a TorchScript trace where one gives the same output as the eager call on probes of
+    other shapes (`_traced`). Why:
     an eager forward is hundreds of operator calls from Python, each of which lets go of the
     GIL and must take it back; in a worker whose other threads run Python (shaping results,
     JSON, the database driver, Celery) each take-back can wait a whole switch interval. On
@@ -125,14 +126,18 @@ class DirectBackbone:
         traced = self.traces.get((token_type_ids is not None, mask is not None))
         if traced is None:
             return self.eager(input_ids, token_type_ids, mask)
-        args = [input_ids] + ([token_type_ids] if token_type_ids is not None else [])
-        if mask is not None:
-            args.append(mask[:, None, None, :].bool())
         # The interpreter as traced, without the executor's optimizing passes: they specialize
         # on the shapes of the first calls and re-specialize as batch shapes change.
         # (The setting is the calling thread's.)
         with torch.jit.optimized_execution(False):
-            return traced(*args)
+            return traced(*_positional(input_ids, token_type_ids, mask))
+
+
+def _positional(input_ids: torch.Tensor, token_type_ids: torch.Tensor | None,
+                mask: torch.Tensor | None) -> list[torch.Tensor]:
+    """The direct call's arguments as a trace takes them: the ones given, the mask as SDPA's."""
+    return ([input_ids] + ([token_type_ids] if token_type_ids is not None else [])
+            + ([mask[:, None, None, :].bool()] if mask is not None else []))
 
 
 class _Pieces(nn.Module):
@@ -168,11 +173,7 @@ def _traced(direct: DirectBackbone, probes: list, masked: bool) -> torch.jit.Scr
     branch baked into it. None where tracing fails or any probe differs."""
     import warnings
 
-    ids, types, mask = probes[0]
-    pieces = _Pieces(direct.embeddings, direct.encoder, types is not None, masked)
-
-    def args(ids, types, mask):
-        return [ids] + ([types] if types is not None else []) + ([mask[:, None, None, :].bool()] if masked else [])
+    pieces = _Pieces(direct.embeddings, direct.encoder, probes[0][1] is not None, masked)
     try:
         with warnings.catch_warnings():
             # torch.jit.trace is deprecated in favour of torch.compile and torch.export, neither of
@@ -180,11 +181,13 @@ def _traced(direct: DirectBackbone, probes: list, masked: bool) -> torch.jit.Scr
             # what the probes below check for real.
             warnings.simplefilter("ignore")
             with torch.inference_mode():
-                traced = torch.jit.trace(pieces, tuple(args(*probes[0])), check_trace=False)
+                ids, types, mask = probes[0]
+                traced = torch.jit.trace(pieces, tuple(_positional(ids, types, mask if masked else None)),
+                                         check_trace=False)
                 with torch.jit.optimized_execution(False):
                     for ids, types, mask in probes:
-                        if not _close(traced(*args(ids, types, mask)),
-                                      direct.eager(ids, types, mask if masked else None), mask if masked else None):
+                        given = mask if masked else None
+                        if not _close(traced(*_positional(ids, types, given)), direct.eager(ids, types, given), given):
                             return None
     except Exception:  # noqa: BLE001 - a module the tracer cannot follow: the eager call it is
         return None
