@@ -38,6 +38,17 @@ def _client_for(url: str) -> redis.Redis | None:
                                 socket_connect_timeout=BROKER_SOCKET_TIMEOUT_S)
 
 
+def task_and_args(message: dict) -> tuple[str, list] | None:
+    """The task name and positional arguments of a message in kombu's JSON envelope, as
+    `TaskPublisher.message` (or kombu itself) writes it; None for anything else."""
+    try:
+        task = message["headers"]["task"]
+        args = json.loads(base64.b64decode(message["body"]))[0]
+    except (ValueError, KeyError, IndexError, TypeError):
+        return None
+    return (task, args) if isinstance(task, str) and isinstance(args, list) else None
+
+
 class TaskPublisher:
     """Sends Celery task messages with one LPUSH each (or one pipeline for many)."""
 

@@ -101,7 +101,7 @@ def get_batch(session: Session, batch_id: str, tenant_id: uuid.UUID) -> Batch:
     return batch
 
 
-def batch_ended(sessions, batch_id: str) -> bool:
+def batch_ended(sessions: sessionmaker[Session], batch_id: str) -> bool:
     """Whether the batch is in a final state, read in a session of its own (a fresh snapshot)."""
     with sessions() as session:
         return session.scalar(select(Batch.status).where(Batch.id == batch_id)) in (None, *BATCH_EVENTS)

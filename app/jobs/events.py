@@ -2,10 +2,9 @@
 
 Synchronous pooling routes wait for their job; `GET /v1/jobs/{id}` and
 `GET /v1/batches/{id}` with `Prefer: wait=N` wait for it to finish (a long
-poll), and the worker announces a batch's end on the same channel. The worker publishes each
-finished job id on one Redis channel (the broker's Redis, the embedded one
-included) and every API process has one listener thread that wakes the
-right waiter. A waiter also re-reads the job now and then, so a lost
+poll). The worker publishes each finished job id, and each ended batch's,
+on one Redis channel (the broker's Redis, the embedded one included) and
+every API process has one listener thread that wakes the right waiter. A waiter also re-reads the job now and then, so a lost
 message costs latency, never a wrong answer. A small succeeded result rides
 with its message (the JSON text stored, byte for byte), so the waiter
 answers without a read of it from the database.

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import logging
 import uuid
@@ -14,6 +13,7 @@ from app.batches.retention import delete_orphan_files, expire_files, expire_fini
 from app.broker import is_redis
 from app.jobs import dispatch, lifecycle, services
 from app.jobs.dispatch import RUN_JOB
+from app.task_messages import task_and_args
 from workers.base import PoolqTask
 
 log = logging.getLogger(__name__)
@@ -83,11 +83,9 @@ def _jobs_delivered_unacked(celery, settings) -> set[uuid.UUID]:
     held = set()
     for record in records:
         try:
-            message = json.loads(record)[0]
-            if message["headers"].get("task") != RUN_JOB:
-                continue
-            args = json.loads(base64.b64decode(message["body"]))[0]
-            held.add(uuid.UUID(str(args[0])))
+            task = task_and_args(json.loads(record)[0])  # kombu's record: [message, exchange, routing key]
+            if task is not None and task[0] == RUN_JOB:
+                held.add(uuid.UUID(str(task[1][0])))
         except (ValueError, KeyError, IndexError, TypeError):
             continue  # not a message of ours; kombu writes JSON records
     return held
