@@ -393,7 +393,9 @@ def hol(ctx, a, model: str) -> dict:
     """One-text sync p50 while a big job and a JSONL batch run, against its idle p50 (same API)."""
     import requests
 
+    t_idle = time.time()
     idle = probe(ctx.port, model, ctx.texts, n=a.hol_idle_n, offset=31)
+    idle_stages = probe_stages(ctx, model, t_idle, time.time(), exclude_tokens_over=1000)
     idle_lat = [x[1] for x in idle]
     job_n, batch_n = a.hol_job_n, a.hol_batch_n
     big = [ctx.big_texts[i % len(ctx.big_texts)] for i in range(job_n)]
@@ -472,6 +474,7 @@ def hol(ctx, a, model: str) -> dict:
     if errors:
         raise RuntimeError("hol: " + "; ".join(errors))
     during = [lat for t0, lat, _ in samples if t0 < t_bg_done]
+    stages = probe_stages(ctx, model, t_accepted, t_bg_done, exclude_tokens_over=1000)
     idle_p50 = ctx.pct(idle_lat, 50)
     during_p50 = ctx.pct(during, 50)
     scaled = job_n != 20000 or batch_n != 5000
@@ -482,7 +485,28 @@ def hol(ctx, a, model: str) -> dict:
             "idle": ctx.lat_summary(idle_lat), "during": ctx.lat_summary(during),
             "during_202_polled": sum(1 for t0, _, s in samples if t0 < t_bg_done and s == 202),
             "ratio_p50_vs_idle": round(during_p50 / idle_p50, 2) if during and idle_p50 else None,
-            "background_seconds_after_accept": round(t_bg_done - t_accepted, 3), **info, "cpu_s": cpu}
+            "background_seconds_after_accept": round(t_bg_done - t_accepted, 3), "idle_stages_p50_ms": idle_stages,
+            "during_stages_p50_ms": stages,
+            **info, "cpu_s": cpu}
+
+
+def probe_stages(ctx, model: str, since: float, until: float, exclude_tokens_over: int) -> dict | None:
+    """Where the probes' time went, from their rows (p50 of each stage, ms): the API's insert to the
+    worker's claim (the message's way through Redis and admission), and the claim to the result written
+    (preparation, the engine, the group write). The rest of a probe's latency is the API's and the
+    client's. The big job is left out by its token count; a batch's lines are not jobs."""
+    rows = ctx.dbc.execute(
+        """SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM started_at - created_at)),
+                  percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - started_at)),
+                  percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM finished_at - created_at)),
+                  count(*)
+           FROM jobs WHERE model = %s AND created_at BETWEEN to_timestamp(%s) AND to_timestamp(%s)
+             AND coalesce(prompt_tokens, 0) <= %s""", (model, since, until, exclude_tokens_over)).fetchone()
+    if not rows or not rows[3]:
+        return None
+    ms = lambda x: None if x is None else round(float(x) * 1000, 2)  # noqa: E731
+    return {"created_to_started": ms(rows[0]), "started_to_finished": ms(rows[1]),
+            "created_to_finished": ms(rows[2]), "jobs": int(rows[3])}
 
 
 # ---------------------------------------------------------------- phase: two tenants
