@@ -146,3 +146,32 @@ def test_the_sweeper_removes_output_files_no_batch_refers_to(api, db):
         assert session.get(File, upload) is not None  # uploads are the tenant's, whatever refers to them
         referenced = session.scalars(select(Batch.output_file_id).where(Batch.output_file_id.is_not(None))).all()
         assert all(session.get(File, file_id) is not None for file_id in referenced)
+
+
+def test_a_chunk_s_output_rows_go_to_postgres_in_one_statement(api, db):
+    """Not psycopg's pipelined executemany (a Bind per row streaming out while a result per row
+    streams back): on a busy host the two directions filled each other's socket buffers and
+    loopback TCP resent pruned segments after its 200 ms minimum timeout (app/db/session.py)."""
+    from sqlalchemy import event
+
+    batch_id = new_batch(api, db)
+    with db() as session:
+        chunk = chunk_leases.claim(session, batch_id, 0, "test", lease_s=300)
+        session.commit()
+    outputs = [(line_no, True, json.dumps({"custom_id": cid})) for line_no, cid, _ in chunk.lines]
+    inserts: list[int] = []  # rows carried by each statement sent
+
+    def seen(conn, cursor, statement, parameters, context, executemany):
+        if statement.startswith("INSERT INTO batch_outputs"):
+            inserts.append(statement.count("(%("))
+
+    engine = db.kw["bind"]
+    event.listen(engine, "before_cursor_execute", seen)
+    try:
+        with db() as session:
+            assert progress.complete_chunk(session, chunk, outputs, WINDOW) is not None
+            session.commit()
+    finally:
+        event.remove(engine, "before_cursor_execute", seen)
+    assert len(outputs) == CHUNK > 1
+    assert inserts == [CHUNK]  # one statement carrying every row, not one row's template run per row
