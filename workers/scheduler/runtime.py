@@ -190,7 +190,7 @@ class Scheduler:
 
     def _admit(self, items: list) -> None:
         jobs: dict[uuid.UUID, list[Delivery]] = {}
-        chunks: list = []
+        chunks: dict[tuple[str, int], list[Delivery]] = {}
         for kind, key, model, delivery in items:
             if kind == "job":
                 try:
@@ -199,11 +199,11 @@ class Scheduler:
                     log.warning("a run_job message with a bad job id %r; dropped", key)
                     self._ack([delivery])
             else:
-                chunks.append((key, model, delivery))
+                chunks.setdefault(key, []).append(delivery)
         if jobs:
             self._admit_jobs(jobs)
-        for key, model, delivery in chunks:
-            self._admit_chunk(key, delivery)
+        if chunks:
+            self._admit_chunks(chunks)
 
     def _admit_jobs(self, jobs: dict[uuid.UUID, list[Delivery]]) -> None:
         def claim(session):
@@ -226,16 +226,21 @@ class Scheduler:
                             [d for d in jobs[c.id] if d is not None]), ready)
         self._add_all(ready)
 
-    def _admit_chunk(self, key, delivery: Delivery | None) -> None:
-        batch_id, index = key
-        claimed = self._store.transact("claiming a chunk", lambda s: chunk_leases.claim(
-            s, batch_id, index, self.identity, self.lease_s))
-        if claimed is None:
-            self._ack([delivery])
-            return
-        tenant = self._store.transact("reading a batch", lambda s: chunk_leases.tenant_of(s, [batch_id]))
-        self._hold(Held("chunk", key, claimed.model, tenant.get(batch_id), True, claimed.attempt, claimed,
-                        [delivery] if delivery else []))
+    def _admit_chunks(self, chunks: dict[tuple[str, int], list[Delivery]]) -> None:
+        """The chunks of one read, and their batches' tenants, in one transaction: a batch's
+        first chunks arrive together, and this thread also claims the interactive jobs."""
+        def claim(session):
+            # Sorted: one lock order for every claimer (as the heartbeat's take-over).
+            claimed = {key: chunk_leases.claim(session, *key, self.identity, self.lease_s) for key in sorted(chunks)}
+            return claimed, chunk_leases.tenant_of(session, [c.batch_id for c in claimed.values() if c])
+
+        claimed, tenants = self._store.transact("claiming chunks", claim)
+        # The rest: done, cancelled, held by a live worker, or their batch stopped.
+        self._ack([d for key, c in claimed.items() if c is None for d in chunks[key]])
+        for key, c in claimed.items():
+            if c is not None:
+                self._hold(Held("chunk", key, c.model, tenants.get(c.batch_id), True, c.attempt, c,
+                                [d for d in chunks[key] if d is not None]))
 
     def _hold(self, held: Held, ready: list[Held] | None = None) -> None:
         """Take on claimed work. A small job is prepared here and now, and appended to `ready`
