@@ -227,10 +227,10 @@ class Scheduler:
         self._add_all(ready)
 
     def _admit_chunks(self, chunks: dict[tuple[str, int], list[Delivery]]) -> None:
-        """The chunks of one read, and their batches' tenants, in one transaction: a batch's
-        first chunks arrive together, and this thread also claims the interactive jobs."""
+        """The chunks of one read, and their batches' tenants, in one transaction (was two per
+        chunk, one after another, on the thread that also claims the interactive jobs)."""
         def claim(session):
-            # Sorted: one lock order for every claimer (as the heartbeat's take-over).
+            # Sorted: two workers claiming the same chunks lock them in the same order.
             claimed = {key: chunk_leases.claim(session, *key, self.identity, self.lease_s) for key in sorted(chunks)}
             return claimed, chunk_leases.tenant_of(session, [c.batch_id for c in claimed.values() if c])
 
