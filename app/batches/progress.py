@@ -38,9 +38,11 @@ from app.batches.files import read_content
 from app.batches.lines import parse_file
 from app.batches.records import Batch, BatchChunk, BatchOutput
 from app.db.base import utcnow
+from app.db.bulk import copy_rows
 from app.served import ServedModels
 
 ChunkKey = tuple[str, int, str]  # batch id, chunk index, model
+OUTPUT_COLUMNS = ("batch_id", "line_no", "ok", "line")
 
 
 @dataclass(frozen=True)
@@ -90,9 +92,8 @@ def validate(session: Session, batch_id: str, served: ServedModels, max_items: i
                            "last_line": part[-1][0], "num_lines": len(part), "status": "pending", "attempts": 0,
                            "lines": part})
     session.execute(insert(BatchChunk), chunks)
-    if parsed.errors:
-        session.execute(insert(BatchOutput), [{"batch_id": batch_id, "line_no": no, "ok": False, "line": line}
-                                              for no, line in parsed.errors])
+    copy_rows(session, BatchOutput.__table__, OUTPUT_COLUMNS,
+              [(batch_id, no, False, line) for no, line in parsed.errors])
     session.execute(update(Batch).where(Batch.id == batch_id).values(
         in_progress_at=now, total=parsed.total, failed=len(parsed.errors), chunks_total=len(chunks)))
     return Validated(pump(session, batch_id, window))
@@ -149,8 +150,8 @@ def complete_chunk(session: Session, claimed: ClaimedChunk, outputs: list[tuple[
                    BatchChunk.status == "running", BatchChunk.attempts == claimed.attempt)
             .values(status="done", finished_at=utcnow())).rowcount:
         return None
-    session.execute(insert(BatchOutput), [{"batch_id": claimed.batch_id, "line_no": no, "ok": ok, "line": line}
-                                          for no, ok, line in outputs])
+    copy_rows(session, BatchOutput.__table__, OUTPUT_COLUMNS,
+              [(claimed.batch_id, no, ok, line) for no, ok, line in outputs])
     ok = sum(1 for _, good, _ in outputs if good)
     row = session.execute(
         update(Batch).where(Batch.id == claimed.batch_id)

@@ -148,22 +148,23 @@ def test_the_sweeper_removes_output_files_no_batch_refers_to(api, db):
         assert all(session.get(File, file_id) is not None for file_id in referenced)
 
 
-def test_a_chunk_s_output_rows_go_to_postgres_in_one_statement(api, db):
-    """Not psycopg's pipelined executemany (a Bind per row streaming out while a result per row
-    streams back): on a busy host the two directions filled each other's socket buffers and
-    loopback TCP resent pruned segments after its 200 ms minimum timeout (app/db/session.py)."""
+def test_a_chunk_s_output_rows_go_to_postgres_as_one_copy_and_a_second_store_adds_none(api, db):
+    """COPY, not a statement per row or a 2,000-parameter INSERT (app/db/bulk.py): every row
+    arrives, in the same transaction as `done`; a duplicate line fails the whole copy."""
     from sqlalchemy import event
+    from sqlalchemy.exc import IntegrityError
+
+    from app.db.bulk import copy_rows
 
     batch_id = new_batch(api, db)
     with db() as session:
         chunk = chunk_leases.claim(session, batch_id, 0, "test", lease_s=300)
         session.commit()
     outputs = [(line_no, True, json.dumps({"custom_id": cid})) for line_no, cid, _ in chunk.lines]
-    inserts: list[int] = []  # rows carried by each statement sent
+    statements: list[str] = []
 
     def seen(conn, cursor, statement, parameters, context, executemany):
-        if statement.startswith("INSERT INTO batch_outputs"):
-            inserts.append(statement.count("(%("))
+        statements.append(statement)
 
     engine = db.kw["bind"]
     event.listen(engine, "before_cursor_execute", seen)
@@ -174,4 +175,15 @@ def test_a_chunk_s_output_rows_go_to_postgres_in_one_statement(api, db):
     finally:
         event.remove(engine, "before_cursor_execute", seen)
     assert len(outputs) == CHUNK > 1
-    assert inserts == [CHUNK]  # one statement carrying every row, not one row's template run per row
+    assert not [s for s in statements if "batch_outputs" in s]  # no INSERT: the rows went as COPY
+    with db() as session:
+        stored = session.execute(select(BatchOutput.line_no, BatchOutput.line).where(
+            BatchOutput.batch_id == batch_id).order_by(BatchOutput.line_no)).all()
+        assert [(no, line) for no, _, line in outputs] == [tuple(r) for r in stored]
+    with db() as session:  # a line stored twice: the copy fails as an INSERT would, and writes nothing
+        rows = [(batch_id, 10_000, True, "new"), (batch_id, outputs[0][0], True, "again")]
+        with pytest.raises(IntegrityError):
+            copy_rows(session, BatchOutput.__table__, progress.OUTPUT_COLUMNS, rows)
+        session.rollback()
+        assert session.scalar(select(func.count()).select_from(BatchOutput).where(
+            BatchOutput.batch_id == batch_id)) == CHUNK

@@ -197,6 +197,29 @@ def test_cancel_stops_at_a_chunk_boundary(oai):
     assert len(read_lines(oai, done.output_file_id)) == counts.completed  # the chunks that finished, kept
 
 
+def test_a_chunk_streamed_in_pieces_answers_every_line_once_in_order(oai, client):
+    """A 512-line chunk goes to the engine STREAM_LINES lines at a time; a line refused in a
+    later piece (and one in the first) gets the route's 400 and the others their results."""
+    from workers.scheduler.work import STREAM_LINES
+
+    n = 512
+    bad = {3, STREAM_LINES + 7, n - 2}  # the first piece, a later one, the last
+    too_long = "hello world " * 200
+    lines = [{"custom_id": f"r{i}", "method": "POST", "url": "/classify",
+              "body": {"model": "tiny", "input": too_long if i in bad else f"text number {i}",
+                       "truncate_prompt_tokens": None}} for i in range(n)]
+    done = wait(oai, submit(oai, lines, "/classify").id, timeout=120)
+    assert done.status == "completed", done
+    assert (done.request_counts.completed, done.request_counts.failed) == (n - len(bad), len(bad))
+    outputs = read_lines(oai, done.output_file_id)
+    assert [o["custom_id"] for o in outputs] == [f"r{i}" for i in range(n) if i not in bad]
+    for i in (0, STREAM_LINES, n - 1):  # a line of each piece is what the sync route answers
+        got = next(o for o in outputs if o["custom_id"] == f"r{i}")["response"]["body"]
+        same_body(got, client.post("/classify", json={"model": "tiny", "input": f"text number {i}"}).json())
+    errors = read_lines(oai, done.error_file_id)
+    assert [(e["custom_id"], e["response"]["status_code"]) for e in errors] == [(f"r{i}", 400) for i in sorted(bad)]
+
+
 def test_an_interactive_job_completes_while_a_large_batch_runs(oai, client):
     batch = submit(oai, big_batch(6000), "/classify")
     wait(oai, batch.id, statuses=("in_progress",) + FINAL)

@@ -296,14 +296,14 @@ class Scheduler:
             else:
                 dispatcher.add(held)
             return
-        # A big job: its first units run while the rest are tokenized, in order, a unit per turn.
+        # A big job or chunk: its first units run while the rest are tokenized, in order, a unit per turn.
         held.sealed = False
         held.streaming = True
         dispatcher.add(held)
         self._preparing.put(held.bulk, held.tenant, held)
 
     def _prepare_next_unit(self, held: Held) -> None:
-        """One more unit of a streamed job, then the next turn goes to whoever waits (round robin
+        """One more unit of a streamed job or chunk, then the next turn goes to whoever waits (round robin
         across tenants, then their jobs): a 20k-text job tokenized start to finish would hold a
         preparation thread, and so another tenant's job, for seconds."""
         dispatcher = self._dispatchers[held.model]
@@ -410,8 +410,9 @@ class Scheduler:
 
     def _write_chunk(self, held: Held, rows) -> None:
         chunk = held.payload
-        if held.error is not None:
-            rows = work.chunk_error_lines(chunk.lines, held.error)
+        if held.error is not None:  # the lines refused at preparation keep their 400
+            refused = {row[0] for row in held.answered}
+            rows = work.chunk_error_lines([line for line in chunk.lines if line[0] not in refused], held.error)
         outputs = sorted((rows or []) + held.answered)
         window = self.settings.batch_parallel_chunks
         stored = self._store.transact("storing a chunk", lambda s: progress.complete_chunk(s, chunk, outputs,

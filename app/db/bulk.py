@@ -1,0 +1,42 @@
+"""Many rows into one table, inside the caller's transaction, at the least cost to the caller.
+
+On Postgres the rows go in with COPY: one stream of rows, no statement to build. A batch
+chunk stores its 500 output lines; as a multi-row INSERT that cost the worker 21 ms of
+CPU (SQLAlchemy building a 2,000-parameter statement, psycopg adapting each parameter and
+rewriting its placeholders), as COPY 1.7 ms, and the worker's CPU is what the device waits
+for between batches. COPY is as strict as INSERT: a duplicate key fails the statement and
+with it the transaction. Any other database takes the same rows as an INSERT.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import psycopg
+from sqlalchemy import Table
+from sqlalchemy.exc import DBAPIError
+from sqlalchemy.orm import Session
+
+
+def copy_rows(session: Session, table: Table, columns: Sequence[str], rows: Sequence[Sequence]) -> None:
+    if not rows:
+        return
+    conn = session.connection()
+    if conn.dialect.driver != "psycopg":
+        session.execute(table.insert(), [dict(zip(columns, row)) for row in rows])
+        return
+    raw = conn.connection.driver_connection
+    statement = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
+    try:
+        with raw.cursor() as cursor, cursor.copy(statement) as copy:
+            for row in rows:
+                copy.write_row(row)
+    except psycopg.Error as exc:
+        # As SQLAlchemy raises it for its own statements: a lost connection is an
+        # OperationalError on an invalidated connection (the store retries the
+        # transaction on a fresh one), anything else the statement's own error.
+        gone = raw.broken or raw.closed
+        if gone:
+            conn.invalidate(exc)
+        raise DBAPIError.instance(statement, None, exc, psycopg.Error, connection_invalidated=gone,
+                                  dialect=conn.dialect) from exc
