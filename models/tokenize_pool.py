@@ -70,19 +70,107 @@ def encode_plain(tok: Any, texts: Sequence[str], max_length: int, side: str,
     """Text prompts through a Rust `tokenizers.Tokenizer` as transformers' fast tokenizer encodes
     them with truncation=True (no pairs, no offsets, no padding): flat int32 ids and lengths.
     Sets the tokenizer's truncation, so each thread or process must call it with its own."""
-    tok.enable_truncation(max_length, stride=0, strategy="longest_first", direction=side)
-    if tok.padding is not None:
-        tok.no_padding()
-    # encode_batch_fast skips the offsets, which the plain path never reads.
-    encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
-    ids = [e.ids for e in encode(list(texts), add_special_tokens=add_special_tokens)]
+    texts = list(texts)
+    twin = _ascii_twin(tok)
+    normalized = [twin.normalized(t) for t in texts] if twin is not None else [None] * len(texts)
+    fast = [i for i, t in enumerate(normalized) if t is not None]
+    if not fast:
+        ids = _encode_ids(tok, texts, max_length, side, add_special_tokens)
+    elif len(fast) == len(texts):
+        ids = _encode_ids(twin.tokenizer, normalized, max_length, side, add_special_tokens)
+    else:
+        ids = [None] * len(texts)
+        slow = [i for i, t in enumerate(normalized) if t is None]
+        for where, got in ((fast, _encode_ids(twin.tokenizer, [normalized[i] for i in fast], max_length, side,
+                                              add_special_tokens)),
+                           (slow, _encode_ids(tok, [texts[i] for i in slow], max_length, side, add_special_tokens))):
+            for i, one in zip(where, got):
+                ids[i] = one
     lengths = np.fromiter(map(len, ids), dtype=np.int32, count=len(ids))
     flat = np.fromiter(chain.from_iterable(ids), dtype=np.int32, count=int(lengths.sum()))
     return flat, lengths
 
 
-# What a tokenizer must encode exactly as transformers does before its plain path is trusted.
-AGREEMENT_SAMPLE = ("poolq checks its tokenizer helpers", "Ünïcode, CJK 漢字 and emoji 🙂 too", "x " * 600)
+def _encode_ids(tok: Any, texts: list[str], max_length: int, side: str, add_special_tokens: bool) -> list[list[int]]:
+    tok.enable_truncation(max_length, stride=0, strategy="longest_first", direction=side)
+    if tok.padding is not None:
+        tok.no_padding()
+    # encode_batch_fast skips the offsets, which the plain path never reads.
+    encode = getattr(tok, "encode_batch_fast", tok.encode_batch)
+    return [e.ids for e in encode(texts, add_special_tokens=add_special_tokens)]
+
+
+# -- ASCII text past BERT's normalizer ----------------------------------------
+# BERT's normalizer (clean_text, CJK spacing, NFD and accent stripping, lowercasing) walks
+# every character through Unicode tables: on the tiny model's ~78-token texts, a third of
+# the tokenizer's CPU, and the tokenizer costs the host more than the tiny model's forward.
+# On ASCII text without control characters (tab, newline and return aside) every step but
+# lowercasing is the identity, and lowercasing is str.lower(); such text goes, lowered where
+# the normalizer lowers, through a twin of the tokenizer without a normalizer. The
+# whitespace the normalizer turns into spaces is split on by BERT's pre-tokenizer either
+# way. Any other normalizer, or text, goes the usual way; `agrees` checks the twin at start.
+
+# Added tokens ([CLS], [MASK], ...) are matched before the normalizer runs: a text that
+# contains one, in any case, goes the usual way.
+
+_TABS = str.maketrans("\t\n\r", "   ")
+
+
+class _Twin:
+    def __init__(self, tokenizer: Any, lowercase: bool, added: tuple[str, ...]):
+        self.tokenizer = tokenizer
+        self.lowercase = lowercase
+        self.added = added  # lowercased
+
+    def normalized(self, text: str) -> str | None:
+        """What the normalizer would make of `text`, or None where this twin must not take it."""
+        if not text.isascii() or not (text.isprintable() or text.translate(_TABS).isprintable()):
+            return None
+        lowered = text.lower()
+        if any(token in lowered for token in self.added):
+            return None
+        return lowered if self.lowercase else text
+
+    @staticmethod
+    def of(tok: Any) -> "_Twin | None":
+        try:
+            import json
+
+            from tokenizers import Tokenizer
+
+            config = json.loads(tok.to_str())
+            normalizer = config.get("normalizer") or {}
+            if normalizer.get("type") != "BertNormalizer":
+                return None
+            twin = Tokenizer.from_str(tok.to_str())
+            twin.normalizer = None
+            added = tuple(t["content"].lower() for t in config.get("added_tokens") or () if t.get("content"))
+            return _Twin(twin, bool(normalizer.get("lowercase", True)), added)
+        except Exception:  # noqa: BLE001 - not a tokenizer we can copy: the usual path
+            return None
+
+
+_twins: dict[int, tuple[Any, _Twin | None]] = {}
+_twins_lock = threading.Lock()
+
+
+def _ascii_twin(tok: Any) -> _Twin | None:
+    """The tokenizer's twin without its normalizer, made once per tokenizer (each thread or
+    helper has its own tokenizer, and so its own twin, truncation setting and all)."""
+    held = _twins.get(id(tok))
+    if held is not None and held[0] is tok:
+        return held[1]
+    with _twins_lock:
+        held = (tok, _Twin.of(tok))  # holds tok, so its id is not reused by another
+        _twins[id(tok)] = held
+    return held[1]
+
+
+# What a tokenizer must encode exactly as transformers does before its plain path is trusted:
+# each text alone too, so the ASCII twin's path (all-ASCII calls) is checked as well as the usual one.
+AGREEMENT_SAMPLE = ("poolq checks its tokenizer helpers", "Ünïcode, CJK 漢字 and emoji 🙂 too", "x " * 600,
+                    "MiXeD Case, PUNCTUATION!? (braces) [1.5e3] 'quotes' & tabs\tnew\nlines\r\nend",
+                    "a [MASK] and a [mask], [CLS] inside [SEP] text")
 
 
 def agrees(tokenizer: Any, encode, max_length: int, side: str) -> bool:
@@ -92,9 +180,12 @@ def agrees(tokenizer: Any, encode, max_length: int, side: str) -> bool:
     texts = list(AGREEMENT_SAMPLE)
     tokenizer.truncation_side = side
     expected = tokenizer(texts, truncation=True, max_length=max_length)["input_ids"]
-    flat, lengths = encode(texts, max_length, side, True)
-    got = np.split(flat, np.cumsum(lengths)[:-1])
-    return len(got) == len(expected) and all(g.tolist() == e for g, e in zip(got, expected))
+    for batch, want in [(texts, expected)] + [([t], [e]) for t, e in zip(texts, expected)]:
+        flat, lengths = encode(batch, max_length, side, True)
+        got = np.split(flat, np.cumsum(lengths)[:-1])
+        if len(got) != len(want) or any(g.tolist() != e for g, e in zip(got, want)):
+            return False
+    return True
 
 
 def _ping() -> int:

@@ -157,3 +157,39 @@ def _alive(pid: int) -> bool:
             return stat.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def _ascii_texts(n, seed):
+    """ASCII the twin takes (case, punctuation, digits, tabs and newlines), and ASCII it must
+    leave to the normalizer (a control character, added tokens in any case)."""
+    rng = random.Random(seed)
+    words = ["Alpha", "BETA", "gamma,", "river.", "(stone)", "don't", "x2", "3.5e7", "a-b", "\t", "\r\n", "QuIcKlY",
+             "[MASK]", "[cls]", "[Sep]", "bell\x07", "del\x7f", "~!@#$%^&*"]
+    return [" ".join(rng.choice(words) for _ in range(rng.randint(1, 300))) for _ in range(n)]
+
+
+@pytest.mark.parametrize("lowercase", [True, False])
+@pytest.mark.parametrize("side,max_length,special", [("right", 512, True), ("left", 24, True), ("right", 24, False)])
+def test_ascii_text_past_the_bert_normalizer_gives_the_transformers_ids(model_dirs, lowercase, side, max_length,
+                                                                         special):
+    from tokenizers import normalizers
+
+    from models.tokenize_pool import _ascii_twin
+
+    tok = AutoTokenizer.from_pretrained(str(model_dirs["bert"]))
+    tok.backend_tokenizer.normalizer = normalizers.BertNormalizer(lowercase=lowercase)  # uncased and cased BERT
+    texts = _ascii_texts(200, seed=max_length) + _texts(50, seed=3)  # and some that are not ASCII
+    tok.truncation_side = side
+    want = tok(texts, truncation=True, max_length=max_length, add_special_tokens=special)["input_ids"]
+    backend = copy.deepcopy(tok.backend_tokenizer)
+    assert _ascii_twin(backend) is not None  # the path under test is taken
+    for batch in (texts, texts[:200]):  # mixed, and all ASCII (many with added tokens, left to the normalizer)
+        flat, lengths = encode_plain(backend, batch, max_length, side, special)
+        got = [g.tolist() for g in np.split(flat, np.cumsum(lengths)[:-1])]
+        assert got == want[:len(batch)]
+
+
+def test_no_twin_for_a_tokenizer_without_bert_s_normalizer():
+    from models.tokenize_pool import _ascii_twin
+
+    assert _ascii_twin(_byte_level_bpe().backend_tokenizer) is None
