@@ -8,8 +8,8 @@ import numpy as np
 from workers.scheduler.policy import Policy, Unit
 
 
-def unit(key, tenant="a", n=1, tokens=10, bulk=False) -> Unit:
-    return Unit(key, tenant, bulk, np.arange(n + 1, dtype=np.int64) * tokens)
+def unit(key, tenant="a", n=1, tokens=10, bulk=False, flow=None) -> Unit:
+    return Unit(key, tenant, bulk, np.arange(n + 1, dtype=np.int64) * tokens, flow=flow)
 
 
 def drain(policy: Policy, budget: int, rounds: int = 10_000):
@@ -57,6 +57,35 @@ def test_a_tenants_small_job_is_not_stuck_behind_its_own_big_job():
     policy.add(unit("small"))
     keys = [s.unit.key for s in policy.next_slices(300)]
     assert "small" in keys[:2]
+
+
+def test_the_chunks_of_one_batch_go_in_order_while_the_tenant_s_other_flows_take_turns():
+    """A batch's chunks one after another (the first finishes early and its successor can be
+    sent and tokenized while the rest run); round robin only across the tenant's flows."""
+    policy = Policy(slice_tokens=100, max_slice_seqs=64)
+    for index in range(3):
+        policy.add(unit(("batch", index), n=40, bulk=True, flow="batch"))
+    policy.add(unit("other job", n=40, bulk=True))
+    slices = drain(policy, budget=100)
+    batch = [s.unit.key for s in slices if s.unit.flow == "batch"]
+    assert batch == sorted(batch)  # chunk 0 whole, then 1, then 2
+    flows = [s.unit.flow for s in slices]
+    assert flows[:8] == ["batch", "other job"] * 4  # alternating across the two flows
+
+
+def test_a_flow_that_ends_hands_its_turn_to_the_next_flow():
+    policy = Policy(slice_tokens=100, max_slice_seqs=64)
+    for key in ("x", "y", "z"):
+        policy.add(unit(key, n=10 if key == "x" else 20))  # x: one slice
+    assert [s.unit.key for s in drain(policy, budget=100)][:5] == ["x", "y", "z", "y", "z"]
+
+
+def test_dropping_a_chunk_keeps_the_rest_of_its_batch_in_order():
+    policy = Policy(slice_tokens=100, max_slice_seqs=64)
+    for index in range(3):
+        policy.add(unit(index, n=20, bulk=True, flow="batch"))
+    policy.drop(1)
+    assert [s.unit.key for s in drain(policy, budget=100)] == [0, 0, 2, 2]
 
 
 def test_interactive_work_goes_before_bulk_whatever_arrived_first():
@@ -130,3 +159,18 @@ def test_preparation_takes_tenants_in_turn_and_interactive_work_first():
     order = [queue.get(timeout=0.1) for _ in range(5)]
     assert order == ["a0", "b0", "a1", "a2", "b-chunk"]
     assert queue.get(timeout=0.01) is None
+
+
+def test_preparation_takes_a_batch_s_chunks_in_chunk_order_before_the_tenant_s_other_bulk_work():
+    """A chunk put back for its next piece goes before the later chunks of its batch."""
+    from workers.scheduler.fairqueue import FairQueue
+
+    queue = FairQueue()
+    queue.put(True, "a", "a-bulk-job")
+    for index in range(3):
+        queue.put(True, "a", f"chunk{index}", rank=("batch", index))
+    queue.put(True, "b", "b-chunk0", rank=("other", 0))
+    assert queue.get(timeout=0.1) == "chunk0"  # a's turn: its first chunk
+    assert queue.get(timeout=0.1) == "b-chunk0"  # b's turn
+    queue.put(True, "a", "chunk0", rank=("batch", 0))  # chunk 0's next piece
+    assert [queue.get(timeout=0.1) for _ in range(4)] == ["chunk0", "chunk1", "chunk2", "a-bulk-job"]

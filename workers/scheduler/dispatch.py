@@ -118,7 +118,7 @@ class Dispatcher:
             return
         for i, unit in enumerate(units):
             if len(unit):
-                self._policy.add(Unit((held.key, i), held.tenant, held.bulk, unit.starts))
+                self._policy.add(Unit((held.key, i), held.tenant, held.bulk, unit.starts, flow=_flow(held)))
         self._maybe_complete(held)
 
     def _whole_small(self, held: Held) -> bool:
@@ -134,7 +134,7 @@ class Dispatcher:
         held.parts.append({})
         held.remaining += len(unit)
         if len(unit):
-            self._policy.add(Unit((held.key, index), held.tenant, held.bulk, unit.starts))
+            self._policy.add(Unit((held.key, index), held.tenant, held.bulk, unit.starts, flow=_flow(held)))
 
     def _seal(self, held: Held, error: BaseException | None) -> None:
         held.sealed = True
@@ -212,3 +212,8 @@ class Dispatcher:
                 held.error = exc
                 self._drop_units(held)
         self._maybe_complete(held)
+
+
+def _flow(held: Held):
+    """What the policy keeps in order: a job's units, or all the chunks of one batch."""
+    return ("batch", held.key[0]) if held.kind == "chunk" else ("job", held.key)

@@ -12,8 +12,14 @@ Order, from the top:
    with nothing left drops out and loses its credit, so idling never saves
    up a burst. Two backlogged tenants get equal tokens whatever their job
    sizes.
-3. Units, within a tenant: round robin, one slice per turn, so a tenant's
-   one-text job never waits behind its own 20k-text job.
+3. Flows, within a tenant: round robin, one slice per turn, so a tenant's
+   one-text job never waits behind its own 20k-text job. A flow is a job,
+   or a batch: its chunks (and a streamed job's or chunk's pieces) go in the
+   order they came, one after another. Round robin across the chunks of one
+   batch made the chunks in flight progress in lockstep and finish together,
+   and the next ones were only then sent, claimed and tokenized, with the
+   device idle; in order, the first finishes early and its successor is
+   ready before the others end.
 A unit is handed out a slice at a time (at most `slice_tokens` tokens, at
 least one sequence), so with the runtime keeping about a batch or two of
 tokens in the engine, a newcomer waits for at most that plus one slice per
@@ -37,6 +43,11 @@ class Unit:
     bulk: bool
     starts: np.ndarray  # cumulative token counts: starts[i] is where sequence i begins; len n + 1
     next: int = 0  # the first sequence not yet handed out
+    flow: Hashable = None  # the job or batch it belongs to (None: a flow of its own)
+
+    def __post_init__(self):
+        if self.flow is None:
+            self.flow = self.key
 
     @property
     def size(self) -> int:
@@ -58,8 +69,11 @@ class Slice:
 @dataclass(eq=False)
 class _Tenant:
     key: Hashable
-    units: collections.deque = field(default_factory=collections.deque)
+    flows: collections.deque = field(default_factory=collections.deque)  # of deques of units, in order
     deficit: int = 0
+
+    def flow_of(self, unit: Unit) -> collections.deque | None:
+        return next((f for f in self.flows if f[0].flow == unit.flow), None)
 
 
 class _Lane:
@@ -92,7 +106,11 @@ class Policy:
         if tenant is None:
             tenant = lane.tenants[unit.tenant] = _Tenant(unit.tenant)
             lane.active.append(tenant)  # a newcomer takes its turn after the tenants already waiting
-        tenant.units.append(unit)
+        flow = tenant.flow_of(unit)
+        if flow is None:
+            tenant.flows.append(collections.deque([unit]))
+        else:
+            flow.append(unit)
 
     def drop(self, key: Hashable) -> None:
         """Hand out nothing more of this unit (cancelled, or taken over by another worker)."""
@@ -101,8 +119,11 @@ class Policy:
             return
         lane = self._lanes[1 if unit.bulk else 0]
         tenant = lane.tenants[unit.tenant]
-        tenant.units.remove(unit)
-        if not tenant.units:
+        flow = tenant.flow_of(unit)
+        flow.remove(unit)
+        if not flow:
+            tenant.flows.remove(flow)
+        if not tenant.flows:
             self._retire(lane, tenant)
 
     def next_slices(self, budget: int) -> list[Slice]:
@@ -113,7 +134,7 @@ class Policy:
             if not lane.active:
                 break
             tenant = lane.active[0]
-            unit = tenant.units[0]
+            unit = tenant.flows[0][0]
             end = self._slice_end(unit)
             cost = int(unit.starts[end] - unit.starts[unit.next])
             if tenant.deficit < cost:
@@ -126,12 +147,15 @@ class Policy:
             out.append(Slice(unit, unit.next, end, cost))
             unit.next = end
             if unit.done:
-                tenant.units.popleft()
                 del self._units[unit.key]
-                if not tenant.units:
-                    self._retire(lane, tenant)
-            else:
-                tenant.units.rotate(-1)  # the tenant's other units go first next time
+                flow = tenant.flows[0]
+                flow.popleft()
+                if not flow:
+                    tenant.flows.popleft()  # the next flow is at the front now
+                    if not tenant.flows:
+                        self._retire(lane, tenant)
+                    continue
+            tenant.flows.rotate(-1)  # the tenant's other flows go first next time
         return out
 
     def _slice_end(self, unit: Unit) -> int:

@@ -49,6 +49,11 @@ from workers.scheduler.store import Store
 log = logging.getLogger(__name__)
 
 
+def _preparation_rank(held: Held) -> tuple | None:
+    """A batch's chunks are tokenized in chunk order (fairqueue.py); jobs in turn."""
+    return held.key if held.kind == "chunk" else None
+
+
 def worker_identity(hostname: str | None = None) -> str:
     """This process incarnation: a restarted worker on the same host is another holder."""
     return f"{hostname or socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
@@ -257,7 +262,7 @@ class Scheduler:
             # big job's tokenization and not at the cost of a thread hand-off.
             self._prepare_one(held, ready)
         else:
-            self._preparing.put(held.bulk, held.tenant, held)
+            self._preparing.put(held.bulk, held.tenant, held, _preparation_rank(held))
 
     def _add_all(self, ready: list[Held]) -> None:
         by_model: dict[str, list[Held]] = {}
@@ -300,7 +305,7 @@ class Scheduler:
         held.sealed = False
         held.streaming = True
         dispatcher.add(held)
-        self._preparing.put(held.bulk, held.tenant, held)
+        self._preparing.put(held.bulk, held.tenant, held, _preparation_rank(held))
 
     def _prepare_next_unit(self, held: Held) -> None:
         """One more unit of a streamed job or chunk, then the next turn goes to whoever waits (round robin
@@ -319,7 +324,7 @@ class Scheduler:
             dispatcher.seal(held, error)
             return
         dispatcher.extend(held, unit)
-        self._preparing.put(held.bulk, held.tenant, held)
+        self._preparing.put(held.bulk, held.tenant, held, _preparation_rank(held))
 
     # -- finishing -------------------------------------------------------------
     def _complete(self, held: Held) -> None:
