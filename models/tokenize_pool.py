@@ -25,6 +25,7 @@ import multiprocessing
 import os
 import threading
 import time
+import weakref
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from itertools import chain
@@ -138,11 +139,12 @@ class _Twin:
 
             from tokenizers import Tokenizer
 
-            config = json.loads(tok.to_str())
+            serialized = tok.to_str()  # the whole vocabulary: once
+            config = json.loads(serialized)
             normalizer = config.get("normalizer") or {}
             if normalizer.get("type") != "BertNormalizer":
                 return None
-            twin = Tokenizer.from_str(tok.to_str())
+            twin = Tokenizer.from_str(serialized)
             twin.normalizer = None
             added = tuple(t["content"].lower() for t in config.get("added_tokens") or () if t.get("content"))
             return _Twin(twin, bool(normalizer.get("lowercase", True)), added)
@@ -150,20 +152,21 @@ class _Twin:
             return None
 
 
-_twins: dict[int, tuple[Any, _Twin | None]] = {}
+# Weak: a twin goes with its tokenizer (an engine closed and loaded again makes new ones).
+_twins: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _twins_lock = threading.Lock()
+_NO_TWIN = object()
 
 
 def _ascii_twin(tok: Any) -> _Twin | None:
     """The tokenizer's twin without its normalizer, made once per tokenizer (each thread or
     helper has its own tokenizer, and so its own twin, truncation setting and all)."""
-    held = _twins.get(id(tok))
-    if held is not None and held[0] is tok:
-        return held[1]
-    with _twins_lock:
-        held = (tok, _Twin.of(tok))  # holds tok, so its id is not reused by another
-        _twins[id(tok)] = held
-    return held[1]
+    twin = _twins.get(tok, _NO_TWIN)
+    if twin is _NO_TWIN:
+        twin = _Twin.of(tok)
+        with _twins_lock:
+            _twins[tok] = twin
+    return twin
 
 
 # What a tokenizer must encode exactly as transformers does before its plain path is trusted:

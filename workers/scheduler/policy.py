@@ -69,11 +69,24 @@ class Slice:
 @dataclass(eq=False)
 class _Tenant:
     key: Hashable
-    flows: collections.deque = field(default_factory=collections.deque)  # of deques of units, in order
+    flows: collections.deque = field(default_factory=collections.deque)  # of deques of units, in turn order
+    by_flow: dict = field(default_factory=dict)  # flow key -> its deque in `flows` (thousands may be in flight)
     deficit: int = 0
 
-    def flow_of(self, unit: Unit) -> collections.deque | None:
-        return next((f for f in self.flows if f[0].flow == unit.flow), None)
+    def add(self, unit: Unit) -> None:
+        flow = self.by_flow.get(unit.flow)
+        if flow is None:
+            flow = self.by_flow[unit.flow] = collections.deque()
+            self.flows.append(flow)
+        flow.append(unit)
+
+    def forget(self, flow: collections.deque, key: Hashable) -> None:
+        """`flow` has no unit left: out of the turns."""
+        del self.by_flow[key]
+        if self.flows and self.flows[0] is flow:
+            self.flows.popleft()  # the next flow is at the front now
+        else:
+            self.flows.remove(flow)
 
 
 class _Lane:
@@ -106,11 +119,7 @@ class Policy:
         if tenant is None:
             tenant = lane.tenants[unit.tenant] = _Tenant(unit.tenant)
             lane.active.append(tenant)  # a newcomer takes its turn after the tenants already waiting
-        flow = tenant.flow_of(unit)
-        if flow is None:
-            tenant.flows.append(collections.deque([unit]))
-        else:
-            flow.append(unit)
+        tenant.add(unit)
 
     def drop(self, key: Hashable) -> None:
         """Hand out nothing more of this unit (cancelled, or taken over by another worker)."""
@@ -119,10 +128,10 @@ class Policy:
             return
         lane = self._lanes[1 if unit.bulk else 0]
         tenant = lane.tenants[unit.tenant]
-        flow = tenant.flow_of(unit)
+        flow = tenant.by_flow[unit.flow]
         flow.remove(unit)
         if not flow:
-            tenant.flows.remove(flow)
+            tenant.forget(flow, unit.flow)
         if not tenant.flows:
             self._retire(lane, tenant)
 
@@ -151,7 +160,7 @@ class Policy:
                 flow = tenant.flows[0]
                 flow.popleft()
                 if not flow:
-                    tenant.flows.popleft()  # the next flow is at the front now
+                    tenant.forget(flow, unit.flow)
                     if not tenant.flows:
                         self._retire(lane, tenant)
                     continue
