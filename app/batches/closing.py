@@ -103,7 +103,8 @@ def _write_files(session: Session, batch_id: str) -> tuple[str | None, str | Non
 def overdue(session: Session, requeue_after_s: int, limit: int = 500):
     """What the sweeper must (re)send: (validations, chunks, pumps, finalizations).
 
-    - validating batches whose message is presumed lost;
+    - validating batches whose message is presumed lost, and batches whose
+      validation stopped part-way (in_progress, not all cut, no step lately);
     - chunks sent long ago and still pending (a running chunk is held by a
       lease, and a worker takes it over when the lease lapses);
     - in_progress batches with nothing in flight but chunks left (a send
@@ -113,8 +114,11 @@ def overdue(session: Session, requeue_after_s: int, limit: int = 500):
     """
     now = utcnow()
     stale_send = now - dt.timedelta(seconds=requeue_after_s)
-    validations = list(session.scalars(select(Batch.id).where(Batch.status == "validating",
-                                                              Batch.created_at < stale_send).limit(limit)))
+    # A validation still cutting stores a step at least every chunk's worth of lines read.
+    validations = list(session.scalars(select(Batch.id).where(
+        ((Batch.status == "validating") & (Batch.created_at < stale_send))
+        | ((Batch.status == "in_progress") & Batch.chunks_total.is_(None) & (Batch.validated_at < stale_send)))
+        .limit(limit)))
     chunks = session.execute(select(BatchChunk.batch_id, BatchChunk.index, BatchChunk.model).where(
         (BatchChunk.status == "pending") & (BatchChunk.sent_at < stale_send)).limit(limit)).all()
     inflight = exists().where(BatchChunk.batch_id == Batch.id, (BatchChunk.status == "running")

@@ -23,8 +23,8 @@ from __future__ import annotations
 
 import json
 import secrets
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Iterator
 
 from app import jsonparse
 from app.errors import APIError, bad_request
@@ -35,13 +35,15 @@ from app.served import ServedModels
 MAX_FILE_ERRORS = 100  # listed in a failed batch's `errors`
 
 
-@dataclass
-class ParsedFile:
-    valid: list[tuple[int, str, str, dict[str, Any]]] = field(default_factory=list)  # line_no, custom_id, model, req
-    errors: list[tuple[int, str]] = field(default_factory=list)  # line_no, serialized output line
-    problems: list[dict[str, Any]] = field(default_factory=list)  # OpenAI BatchError entries
-    total: int = 0
-    fatal: str | None = None
+@dataclass(frozen=True)
+class ParsedLine:
+    """One input line: valid (model and request set) or bad (its output line and problem set)."""
+    no: int
+    custom_id: str | None = None
+    model: str | None = None
+    request: dict[str, Any] | None = None
+    error: str | None = None  # the serialized output line of a bad line
+    problem: dict[str, Any] | None = None  # its OpenAI BatchError entry
 
 
 def _hex16() -> str:
@@ -65,41 +67,48 @@ def unsupported_url(url: Any) -> str:
             f"{', '.join(URL_ENDPOINTS)}.")
 
 
-def parse_file(content: bytes, endpoint: str, served: ServedModels, max_items: int) -> ParsedFile:
-    out = ParsedFile()
+def decode(content: bytes) -> str | None:
+    """The file as text; None if it is not UTF-8 (a fatal error: it is not JSONL)."""
     try:
-        text = content.decode("utf-8")
+        return content.decode("utf-8")
     except UnicodeDecodeError:
-        out.fatal = "The input file is not UTF-8 text, so it is not JSONL."
-        return out
+        return None
+
+
+NOT_UTF8 = "The input file is not UTF-8 text, so it is not JSONL."
+NO_JSON_LINE = "The input file has no JSON line: it is not JSONL."
+NO_VALID_LINE = "The input file has no valid request line."
+
+
+def request_lines(text: str) -> list[str]:
+    """The file's lines that are requests: blank lines (a trailing newline) are not."""
+    return [raw for raw in text.split("\n") if raw.strip()]
+
+
+def parse_lines(raws: list[str], endpoint: str, served: ServedModels, max_items: int) -> Iterator[ParsedLine]:
+    """Each request line in order, parsed. Deterministic (a duplicate custom_id is the later line's
+    error), so a validation that resumes after a crash derives the same lines again."""
     kind = URL_ENDPOINTS[endpoint]
     seen: set[str] = set()
-    decoded = 0
-    line_no = 0
-    for raw in text.split("\n"):
-        if not raw.strip():
-            continue  # blank lines (a trailing newline) are not requests
-        no, line_no = line_no, line_no + 1
+    for no, raw in enumerate(raws):
         try:
             item = jsonparse.loads(raw)  # refuses too-deep nesting, NaN: the line is invalid, not a crash
-            decoded += 1
         except ValueError:
-            out.errors.append((no, error_line(None, 400, _error(bad_request(f"Line {no + 1} is not valid JSON.")))))
-            _problem(out, "invalid_json_line", f"Line {no + 1} is not valid JSON.", no)
+            message = f"Line {no + 1} is not valid JSON."
+            yield ParsedLine(no, error=error_line(None, 400, _error(bad_request(message))),
+                             problem=_problem("invalid_json_line", message, no))
             continue
         try:
             custom_id, model, request = _line(item, kind, served, max_items, seen)
         except _LineError as exc:
-            out.errors.append((no, error_line(exc.custom_id, exc.status, exc.error)))
-            _problem(out, exc.code, exc.message, no)
+            yield ParsedLine(no, exc.custom_id, error=error_line(exc.custom_id, exc.status, exc.error),
+                             problem=_problem(exc.code, exc.message, no))
             continue
-        out.valid.append((no, custom_id, model, request))
-    out.total = line_no
-    if decoded == 0:
-        out.fatal = "The input file has no JSON line: it is not JSONL."
-    elif not out.valid:
-        out.fatal = "The input file has no valid request line."
-    return out
+        yield ParsedLine(no, custom_id, model, request)
+
+
+def is_json(line: ParsedLine) -> bool:
+    return line.problem is None or line.problem["code"] != "invalid_json_line"
 
 
 class _LineError(Exception):
@@ -140,6 +149,5 @@ def _line(item: Any, kind: str, served: ServedModels, max_items: int, seen: set[
     return custom_id, model.name, request
 
 
-def _problem(out: ParsedFile, code: str, message: str, line_no: int) -> None:
-    if len(out.problems) < MAX_FILE_ERRORS:
-        out.problems.append({"code": code, "message": message, "param": None, "line": line_no + 1})
+def _problem(code: str, message: str, line_no: int) -> dict[str, Any]:
+    return {"code": code, "message": message, "param": None, "line": line_no + 1}

@@ -1,9 +1,13 @@
 """A batch's progress through the workers. Every step is a compare-and-set; callers commit, then send.
 
-validating -> in_progress: the input is parsed once; valid lines become
-    chunks (one model per chunk), bad lines go straight to batch_outputs.
+validating -> in_progress: the input is parsed once and cut as it is read;
+    valid lines become chunks (one model per chunk), bad lines go straight
+    to batch_outputs. Each filled chunk is stored (and sent) in a step of
+    its own, so the first chunks run while the rest is parsed; the batch is
+    in_progress from its first step, and chunks_total stays NULL until the
+    last step stores it (only then can the batch finalize).
 chunks: pending -> running (claim; attempts + 1) -> done. A chunk is stored
-    by one transaction: its output lines (one bulk INSERT), `done` (only for
+    by one transaction: its output lines (one COPY), `done` (only for
     the latest claim, so a redelivered or raced chunk never writes twice and
     a done chunk is never claimed again) and the batch's counters (one
     UPDATE ... SET completed = completed + n, which also serializes the
@@ -28,14 +32,15 @@ close a cycle.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Iterator
 
 from sqlalchemy import func, insert, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.batches.files import read_content
-from app.batches.lines import parse_file
+from app.batches.lines import (MAX_FILE_ERRORS, NO_JSON_LINE, NO_VALID_LINE, NOT_UTF8, decode, is_json, parse_lines,
+                               request_lines)
 from app.batches.records import Batch, BatchChunk, BatchOutput
 from app.db.base import utcnow
 from app.db.bulk import copy_rows
@@ -47,8 +52,30 @@ OUTPUT_COLUMNS = ("batch_id", "line_no", "ok", "line")
 
 @dataclass(frozen=True)
 class Validated:
-    send: list[ChunkKey]  # the chunks to send first
+    send: list[ChunkKey]  # the chunks to send now
     failed: bool = False  # this call moved the batch to `failed` (a final state: its webhook is due)
+    finalize: bool = False  # every chunk is stored already: the finalize step is due
+    stop: bool = False  # nothing more to cut: the input is all in, or the batch left validation
+
+
+@dataclass
+class Step:
+    """What validation read since its last step; one transaction stores it (store_step)."""
+    chunks: list[dict[str, Any]] = field(default_factory=list)  # cut since the last step; indexes count from 0
+    errors: list[tuple[int, str]] = field(default_factory=list)  # bad lines since the last step
+    lines: int = 0  # lines read so far: every bad line before this is in this step or an earlier one
+    total: int = 0  # request lines in the file
+    final: bool = False
+    chunks_total: int = 0  # on the final step
+    fatal: str | None = None  # on the final step: the file is not a batch's input (no chunk was cut)
+    problems: list[dict[str, Any]] = field(default_factory=list)  # with fatal: the first bad lines
+
+
+@dataclass(frozen=True)
+class Source:
+    content: bytes | None  # None: the input file was deleted
+    endpoint: str
+    input_file_id: str
 
 
 def lock_batches(session: Session, batch_ids) -> None:
@@ -58,45 +85,127 @@ def lock_batches(session: Session, batch_ids) -> None:
         session.execute(select(Batch.id).where(Batch.id.in_(ids)).order_by(Batch.id).with_for_update())
 
 
+def _cutting(status: str, chunks_total: int | None) -> bool:
+    """validating, or in_progress with the input not all cut yet (chunks_total unknown)."""
+    return status == "validating" or (status == "in_progress" and chunks_total is None)
+
+
+def validation_source(session: Session, batch_id: str) -> Source | None:
+    """The input to cut, or None if the batch is past validation (a duplicate or stale message)."""
+    batch = session.get(Batch, batch_id)
+    if batch is None or not _cutting(batch.status, batch.chunks_total):
+        return None
+    return Source(read_content(session, batch.input_file_id), batch.endpoint, batch.input_file_id)
+
+
+def cut(source: Source, served: ServedModels, max_items: int, chunk_lines: int) -> Iterator[Step]:
+    """Parse the input and cut its valid lines into chunks (one model per chunk), a step each time a
+    chunk fills, so the first chunks run while the rest of the file is parsed.
+
+    Deterministic: a validation that resumes after a crash cuts the same chunks with the same
+    indexes and finds the same bad lines, and store_step skips what an earlier run stored. A step
+    is also due every `chunk_lines` bad lines once a valid line was seen (the sweeper reads a
+    validation's progress from its steps). Before the first valid line nothing is stored: the
+    file may still turn out to have none, and fail whole.
+    """
+    if source.content is None:
+        yield Step(final=True, fatal=f"The input file {source.input_file_id} was deleted.")
+        return
+    text = decode(source.content)
+    if text is None:
+        yield Step(final=True, fatal=NOT_UTF8)
+        return
+    raws = request_lines(text)
+    step, pending, problems = Step(total=len(raws)), {}, []
+    count = json_lines = bad_since_step = 0
+    for line in parse_lines(raws, source.endpoint, served, max_items):
+        step.lines = line.no + 1
+        if line.model is None:
+            step.errors.append((line.no, line.error))
+            bad_since_step += 1
+            json_lines += is_json(line)
+            if len(problems) < MAX_FILE_ERRORS:
+                problems.append(line.problem)
+        else:
+            json_lines += 1
+            part = pending.setdefault(line.model, [])
+            part.append([line.no, line.custom_id, line.request])
+            if len(part) == chunk_lines:
+                step.chunks.append(_chunk(count, line.model, part))
+                count += 1
+                pending[line.model] = []
+        if step.chunks or (bad_since_step >= chunk_lines and (count or any(pending.values()))):
+            yield step
+            step, bad_since_step = Step(lines=step.lines, total=step.total), 0
+    for model, part in pending.items():
+        if part:
+            step.chunks.append(_chunk(count, model, part))
+            count += 1
+    step.final, step.chunks_total = True, count
+    if not count:
+        step.fatal = NO_JSON_LINE if not json_lines else NO_VALID_LINE
+        step.problems = problems
+    yield step
+
+
+def _chunk(index: int, model: str, part: list) -> dict[str, Any]:
+    return {"index": index, "model": model, "first_line": part[0][0], "last_line": part[-1][0],
+            "num_lines": len(part), "status": "pending", "attempts": 0, "lines": part}
+
+
+def store_step(session: Session, batch_id: str, step: Step, window: int) -> Validated:
+    """Store one step of the cut: its new chunks and bad lines, the batch's counters (in_progress
+    from the first step), and on the final step chunks_total; send the next chunks up to `window`.
+    Stores only what no earlier run stored (chunks by index, bad lines by the lines it had read)."""
+    lock_batches(session, [batch_id])
+    batch = session.execute(select(Batch.status, Batch.chunks_total, Batch.validated_lines)
+                            .where(Batch.id == batch_id)).one_or_none()
+    if batch is None or not _cutting(batch.status, batch.chunks_total):
+        return Validated([], stop=True)  # cancelled, expired, or cut by another run
+    now = utcnow()
+    stored = session.scalar(select(func.count()).select_from(BatchChunk).where(BatchChunk.batch_id == batch_id))
+    if step.fatal and batch.status == "validating":
+        problems = [{"code": "invalid_file", "message": step.fatal, "param": None, "line": None}]
+        session.execute(update(Batch).where(Batch.id == batch_id).values(
+            status="failed", failed_at=now, errors={"object": "list", "data": problems + step.problems}))
+        return Validated([], failed=True, stop=True)
+    chunks = [{**chunk, "batch_id": batch_id} for chunk in step.chunks if chunk["index"] >= stored]
+    if chunks:
+        session.execute(insert(BatchChunk), chunks)
+    errors = [(batch_id, no, False, line) for no, line in step.errors if no >= batch.validated_lines]
+    copy_rows(session, BatchOutput.__table__, OUTPUT_COLUMNS, errors)
+    values: dict[str, Any] = {"total": step.total, "failed": Batch.failed + len(errors), "validated_at": now,
+                              "validated_lines": max(step.lines, batch.validated_lines)}
+    if batch.status == "validating":
+        values.update(status="in_progress", in_progress_at=now)
+    if step.fatal:
+        # Resumed after its input file was deleted: what was cut runs, the rest cannot.
+        values["chunks_total"] = stored + len(chunks)
+        values["errors"] = {"object": "list", "data": [
+            {"code": "invalid_file", "message": f"{step.fatal} Lines from {batch.validated_lines + 1} on were not run.",
+             "param": None, "line": None}]}
+    elif step.final:
+        values["chunks_total"] = step.chunks_total
+    row = session.execute(update(Batch).where(Batch.id == batch_id).values(**values)
+                          .returning(Batch.chunks_done, Batch.chunks_total)).one()
+    if row.chunks_total is not None and row.chunks_done >= row.chunks_total:
+        return Validated([], finalize=True, stop=True)  # the last chunks were stored before the cut ended
+    return Validated(pump(session, batch_id, window), stop=step.final)
+
+
 def validate(session: Session, batch_id: str, served: ServedModels, max_items: int, chunk_lines: int,
              window: int) -> Validated:
-    """Parse the input and cut it into chunks. A no-op unless validating."""
-    lock_batches(session, [batch_id])
-    batch = session.get(Batch, batch_id)
-    if batch is None or batch.status != "validating":
+    """Cut the whole input in the caller's transaction (the task commits step by step instead)."""
+    source = validation_source(session, batch_id)
+    if source is None:
         return Validated([])
-    content = read_content(session, batch.input_file_id)
-    parsed = parse_file(content or b"", batch.endpoint, served, max_items)
-    if content is None:
-        parsed.fatal = f"The input file {batch.input_file_id} was deleted."
-    now = utcnow()
-    target = "failed" if parsed.fatal else "in_progress"
-    # The compare-and-set first: a duplicate validation (or a cancel) that got
-    # here earlier leaves nothing for this one to do.
-    if not session.execute(update(Batch).where(Batch.id == batch_id, Batch.status == "validating")
-                           .values(status=target)).rowcount:
-        return Validated([])
-    if parsed.fatal:
-        problems = [{"code": "invalid_file", "message": parsed.fatal, "param": None, "line": None}]
-        session.execute(update(Batch).where(Batch.id == batch_id).values(
-            failed_at=now, errors={"object": "list", "data": problems + parsed.problems}))
-        return Validated([], failed=True)
-    by_model: dict[str, list] = {}
-    for line_no, custom_id, model, request in parsed.valid:
-        by_model.setdefault(model, []).append([line_no, custom_id, request])
-    chunks = []
-    for model, lines in by_model.items():
-        for start in range(0, len(lines), chunk_lines):
-            part = lines[start:start + chunk_lines]
-            chunks.append({"batch_id": batch_id, "index": len(chunks), "model": model, "first_line": part[0][0],
-                           "last_line": part[-1][0], "num_lines": len(part), "status": "pending", "attempts": 0,
-                           "lines": part})
-    session.execute(insert(BatchChunk), chunks)
-    copy_rows(session, BatchOutput.__table__, OUTPUT_COLUMNS,
-              [(batch_id, no, False, line) for no, line in parsed.errors])
-    session.execute(update(Batch).where(Batch.id == batch_id).values(
-        in_progress_at=now, total=parsed.total, failed=len(parsed.errors), chunks_total=len(chunks)))
-    return Validated(pump(session, batch_id, window))
+    send: list[ChunkKey] = []
+    for step in cut(source, served, max_items, chunk_lines):
+        validated = store_step(session, batch_id, step, window)
+        send += validated.send
+        if validated.stop:
+            return Validated(send, validated.failed, validated.finalize, True)
+    return Validated(send, stop=True)
 
 
 def pump(session: Session, batch_id: str, window: int) -> list[ChunkKey]:
@@ -158,6 +267,7 @@ def complete_chunk(session: Session, claimed: ClaimedChunk, outputs: list[tuple[
         .values(completed=Batch.completed + ok, failed=Batch.failed + (len(outputs) - ok),
                 chunks_done=Batch.chunks_done + 1)
         .returning(Batch.status, Batch.chunks_done, Batch.chunks_total)).one()
-    if row.status == "cancelling" or (row.status == "in_progress" and row.chunks_done >= row.chunks_total):
+    if row.status == "cancelling" or (row.status == "in_progress" and row.chunks_total is not None
+                                      and row.chunks_done >= row.chunks_total):
         return Stored([], True)
     return Stored(pump(session, claimed.batch_id, window) if row.status == "in_progress" else [], False)

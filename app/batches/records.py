@@ -68,11 +68,18 @@ class Batch(Base):
     failed: Mapped[int] = mapped_column(default=0)
     # chunks_done is bumped in the transaction that stores a chunk's lines; the
     # one that makes it equal chunks_total triggers the finalize step.
-    chunks_total: Mapped[int] = mapped_column(default=0)
+    # chunks_total is NULL while validation is still cutting the input (the
+    # batch may already be in_progress, its first chunks running), and
+    # validated_at is when validation last stored a step (the sweeper's sign
+    # that it is alive), validated_lines how many input lines its steps cover
+    # (a validation run again after a crash stores only the bad lines after).
+    chunks_total: Mapped[int | None] = mapped_column(default=None)
     chunks_done: Mapped[int] = mapped_column(default=0)
+    validated_lines: Mapped[int] = mapped_column(default=0)
     created_at: Mapped[dt.datetime] = mapped_column(default=utcnow)
     expires_at: Mapped[dt.datetime]
     in_progress_at: Mapped[dt.datetime | None] = mapped_column(default=None)
+    validated_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     finalizing_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     completed_at: Mapped[dt.datetime | None] = mapped_column(default=None)
     failed_at: Mapped[dt.datetime | None] = mapped_column(default=None)

@@ -248,6 +248,116 @@ def _validated(db, client, served, lines, endpoint="/classify", chunk_lines=512)
     return batch.id
 
 
+def _created(db, client, lines, endpoint="/classify"):
+    """A batch created in this process and not validated: no message is out for it."""
+    file_id = client.post("/v1/files", files={"file": ("in.jsonl", jsonl(lines))},
+                          data={"purpose": "batch"}).json()["id"]
+    with db() as session:
+        from app.tenants.records import Tenant
+
+        tenant = session.scalar(select(Tenant.id).where(Tenant.name == "alpha"))
+        batch = services.create_batch(session, tenant, {"input_file_id": file_id, "endpoint": endpoint})
+        session.commit()
+    return batch.id
+
+
+def _cut_rows(db, batch_id):
+    with db() as session:
+        chunks = session.execute(select(BatchChunk.index, BatchChunk.model, BatchChunk.first_line,
+                                        BatchChunk.last_line, BatchChunk.num_lines)
+                                 .where(BatchChunk.batch_id == batch_id).order_by(BatchChunk.index)).all()
+        errors = session.scalars(select(BatchOutput.line_no).where(BatchOutput.batch_id == batch_id)
+                                 .order_by(BatchOutput.line_no)).all()
+        batch = session.get(Batch, batch_id)
+        return [tuple(c) for c in chunks], list(errors), batch
+
+
+def _mixed_lines(n, bad):
+    lines = big_batch(n, per_line=1)
+    for i in bad:
+        lines[i] = {"custom_id": f"r{i}", "method": "POST", "url": "/classify", "body": {"model": "nope", "input": "x"}}
+    return lines
+
+
+def test_a_validation_run_again_after_a_crash_stores_only_what_the_first_did_not(client, db, poolq):
+    """The input is cut step by step, each step its own commit; a run that died after two steps is
+    run again from the top and stores only the later chunks and bad lines: the same chunks as one
+    uninterrupted run, each bad line once, the counters right."""
+    bad = {1, 6, 13}
+    lines = _mixed_lines(20, bad)
+    whole = _created(db, client, lines)
+    with db() as session:
+        assert progress.validate(session, whole, poolq.served, 1000, 3, window=0).stop
+        session.commit()
+    want_chunks, want_errors, done = _cut_rows(db, whole)
+    assert want_errors == sorted(bad) and len(want_chunks) == 6  # 17 valid lines, 3 a chunk
+    assert (done.status, done.total, done.failed, done.chunks_total) == ("in_progress", 20, 3, 6)
+
+    crashed = _created(db, client, lines)
+    with db() as session:
+        source = progress.validation_source(session, crashed)
+    steps = progress.cut(source, poolq.served, 1000, 3)
+    for _ in range(2):
+        with db() as session:
+            assert not progress.store_step(session, crashed, next(steps), window=0).stop
+            session.commit()
+    chunks, errors, mid = _cut_rows(db, crashed)
+    # Running already, the rest unknown: chunks_total stays NULL, so nothing can finalize it.
+    assert (mid.status, mid.chunks_total, mid.total, mid.validated_lines) == ("in_progress", None, 20, 8)
+    assert chunks == want_chunks[:2] and errors == [1, 6] and mid.failed == 2
+    with db() as session:  # the run again, from the top
+        assert progress.validate(session, crashed, poolq.served, 1000, 3, window=0).stop
+        session.commit()
+    chunks, errors, after = _cut_rows(db, crashed)
+    assert chunks == want_chunks and errors == want_errors
+    assert (after.total, after.failed, after.chunks_total, after.validated_lines) == (20, 3, 6, 20)
+    with db() as session:  # and once more: it is cut, nothing to do
+        assert progress.validate(session, crashed, poolq.served, 1000, 3, window=0) == progress.Validated([])
+
+
+def test_chunks_stored_before_the_cut_ends_finalize_only_with_its_last_step(client, db, poolq):
+    """A chunk stored while the input is still being cut never finalizes the batch (the count is
+    unknown); the last step, finding every chunk stored, does."""
+    batch_id = _created(db, client, _mixed_lines(7, {6}))  # 6 valid lines (2 chunks of 3), a bad one last
+    with db() as session:
+        source = progress.validation_source(session, batch_id)
+    steps = progress.cut(source, poolq.served, 1000, 3)
+    with db() as session:
+        for _ in range(2):
+            progress.store_step(session, batch_id, next(steps), window=0)
+        session.commit()
+        for index in (0, 1):
+            claimed = chunk_leases.claim(session, batch_id, index, "w", lease_s=300)
+            session.commit()
+            outputs = [(no, True, json.dumps({"custom_id": cid})) for no, cid, _ in claimed.lines]
+            stored = progress.complete_chunk(session, claimed, outputs, window=0)
+            session.commit()
+            assert stored is not None and not stored.finalize
+        last = next(steps)
+        assert last.final and not last.chunks
+        assert progress.store_step(session, batch_id, last, window=0) == progress.Validated([], finalize=True,
+                                                                                           stop=True)
+        session.commit()
+        assert closing.start_closing(session, batch_id) == "completed"
+
+
+def test_a_cancel_while_the_input_is_cut_stops_the_cut(client, db, poolq):
+    batch_id = _created(db, client, big_batch(9, per_line=1))
+    with db() as session:
+        source = progress.validation_source(session, batch_id)
+        tenant = session.get(Batch, batch_id).tenant_id
+    steps = progress.cut(source, poolq.served, 1000, 3)
+    with db() as session:
+        progress.store_step(session, batch_id, next(steps), window=0)
+        session.commit()
+        services.cancel_batch(session, batch_id, tenant)
+        session.commit()
+        assert progress.store_step(session, batch_id, next(steps), window=0).stop
+        session.commit()
+    chunks, _, batch = _cut_rows(db, batch_id)
+    assert len(chunks) == 1 and batch.status == "cancelling"
+
+
 @pytest.fixture(scope="module")
 def poolq(settings):
     """The deployment's state as the API has it: served models, and Celery to send as the API sends."""

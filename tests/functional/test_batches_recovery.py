@@ -76,7 +76,9 @@ def test_a_batch_survives_its_worker_killed_mid_batch(batch_env, api, db, tmp_pa
         first.kill()  # SIGKILL: no ack, no clean shutdown
         at_kill = chunk_states(db, batch_id)
         done_at_kill = {i: attempts for i, (status, attempts) in at_kill.items() if status == "done"}
-        assert len(at_kill) == LINES // CHUNK and 2 <= len(done_at_kill) < len(at_kill), at_kill
+        # The input is cut as it is read, so the kill may land before its last chunk is stored: the
+        # validation is run again and stores only the chunks and lines the first run did not.
+        assert len(at_kill) <= LINES // CHUNK and 2 <= len(done_at_kill) < len(at_kill), at_kill
         running_at_kill = [i for i, (status, _) in at_kill.items() if status == "running"]
         assert running_at_kill, at_kill
 
@@ -99,7 +101,7 @@ def test_a_batch_survives_its_worker_killed_mid_batch(batch_env, api, db, tmp_pa
         assert batch["error_file_id"] is None
 
         after = chunk_states(db, batch_id)
-        assert all(status == "done" for status, _ in after.values())
+        assert len(after) == LINES // CHUNK and all(status == "done" for status, _ in after.values())
         # Finished before the kill: never claimed again. Running at the kill: claimed again and stored once.
         assert {i: after[i][1] for i in done_at_kill} == done_at_kill
         assert all(after[i][1] >= 2 for i in running_at_kill), (running_at_kill, after)

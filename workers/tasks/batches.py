@@ -32,15 +32,26 @@ def _send_chunks(task: PoolqTask, keys: list[progress.ChunkKey]) -> None:
 
 @shared_task(name=VALIDATE_BATCH, **_DURABLE)
 def validate_batch(self: PoolqTask, batch_id: str) -> None:
+    """Cut the input into chunks, a transaction per step: each step's chunks are sent after its
+    commit, so they run while the rest is parsed. A run that dies part-way is run again (acks_late;
+    the sweeper) and stores only what the first did not."""
     s = self.poolq.settings
     with self.unit_of_work() as session:
-        validated = progress.validate(session, batch_id, self.poolq.served, s.max_items_per_request,
-                                      s.batch_chunk_lines, s.batch_parallel_chunks)
-        deliveries = events.final_event(session, batch_id) if validated.failed else []
-    if validated.failed:
-        self.poolq.events.publish(batch_id)  # wakes a `Prefer: wait` read of the batch
-    send_deliveries(self.poolq.celery, deliveries)
-    _send_chunks(self, validated.send)
+        source = progress.validation_source(session, batch_id)
+    if source is None:
+        return
+    for step in progress.cut(source, self.poolq.served, s.max_items_per_request, s.batch_chunk_lines):
+        with self.unit_of_work() as session:
+            validated = progress.store_step(session, batch_id, step, s.batch_parallel_chunks)
+            deliveries = events.final_event(session, batch_id) if validated.failed else []
+        if validated.failed:
+            self.poolq.events.publish(batch_id)  # wakes a `Prefer: wait` read of the batch
+        send_deliveries(self.poolq.celery, deliveries)
+        _send_chunks(self, validated.send)
+        if validated.finalize:
+            send_finalize(self.poolq.celery, batch_id)
+        if validated.stop:
+            return
 
 
 @shared_task(name=RUN_BATCH_CHUNK, acks_late=True, ignore_result=True,
