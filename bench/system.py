@@ -710,9 +710,14 @@ def main() -> int:
         if migrated.returncode:
             raise RuntimeError(f"poolq migrate failed:\n{migrated.stdout[-2000:]}{migrated.stderr[-2000:]}")
         metrics_port = int(env["POOLQ_WORKER_METRICS_PORT"])
-        worker = Proc("worker", [sys.executable, "-m", "app.cli", "worker"], env, logdir)
+        # The production shape: the GPU worker runs the engine's path only; batch validation,
+        # finalization and the sweeps go to a maintenance worker (its CPU is reported apart).
+        worker = Proc("worker", [sys.executable, "-m", "app.cli", "worker", "--no-maintenance"], env, logdir)
         cleanup.append(worker.stop)
         meter.groups["worker"] = worker.pgid
+        maintenance = Proc("maintenance", [sys.executable, "-m", "app.cli", "maintenance"], env, logdir)
+        cleanup.append(maintenance.stop)
+        meter.groups["maintenance"] = maintenance.pgid
         port = free_port()
         apiproc = Proc("api", [sys.executable, "-m", "app.cli", "api", "--port", str(port), "--workers",
                                str(a.api_workers), "--threads", str(a.api_threads)], env, logdir)
@@ -865,7 +870,7 @@ def main() -> int:
     except BaseException as exc:
         report["errors"].append(f"{type(exc).__name__}: {exc}"[:4000])
         log(f"FAILED: {type(exc).__name__}: {exc}")
-        for name in ("worker", "api", "noop_worker", "worker2", "beat", "api_auth"):
+        for name in ("worker", "maintenance", "api", "noop_worker", "worker2", "beat", "api_auth"):
             path = logdir / f"{name}.log"
             if path.exists():
                 log(f"--- {name}.log (tail)\n{path.read_text()[-2000:]}")

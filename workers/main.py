@@ -19,7 +19,7 @@ log = logging.getLogger(__name__)
 
 
 def run_worker(settings: Settings, beat: bool = False, preload: bool = True, name_suffix: str | None = None,
-               webhooks: bool = True) -> None:
+               webhooks: bool = True, maintenance: bool = True) -> None:
     if not settings.models:
         raise SystemExit("no model to serve: pass --model NAME=SOURCE or set POOLQ_MODELS")
     flask_app = create_app(settings)
@@ -52,7 +52,9 @@ def run_worker(settings: Settings, beat: bool = False, preload: bool = True, nam
     # docs/benchmarks.md).
     sys.setswitchinterval(GIL_SWITCH_S)
     scheduler = start_scheduler(flask_app.extensions["poolq"], celery, engine_registry(settings))
-    queues = [settings.queue_for(spec.name) for spec in settings.models] + [settings.maintenance_queue]
+    queues = [settings.queue_for(spec.name) for spec in settings.models]
+    if maintenance:
+        queues.append(settings.maintenance_queue)
     queues += [settings.bulk_queue_for(spec.name) for spec in settings.models]
     if webhooks:
         queues.append(webhook_queue(settings))
@@ -158,8 +160,15 @@ def shared_helper_budget(models: int, gpus_root: Path = Path("/proc/driver/nvidi
     return max(1, budget // (max(1, gpus) * max(1, models))) if budget else 0
 
 
-def run_webhook_worker(settings: Settings, threads: int = 16) -> None:
-    """A CPU worker for webhook deliveries only: no model, no torch."""
+def run_cpu_worker(settings: Settings, role: str, threads: int) -> None:
+    """A worker with no model and no torch, for one role:
+
+    - `webhooks`: signed deliveries (slow receivers never hold a GPU worker's threads);
+    - `maintenance`: batch validation and finalization, the sweeps. Parsing a batch's input and
+      building its files is pure Python: in a GPU worker it holds the GIL that the device thread
+      needs between forwards (a busy Python thread made the engine's 5,000-text call 4x slower on
+      two cores), and a batch's validation now runs while its first chunks do.
+    """
     flask_app = create_app(settings)
     celery = flask_app.extensions["celery"]
     import workers.tasks  # noqa: F401
@@ -167,11 +176,14 @@ def run_webhook_worker(settings: Settings, threads: int = 16) -> None:
 
     task_logs.install()
     shutdown_notes_through_logging()
-    install_webhook_drain(celery, settings.shutdown_grace_s)
-    name = f"poolq-webhooks@{socket.gethostname()}"
-    celery.worker_main(["--quiet", "worker", "--pool=threads", f"--concurrency={threads}",
-                        f"--queues={webhook_queue(settings)}", f"--hostname={name}", "--without-mingle",
-                        "--without-gossip", "--loglevel=INFO"])
+    if role == "webhooks":
+        install_webhook_drain(celery, settings.shutdown_grace_s)
+        queue = webhook_queue(settings)
+    else:
+        queue = settings.maintenance_queue
+    name = f"poolq-{role}@{socket.gethostname()}"
+    celery.worker_main(["--quiet", "worker", "--pool=threads", f"--concurrency={threads}", f"--queues={queue}",
+                        f"--hostname={name}", "--without-mingle", "--without-gossip", "--loglevel=INFO"])
 
 
 def run_beat(settings: Settings) -> None:

@@ -13,7 +13,7 @@ import click
 from app.cli.batch import batch
 from app.cli.keys import keys
 from app.cli.schedules import schedules
-from app.cli.serve import api, beat, demo_model, flower, migrate, up, webhooks, worker
+from app.cli.serve import api, beat, demo_model, flower, maintenance, migrate, up, webhooks, worker
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -29,7 +29,7 @@ def cli(log_level: str, log_format: str) -> None:
     configure_logging(log_level, log_format)
 
 
-for command in (up, api, worker, webhooks, beat, flower, migrate, demo_model, keys, batch, schedules):
+for command in (up, api, worker, webhooks, maintenance, beat, flower, migrate, demo_model, keys, batch, schedules):
     cli.add_command(command)
 
 

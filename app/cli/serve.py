@@ -1,4 +1,5 @@
-"""The server commands: `poolq up`, `api`, `worker`, `webhooks`, `beat`, `flower`, `migrate`, `demo-model`."""
+"""The server commands: `poolq up`, `api`, `worker`, `webhooks`, `maintenance`, `beat`, `flower`, `migrate`,
+`demo-model`."""
 
 from __future__ import annotations
 
@@ -60,7 +61,10 @@ def api(models, host, port, workers, threads) -> None:
 @click.option("--webhooks/--no-webhooks", default=True,
               help="Also deliver webhooks (off where `poolq webhooks` workers run, so slow receivers never hold "
                    "GPU worker threads).")
-def worker(models, gpu, threads, beat, preload, webhooks) -> None:
+@click.option("--maintenance/--no-maintenance", default=True,
+              help="Also validate and finalize batches and run the sweeps (off where a `poolq maintenance` worker "
+                   "runs, so parsing a batch's input never holds the GIL the device thread needs).")
+def worker(models, gpu, threads, beat, preload, webhooks, maintenance) -> None:
     """Run a Celery worker that drains pool.<model> queues through the engine."""
     if gpu is not None:
         os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)  # before torch is first imported
@@ -72,18 +76,31 @@ def worker(models, gpu, threads, beat, preload, webhooks) -> None:
         settings = replace(settings, tokenizer_processes=shared_helper_budget(len(settings.models)))
 
     run_worker(settings, beat=beat, preload=preload, name_suffix=f"gpu{gpu}" if gpu is not None else None,
-               webhooks=webhooks)
+               webhooks=webhooks, maintenance=maintenance)
 
 
 @click.command()
 @click.option("--threads", type=int, default=16, show_default=True, help="Concurrent deliveries.")
 def webhooks(threads) -> None:
     """Run a CPU worker that only delivers webhooks (queue `webhooks`)."""
-    from workers.main import run_webhook_worker
+    from workers.main import run_cpu_worker
 
     settings = settings_from_env()
     hold_home(settings, "webhooks")
-    run_webhook_worker(settings, threads=threads)
+    run_cpu_worker(settings, "webhooks", threads)
+
+
+@click.command()
+@click.option("--model", "models", multiple=True, help=MODEL_HELP)
+@click.option("--threads", type=int, default=4, show_default=True, help="Concurrent maintenance tasks.")
+def maintenance(models, threads) -> None:
+    """Run a CPU worker for batch validation and finalization and the sweeps (the maintenance queue):
+    no model loaded, no torch; it reads the served models' configs to validate batch lines."""
+    from workers.main import run_cpu_worker
+
+    settings = settings_from_env(models)
+    hold_home(settings, "maintenance")
+    run_cpu_worker(settings, "maintenance", threads)
 
 
 @click.command()

@@ -1,6 +1,6 @@
-"""`poolq up`: Redis, a worker, beat and the API on one machine, supervised.
+"""`poolq up`: Redis, a worker, a maintenance worker, beat and the API on one machine, supervised.
 
-The children are the same `poolq worker`, `poolq beat` and `poolq api` that
+The children are the same `poolq worker`, `poolq maintenance`, `poolq beat` and `poolq api` that
 production runs, on a real Redis that `poolq up` starts for itself (a unix
 socket under POOLQ_HOME); only the database differs (a SQLite file), so the
 embedded mode runs the production code paths. One `poolq up` per home.
@@ -98,7 +98,10 @@ def _children(settings: Settings) -> list[Child]:
         # Its start-up notes (the banner, overcommit advice for snapshots it never takes) are noise here.
         children.append(Child("redis", redis_command(socket, settings.home / "redis"), env, echo=False))
     children += [
-        Child("worker", [*poolq, "worker"], env),
+        # Batch validation and finalization and the sweeps in a process of their own: their Python
+        # never holds the GIL the worker's device thread needs (see workers/main.run_cpu_worker).
+        Child("worker", [*poolq, "worker", "--no-maintenance"], env),
+        Child("maintenance", [*poolq, "maintenance"], env),
         Child("api", [*poolq, "api", "--workers", "1", "--threads", "32"], env),
         Child("beat", [*poolq, "beat"], env, after_ready=True),
     ]
@@ -151,10 +154,11 @@ def _failed(child: Child, stop: _Stop) -> bool:
 
 
 def _stop_all(settings: Settings, children: list[Child]) -> None:
-    # The API first (no new work), then the worker (it finishes or gives back what it holds,
-    # and needs Redis for its acks), then beat, Redis last.
+    # The API first (no new work), then the workers (they finish or give back what they hold,
+    # and need Redis for their acks), then beat, Redis last.
     by_name = {child.name: child for child in children}
-    for name, timeout in (("api", 20), ("worker", settings.shutdown_grace_s + 15), ("beat", 10), ("redis", 10)):
+    grace = settings.shutdown_grace_s + 15
+    for name, timeout in (("api", 20), ("worker", grace), ("maintenance", grace), ("beat", 10), ("redis", 10)):
         if name in by_name:
             by_name[name].stop(timeout)
 

@@ -90,33 +90,50 @@ def api_url(settings):
     server.shutdown()
 
 
-@pytest.fixture(scope="session")
-def worker_process(deployment_env, api_url, tmp_path_factory):
-    """`poolq worker` as a child process, ready once it logs that it consumes."""
-    log_path = tmp_path_factory.mktemp("logs") / "worker.log"
-    env = {**os.environ, **deployment_env}
+def _start_and_wait(argv: list[str], env: dict[str, str], log_path) -> subprocess.Popen:
+    """A `poolq` command as a child process, returned once it logs that it consumes."""
     log = open(log_path, "w")
-    proc = subprocess.Popen([sys.executable, "-m", "app.cli", "worker"], env=env, cwd=REPO,
+    proc = subprocess.Popen([sys.executable, "-m", "app.cli", *argv], env=env, cwd=REPO,
                             stdout=log, stderr=subprocess.STDOUT)
+    log.close()  # the child holds its own copy
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise RuntimeError(f"worker exited with {proc.returncode}:\n{log_path.read_text()}")
+            raise RuntimeError(f"{argv[0]} exited with {proc.returncode}:\n{log_path.read_text()}")
         text = log_path.read_text()
         # Celery's own "ready." line, or poolq's "worker ... ready: <models> loaded" where Celery's is quieted.
         if "ready." in text or " ready: " in text:
-            break
+            return proc
         time.sleep(0.2)
-    else:
-        proc.kill()
-        raise RuntimeError(f"worker did not start:\n{log_path.read_text()}")
-    yield proc
+    proc.kill()
+    raise RuntimeError(f"{argv[0]} did not start:\n{log_path.read_text()}")
+
+
+def _stop(proc: subprocess.Popen) -> None:
     proc.terminate()
     try:
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
         proc.kill()
-    log.close()
+
+
+@pytest.fixture(scope="session")
+def worker_process(deployment_env, api_url, tmp_path_factory):
+    """Production's shape as child processes: `poolq worker --no-maintenance` (the engine's path)
+    and `poolq maintenance` (batch validation and finalization, the sweeps; no torch). Every batch
+    test thus validates and finalizes in another process than the one that runs its chunks; the
+    one-process default (`--maintenance`) runs in the recovery tests' workers."""
+    logs = tmp_path_factory.mktemp("logs")
+    env = {**os.environ, **deployment_env}
+    maintenance = _start_and_wait(["maintenance"], env, logs / "maintenance.log")
+    try:
+        proc = _start_and_wait(["worker", "--no-maintenance"], env, logs / "worker.log")
+    except BaseException:
+        _stop(maintenance)
+        raise
+    yield proc
+    _stop(proc)
+    _stop(maintenance)
 
 
 @pytest.fixture(scope="session")
