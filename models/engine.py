@@ -13,6 +13,7 @@ import collections
 import itertools
 import logging
 import os
+import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Iterator
@@ -30,7 +31,7 @@ from .loader import load
 from .prepared import Prepared
 from .scoring import build_score_prompts
 from .templates import load_template
-from .tokenize_pool import BrokenProcessPool, TokenizerPool, agrees, encode_plain, helper_budget
+from .tokenize_pool import BrokenProcessPool, TokenizerPool, agrees, ascii_twin, encode_plain, helper_budget
 from .types import ClassificationOutput, Encoded, PoolingInputError, PoolingOutput, ScoringOutput
 
 log = logging.getLogger(__name__)
@@ -111,6 +112,7 @@ class PoolingEngine:
         self._pool_threads = min(4, os.cpu_count() or 1)
         self._pool = ThreadPoolExecutor(max_workers=self._pool_threads, thread_name_prefix="poolq-tokenize")
         self._plain_in_process = self._plain_agrees()
+        self.warm_tokenizers(self._pool_threads)
         self._process_pool = self._start_process_pool(
             default_tokenizer_processes(self.device) if tokenizer_processes is None else tokenizer_processes)
 
@@ -432,6 +434,18 @@ class PoolingEngine:
                 self._tokenizers.get(s).backend_tokenizer, texts, limit, s, special), self.max_model_len + 1, side)
         except (AttributeError, TypeError, ValueError):  # no Rust backend, or not one we can drive
             return False
+
+    def warm_tokenizers(self, threads: int) -> None:
+        """Make, in the background, the tokenizer copies (each with its ASCII twin) that `threads`
+        more threads will take on their first call: each thread tokenizes with a copy of its own,
+        and a copy made on first use cost a busy worker's first batch chunk ~0.1 s. The engine
+        asks for its tokenizing pool; a caller with threads of its own asks for those."""
+        threading.Thread(target=self._tokenizers.make_spares, name="poolq-tokenizer-spares", daemon=True,
+                         args=(threads, self._warm_tokenizer)).start()
+
+    def _warm_tokenizer(self, tok: Any) -> None:
+        if self._plain_in_process:
+            ascii_twin(tok.backend_tokenizer)
 
     def _encode_chunk(self, prompts, limit, side, add_special_tokens, with_offsets) -> _Chunk:
         tok = self._tokenizers.get(side)

@@ -72,7 +72,7 @@ def encode_plain(tok: Any, texts: Sequence[str], max_length: int, side: str,
     them with truncation=True (no pairs, no offsets, no padding): flat int32 ids and lengths.
     Sets the tokenizer's truncation, so each thread or process must call it with its own."""
     texts = list(texts)
-    twin = _ascii_twin(tok)
+    twin = ascii_twin(tok)
     normalized = [twin.normalized(t) for t in texts] if twin is not None else [None] * len(texts)
     fast = [i for i, t in enumerate(normalized) if t is not None]
     if not fast:
@@ -158,7 +158,7 @@ _twins_lock = threading.Lock()
 _NO_TWIN = object()
 
 
-def _ascii_twin(tok: Any) -> _Twin | None:
+def ascii_twin(tok: Any) -> _Twin | None:
     """The tokenizer's twin without its normalizer, made once per tokenizer (each thread or
     helper has its own tokenizer, and so its own twin, truncation setting and all)."""
     twin = _twins.get(tok, _NO_TWIN)

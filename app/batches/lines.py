@@ -22,12 +22,12 @@ run-batch.
 from __future__ import annotations
 
 import json
-import secrets
 from dataclasses import dataclass
 from typing import Any, Iterator
 
 from app import jsonparse
 from app.errors import APIError, bad_request
+from app.pooling.protocol import random_request_id
 from app.pooling.requests import parse
 from app.pooling.routes import ROUTES as URL_ENDPOINTS  # URL -> endpoint kind, as the HTTP routes
 from app.served import ServedModels
@@ -46,19 +46,18 @@ class ParsedLine:
     problem: dict[str, Any] | None = None  # its OpenAI BatchError entry
 
 
-def _hex16() -> str:
-    return secrets.token_hex(8)
-
-
 def ok_line(custom_id: str | None, body: dict[str, Any]) -> str:
-    return json.dumps({"id": f"vllm-{_hex16()}", "custom_id": custom_id,
-                       "response": {"status_code": 200, "request_id": f"vllm-batch-{_hex16()}", "body": body},
-                       "error": None})
+    return _output_line(custom_id, 200, body, None)
 
 
 def error_line(custom_id: str | None, status: int, error: Any) -> str:
-    return json.dumps({"id": f"vllm-{_hex16()}", "custom_id": custom_id,
-                       "response": {"status_code": status, "request_id": f"vllm-batch-{_hex16()}", "body": None},
+    return _output_line(custom_id, status, None, error)
+
+
+def _output_line(custom_id: str | None, status: int, body: dict[str, Any] | None, error: Any) -> str:
+    return json.dumps({"id": f"vllm-{random_request_id()}", "custom_id": custom_id,
+                       "response": {"status_code": status, "request_id": f"vllm-batch-{random_request_id()}",
+                                    "body": body},
                        "error": error})
 
 

@@ -6,7 +6,7 @@ client written for vLLM can send what it sends there.
 
 from __future__ import annotations
 
-import secrets
+import random
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
@@ -18,8 +18,13 @@ Aggregation = Literal["none", "simple", "first", "average", "max"]
 
 
 def random_request_id() -> str:
-    """vLLM's `random_uuid()`: 16 lowercase hex characters."""
-    return secrets.token_hex(8)
+    """vLLM's `random_uuid()`: 16 lowercase hex characters.
+
+    Ids need to be distinct, not secret. `secrets` reads os.urandom, a system call that lets go
+    of the GIL and must take it back: a batch chunk's output takes two ids per line, and in a busy
+    worker those waits for the GIL were a third of the samples of the thread that builds the
+    lines. The module's generator is seeded from urandom and re-seeded after a fork."""
+    return f"{random.getrandbits(64):016x}"
 
 
 class PoolingBase(BaseModel):

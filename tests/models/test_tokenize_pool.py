@@ -174,7 +174,7 @@ def test_ascii_text_past_the_bert_normalizer_gives_the_transformers_ids(model_di
                                                                          special):
     from tokenizers import normalizers
 
-    from models.tokenize_pool import _ascii_twin
+    from models.tokenize_pool import ascii_twin
 
     tok = AutoTokenizer.from_pretrained(str(model_dirs["bert"]))
     tok.backend_tokenizer.normalizer = normalizers.BertNormalizer(lowercase=lowercase)  # uncased and cased BERT
@@ -182,7 +182,7 @@ def test_ascii_text_past_the_bert_normalizer_gives_the_transformers_ids(model_di
     tok.truncation_side = side
     want = tok(texts, truncation=True, max_length=max_length, add_special_tokens=special)["input_ids"]
     backend = copy.deepcopy(tok.backend_tokenizer)
-    assert _ascii_twin(backend) is not None  # the path under test is taken
+    assert ascii_twin(backend) is not None  # the path under test is taken
     for batch in (texts, texts[:200]):  # mixed, and all ASCII (many with added tokens, left to the normalizer)
         flat, lengths = encode_plain(backend, batch, max_length, side, special)
         got = [g.tolist() for g in np.split(flat, np.cumsum(lengths)[:-1])]
@@ -190,6 +190,33 @@ def test_ascii_text_past_the_bert_normalizer_gives_the_transformers_ids(model_di
 
 
 def test_no_twin_for_a_tokenizer_without_bert_s_normalizer():
-    from models.tokenize_pool import _ascii_twin
+    from models.tokenize_pool import ascii_twin
 
-    assert _ascii_twin(_byte_level_bpe().backend_tokenizer) is None
+    assert ascii_twin(_byte_level_bpe().backend_tokenizer) is None
+
+
+def test_a_thread_s_first_tokenizer_is_a_spare_made_ahead_and_each_thread_has_its_own():
+    import threading
+
+    from models.inputs import ThreadTokenizers
+
+    tokenizers = ThreadTokenizers(_byte_level_bpe())
+    warmed = []
+    tokenizers.make_spares(2, warm=warmed.append)
+    assert len(warmed) == 2 and all(t is not tokenizers.base for t in warmed)
+    got, sides = {}, {}
+
+    def take(name):
+        got[name] = tokenizers.get("left")
+        sides[name] = got[name].truncation_side
+        assert tokenizers.get() is got[name]  # the same copy on the thread's later calls
+
+    threads = [threading.Thread(target=take, args=(n,)) for n in range(3)]
+    for t in threads:
+        t.start()
+        t.join()
+    spares = {id(t) for t in warmed}
+    taken = [id(got[n]) for n in range(3)]
+    assert set(taken[:2]) == spares  # the first two threads took the spares
+    assert taken[2] not in spares and got[2] is not tokenizers.base  # the third made its own copy
+    assert sides == {0: "left", 1: "left", 2: "left"}

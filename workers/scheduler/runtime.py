@@ -151,10 +151,12 @@ class Scheduler:
                          threading.Thread(target=self._heartbeat_loop, name="poolq-heartbeat", daemon=True)]
         self._threads += [threading.Thread(target=self._prepare_loop, name=f"poolq-prepare-{i}", daemon=True)
                           for i in range(prepare_threads)]
+        self._tokenizing_threads = prepare_threads + 1  # and admission, which prepares small jobs inline
 
     def start(self) -> None:
         for spec in self.settings.models:
             engine = self.engines.get(spec.name)
+            engine.warm_tokenizers(self._tokenizing_threads)
             tokens = engine.max_batch_tokens
             self._dispatchers[spec.name] = Dispatcher(
                 spec.name, engine, self._complete,
