@@ -193,21 +193,6 @@ def store_step(session: Session, batch_id: str, step: Step, window: int) -> Vali
     return Validated(pump(session, batch_id, window), stop=step.final)
 
 
-def validate(session: Session, batch_id: str, served: ServedModels, max_items: int, chunk_lines: int,
-             window: int) -> Validated:
-    """Cut the whole input in the caller's transaction (the task commits step by step instead)."""
-    source = validation_source(session, batch_id)
-    if source is None:
-        return Validated([])
-    send: list[ChunkKey] = []
-    for step in cut(source, served, max_items, chunk_lines):
-        validated = store_step(session, batch_id, step, window)
-        send += validated.send
-        if validated.stop:
-            return Validated(send, validated.failed, validated.finalize, True)
-    return Validated(send, stop=True)
-
-
 def pump(session: Session, batch_id: str, window: int) -> list[ChunkKey]:
     """Mark the next chunks as sent, up to `window` in flight; the caller sends them after commit."""
     lock_batches(session, [batch_id])  # one pump at a time (a no-op if the caller holds it already)

@@ -13,10 +13,11 @@ import pytest
 from sqlalchemy import select
 
 from app import create_app
-from app.batches import progress, services
+from app.batches import services
 from app.cli.batch import Progress
 from app.db import make_engine, make_session_factory
 from app.tenants.records import Tenant
+from tests_support import validate_whole
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -97,7 +98,7 @@ def test_cancel(poolq_batch, tmp_path, api_url, api_keys, settings, pg_url, work
 
         file = create_file(session, tenant, "slow.jsonl", "batch", source.read_bytes())
         batch = services.create_batch(session, tenant, {"input_file_id": file.id, "endpoint": "/classify"})
-        progress.validate(session, batch.id, poolq.served, 1000, 4, window=0)
+        validate_whole(session, batch.id, poolq.served, 1000, 4, window=0)
         session.commit()
     engine.dispose()
     cancelled = poolq_batch("cancel", batch.id)

@@ -20,6 +20,7 @@ from app.batches import chunk_leases, closing, progress
 from app.batches.records import Batch, BatchChunk, BatchOutput, File
 from app.batches.retention import delete_orphan_files
 from app.config import Settings
+from tests_support import validate_whole
 
 LINES = 48
 CHUNK = 2  # 24 chunks
@@ -44,7 +45,7 @@ def new_batch(api, db) -> str:
     file_id = api.post("/v1/files", data={"purpose": "batch", "file": (io.BytesIO(content), "in.jsonl")}).json["id"]
     batch_id = api.post("/v1/batches", json={"input_file_id": file_id, "endpoint": "/classify"}).json["id"]
     with db() as session:
-        progress.validate(session, batch_id, api.poolq.served, 1000, CHUNK, WINDOW)
+        validate_whole(session, batch_id, api.poolq.served, 1000, CHUNK, WINDOW)
         session.commit()
     return batch_id
 

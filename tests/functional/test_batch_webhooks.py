@@ -17,10 +17,11 @@ from sqlalchemy import select, update
 from standardwebhooks import Webhook
 
 from app import create_app
-from app.batches import progress, services
+from app.batches import services
 from app.batches.dispatch import EXPIRE_BATCHES
 from app.batches.records import Batch
 from app.tenants.records import Tenant
+from tests_support import validate_whole
 
 FINAL = ("completed", "failed", "expired", "cancelled")
 
@@ -126,7 +127,7 @@ def in_process_batch(db, client, poolq, url: str, n: int = 8) -> str:
         tenant = session.scalar(select(Tenant.id).where(Tenant.name == "alpha"))
         batch = services.create_batch(session, tenant, {"input_file_id": file_id, "endpoint": "/classify",
                                                         "webhook": url}, poolq.settings)
-        progress.validate(session, batch.id, poolq.served, 1000, 4, window=0)
+        validate_whole(session, batch.id, poolq.served, 1000, 4, window=0)
         session.commit()
     return batch.id
 

@@ -11,6 +11,7 @@ from sqlalchemy import func, select, update
 
 from app.batches import chunk_leases, closing, progress, services
 from app.batches.records import Batch, BatchChunk, BatchOutput
+from tests_support import validate_whole
 
 FINAL = ("completed", "failed", "expired", "cancelled")
 
@@ -243,7 +244,7 @@ def _validated(db, client, served, lines, endpoint="/classify", chunk_lines=512)
 
         tenant = session.scalar(select(Tenant.id).where(Tenant.name == "alpha"))
         batch = services.create_batch(session, tenant, {"input_file_id": file_id, "endpoint": endpoint})
-        progress.validate(session, batch.id, served, 1000, chunk_lines, window=0)
+        validate_whole(session, batch.id, served, 1000, chunk_lines, window=0)
         session.commit()
     return batch.id
 
@@ -287,7 +288,7 @@ def test_a_validation_run_again_after_a_crash_stores_only_what_the_first_did_not
     lines = _mixed_lines(20, bad)
     whole = _created(db, client, lines)
     with db() as session:
-        assert progress.validate(session, whole, poolq.served, 1000, 3, window=0).stop
+        assert validate_whole(session, whole, poolq.served, 1000, 3, window=0).stop
         session.commit()
     want_chunks, want_errors, done = _cut_rows(db, whole)
     assert want_errors == sorted(bad) and len(want_chunks) == 6  # 17 valid lines, 3 a chunk
@@ -306,13 +307,13 @@ def test_a_validation_run_again_after_a_crash_stores_only_what_the_first_did_not
     assert (mid.status, mid.chunks_total, mid.total, mid.validated_lines) == ("in_progress", None, 20, 8)
     assert chunks == want_chunks[:2] and errors == [1, 6] and mid.failed == 2
     with db() as session:  # the run again, from the top
-        assert progress.validate(session, crashed, poolq.served, 1000, 3, window=0).stop
+        assert validate_whole(session, crashed, poolq.served, 1000, 3, window=0).stop
         session.commit()
     chunks, errors, after = _cut_rows(db, crashed)
     assert chunks == want_chunks and errors == want_errors
     assert (after.total, after.failed, after.chunks_total, after.validated_lines) == (20, 3, 6, 20)
     with db() as session:  # and once more: it is cut, nothing to do
-        assert progress.validate(session, crashed, poolq.served, 1000, 3, window=0) == progress.Validated([])
+        assert validate_whole(session, crashed, poolq.served, 1000, 3, window=0) == progress.Validated([])
 
 
 def test_chunks_stored_before_the_cut_ends_finalize_only_with_its_last_step(client, db, poolq):
