@@ -27,6 +27,8 @@ window is taken from the interactive lane whenever it holds anything, and
 an interactive batch goes to the device before bulk batches collated ahead
 of it, so an interactive request waits for the batch the device is running
 (and, on a GPU, the one launched behind it), never behind the bulk backlog.
+On a CPU the interactive lane has a device thread of its own, and does not
+wait for the running bulk batch either (`_interactive_loop`).
 """
 from __future__ import annotations
 
@@ -110,7 +112,8 @@ class _Window:
 
 class Batcher:
     def __init__(self, runner, device: torch.device, max_batch_tokens: int, max_batch_seqs: int,
-                 max_wait_ms: float, max_len: int, pad_id: int = 0, window_batches: int = 8):
+                 max_wait_ms: float, max_len: int, pad_id: int = 0, window_batches: int = 8,
+                 interactive_thread: bool | None = None):
         self.runner = runner
         self.device = device
         self.max_wait = max_wait_ms / 1000.0
@@ -136,9 +139,16 @@ class Batcher:
         self._collator = threading.Thread(target=self._collate_loop, name="poolq-collator", daemon=True)
         self._worker = threading.Thread(target=self._device_loop, name="poolq-device", daemon=True)
         self._deliverer = threading.Thread(target=self._delivery_loop, name="poolq-deliver", daemon=True)
+        # On a CPU the interactive lane has a device thread of its own (see _interactive_loop).
+        if interactive_thread is None:
+            interactive_thread = device.type == "cpu"
+        self._interactive = (threading.Thread(target=self._interactive_loop, name="poolq-device-interactive",
+                                              daemon=True) if interactive_thread else None)
         self._collator.start()
         self._worker.start()
         self._deliverer.start()
+        if self._interactive is not None:
+            self._interactive.start()
 
     def set_limits(self, max_batch_tokens: int, max_batch_seqs: int) -> None:
         """Batch limits, and the window of `window_batches` batches they imply.
@@ -260,6 +270,8 @@ class Batcher:
             self._ready_closed = True  # the device thread runs what waits, then stops
             self._cond.notify_all()
         self._worker.join()
+        if self._interactive is not None:
+            self._interactive.join()
         self._deliverer.join()
         for lane in self._lanes:
             for request, _, _ in lane:
@@ -370,12 +382,13 @@ class Batcher:
             self._ready[1 if bulk else 0].append((window, rows, batch))
             self._cond.notify_all()
 
-    def _next_ready(self):
-        """The next collated batch for the device, interactive first; None once closed and drained."""
+    def _next_ready(self, lanes: tuple[int, ...] = (0, 1)):
+        """The next collated batch of `lanes` for the device, interactive first; None once
+        closed and drained."""
         with self._cond:
-            while not (self._ready[0] or self._ready[1] or self._ready_closed):
+            while not (any(self._ready[i] for i in lanes) or self._ready_closed):
                 self._cond.wait()
-            lane = self._ready[0] if self._ready[0] else self._ready[1]
+            lane = next((self._ready[i] for i in lanes if self._ready[i]), None)
             job = lane.popleft() if lane else None
             self._cond.notify_all()  # room for the collator
             return job
@@ -399,19 +412,47 @@ class Batcher:
 
     # -- device thread ----------------------------------------------------
     def _device_loop(self) -> None:
+        lanes = (1,) if self._interactive is not None else (0, 1)
         while True:
-            job = self._next_ready()
+            job = self._next_ready(lanes)
             if job is None:
                 self._launched.put(None)
                 return
-            window, rows, batch = job
-            try:
-                self._launch(window, rows, batch)
-            except Exception as exc:  # a bug here must not kill the thread and hang every caller
-                log.exception("pooling batch launch failed")
-                _fail_owners(window, rows, exc)
+            self._run(job, self._launched.put)
 
-    def _launch(self, window: _Window, rows: np.ndarray, batch) -> None:
+    def _interactive_loop(self) -> None:
+        """A CPU's interactive batches, beside the bulk ones.
+
+        On a GPU the device runs one batch at a time, and an interactive batch waits for
+        the one running (milliseconds: the token budget is sized for that). On a CPU the
+        device is the cores, and a bulk batch holds all of them for as long as a full
+        token budget takes there (5-15 ms on 2 busy vCPUs): a one-text request arriving
+        meanwhile waited for the rest of it, most of its latency under load. Here its
+        forward starts at once, on the cores beside the bulk one (on one intra-op thread:
+        CpuThreads), and its rows are handed back on this thread, with no copy to wait for.
+        """
+        def deliver(launched: _Launched) -> None:
+            try:
+                self._deliver(launched.window, launched.rows, launched.seq, launched.tok)
+            except Exception as exc:  # a bug in delivery, as on the delivery thread
+                log.exception("pooling batch delivery failed")
+                _fail_owners(launched.window, launched.rows, exc)
+
+        while True:
+            job = self._next_ready((0,))
+            if job is None:
+                return
+            self._run(job, deliver)
+
+    def _run(self, job, hand_on) -> None:
+        window, rows, batch = job
+        try:
+            self._launch(window, rows, batch, hand_on)
+        except Exception as exc:  # a bug here must not kill the thread and hang every caller
+            log.exception("pooling batch launch failed")
+            _fail_owners(window, rows, exc)
+
+    def _launch(self, window: _Window, rows: np.ndarray, batch, hand_on) -> None:
         try:
             if isinstance(batch, Exception):
                 raise batch
@@ -429,9 +470,10 @@ class Batcher:
             # narrowed down to the request that causes it; the rest succeed.
             half = len(rows) // 2
             for part in (rows[:half], rows[half:]):
-                self._launch(window, part, self._to_device(window, part))
+                self._launch(window, part, self._to_device(window, part), hand_on)
             return
-        self._launched.put(launched)  # blocks while one launched batch waits: at most three on the device
+        # The delivery thread's queue blocks while one launched batch waits: at most three on the device.
+        hand_on(launched)
 
     # -- delivery thread --------------------------------------------------
     def _delivery_loop(self) -> None:

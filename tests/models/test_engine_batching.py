@@ -290,14 +290,16 @@ def test_interactive_work_on_an_idle_engine_runs_on_the_callers_thread_and_the_r
         bulk = batcher.submit_many([(ids, [3, 3], False, None, 1)])
         big = batcher.submit_many([(ids, [3, 3], False, None, 0)] * 5)
         assert [f.result(timeout=10).shape for f in bulk + big] == [(2, 2)] * 6
-        assert seen[2:] and all(name == "poolq-device" for name, _ in seen[2:])
+        # On a CPU the interactive lane has its own device thread; bulk work runs on the other.
+        assert seen[2:] and {name for name, _ in seen[2:]} == {"poolq-device", "poolq-device-interactive"}
     finally:
         batcher.close()
 
 
 def test_an_interactive_batch_runs_next_ahead_of_bulk_batches_already_collated():
     """With the device busy and bulk batches collated and waiting, an interactive request is
-    the next batch the device runs: it waits for the running batch only."""
+    the next batch the device runs: it waits for the running batch only (one device thread,
+    as on a GPU)."""
     import threading
 
     release, running = threading.Event(), threading.Event()
@@ -311,7 +313,7 @@ def test_an_interactive_batch_runs_next_ahead_of_bulk_batches_already_collated()
             return torch.ones(batch.input_ids.shape[0], 2), None
 
     batcher = Batcher(Runner(), torch.device("cpu"), max_batch_tokens=8, max_batch_seqs=1, max_wait_ms=0,
-                      max_len=8)
+                      max_len=8, interactive_thread=False)
     try:
         # Four bulk batches of one sequence each (marker 7), one running and the rest waiting.
         bulk = batcher.submit(torch.full((16,), 7), [4, 4, 4, 4], token=False, priority=1)
@@ -322,6 +324,35 @@ def test_an_interactive_batch_runs_next_ahead_of_bulk_batches_already_collated()
         release.set()
         assert urgent.result(timeout=10).shape == (1, 2) and bulk.result(timeout=10).shape == (4, 2)
         assert ran == [7, 3, 7, 7, 7]
+    finally:
+        release.set()
+        batcher.close()
+
+
+def test_on_a_cpu_an_interactive_batch_runs_beside_the_running_bulk_batch():
+    """A CPU's interactive lane has its own device thread: a one-text request does not wait
+    for the bulk batch on the cores to end, and the bulk work still completes."""
+    import threading
+
+    release, running = threading.Event(), threading.Event()
+
+    class Runner:
+        def __call__(self, batch):
+            if int(batch.input_ids[0, 0]) == 7:  # bulk: held until released
+                running.set()
+                release.wait(timeout=10)
+            return torch.ones(batch.input_ids.shape[0], 2), None
+
+    batcher = Batcher(Runner(), torch.device("cpu"), max_batch_tokens=8, max_batch_seqs=1, max_wait_ms=0,
+                      max_len=8)
+    try:
+        bulk = batcher.submit(torch.full((16,), 7), [4, 4, 4, 4], token=False, priority=1)
+        assert running.wait(timeout=10)
+        urgent = batcher.submit(torch.full((4,), 3), [4], token=False)
+        assert urgent.result(timeout=10).shape == (1, 2)
+        assert not bulk.done()  # the bulk batch is still on the cores
+        release.set()
+        assert bulk.result(timeout=10).shape == (4, 2)
     finally:
         release.set()
         batcher.close()
