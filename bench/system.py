@@ -422,14 +422,17 @@ def engine_in_process(shape: str, model_dir: pathlib.Path, texts: list[str], n: 
     engine = PoolingEngine(str(model_dir))
     try:
         engine.classify(texts[:256])  # warm-up: first shapes, allocator, tokenizer copies
-        runs = []
+        runs, cpu = [], []
         for _ in range(2):
             if GPU:
                 torch.cuda.synchronize()
             before = engine.batch_stats()
-            t = time.perf_counter()
+            t, c = time.perf_counter(), time.process_time()
             out = engine.classify(texts[:n])
             runs.append(time.perf_counter() - t)
+            # This process's CPU for the call (every thread; nothing else runs here meanwhile): what
+            # the worker's CPU for the same texts in the bulk and batch phases compares with.
+            cpu.append(time.process_time() - c)
             assert len(out) == n
             batches = phases.counters_delta({shape: before}, {shape: engine.batch_stats()}, shape)
         tokens = sum(o.num_prompt_tokens for o in out)
@@ -439,7 +442,8 @@ def engine_in_process(shape: str, model_dir: pathlib.Path, texts: list[str], n: 
             t = time.perf_counter()
             engine.classify([texts[i]])
             one.append(time.perf_counter() - t)
-        r = {"n": n, "seconds": [round(r, 3) for r in runs], "texts_per_s": round(n / best, 1),
+        r = {"n": n, "seconds": [round(r, 3) for r in runs], "cpu_s": [round(c, 3) for c in cpu],
+             "texts_per_s": round(n / best, 1),
              "tokens_per_s": round(tokens / best), "mean_tokens": round(tokens / n, 1),
              "device": str(engine.device), "dtype": str(engine.dtype), "one_text": lat_summary(one),
              "batches": batches}

@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import collections
 import logging
+import os
 import queue
 import threading
 import time
@@ -413,6 +414,8 @@ class Batcher:
     # -- device thread ----------------------------------------------------
     def _device_loop(self) -> None:
         lanes = (1,) if self._interactive is not None else (0, 1)
+        if self._interactive is not None:
+            _yield_cores()
         while True:
             job = self._next_ready(lanes)
             if job is None:
@@ -519,6 +522,23 @@ class _Launched:
     def wait(self) -> None:
         if self.copied is not None:
             self.copied.synchronize()
+
+
+# The OS priority (nice) of a CPU's bulk forwards. On a CPU the bulk lane's forwards and
+# everything a one-text request needs (the API, Postgres, the scheduler's Python, the
+# interactive forward) share the same cores; at equal priority each of those steps waited
+# its turn behind the bulk forward's intra-op threads. A nicer bulk thread (and the
+# intra-op threads it starts, which inherit its priority) takes what the rest leaves:
+# with nothing else to run it gets the cores as before.
+BULK_NICE = 5
+
+
+def _yield_cores() -> None:
+    """Lower this thread's OS priority (Linux: per thread; elsewhere, or refused: nothing)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BULK_NICE)
+    except (AttributeError, OSError):  # no per-thread priority here: the threads stay equal
+        log.debug("bulk forwards keep the default priority", exc_info=True)
 
 
 def _to_host(t: torch.Tensor | None) -> torch.Tensor | None:

@@ -358,6 +358,30 @@ def test_on_a_cpu_an_interactive_batch_runs_beside_the_running_bulk_batch():
         batcher.close()
 
 
+def test_on_a_cpu_the_bulk_forwards_run_at_a_lower_os_priority_than_the_interactive_ones():
+    import os
+    import threading
+
+    from models.batcher import BULK_NICE
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("per-thread priorities are Linux's")
+
+    class Runner:
+        def __call__(self, batch):
+            return torch.ones(batch.input_ids.shape[0], 2), None
+
+    batcher = Batcher(Runner(), torch.device("cpu"), max_batch_tokens=8, max_batch_seqs=1, max_wait_ms=0,
+                      max_len=8)
+    try:
+        batcher.submit(torch.full((8,), 7), [4, 4], token=False, priority=1).result(timeout=10)
+        mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        assert os.getpriority(os.PRIO_PROCESS, batcher._worker.native_id) == min(19, mine + BULK_NICE)
+        assert os.getpriority(os.PRIO_PROCESS, batcher._interactive.native_id) == mine
+    finally:
+        batcher.close()
+
+
 def test_a_lone_request_of_equal_lengths_runs_unpadded_as_the_general_path_would(bert, ner, model_dirs,
                                                                                  engine_factory):
     # Several prompts of one length (token ids): the lone-request path takes them as the
