@@ -130,7 +130,15 @@ class Batcher:
         self._outstanding = 0  # requests submitted whose future has not settled
         # One lock for the lanes and for the collated batches waiting for the device
         # ([interactive, bulk], READY_DEPTH each): the collator waits on both at once.
-        self._cond = threading.Condition()
+        # Each kind of waiter has a condition of its own over that lock, told only of what
+        # it waits for: `_cond` the collator (work submitted, room for a collated batch),
+        # `_device_ready` the device thread (a collated batch), `_interactive_ready` a CPU's
+        # interactive device thread (an interactive one). On one shared condition every
+        # submission and every batch woke all three, each taking the GIL to find nothing.
+        lock = threading.RLock()
+        self._cond = threading.Condition(lock)
+        self._device_ready = threading.Condition(lock)
+        self._interactive_ready = threading.Condition(lock)
         self._ready: tuple[collections.deque, collections.deque] = (collections.deque(), collections.deque())
         self._ready_closed = False
         self._launched: queue.Queue = queue.Queue(maxsize=1)
@@ -269,7 +277,8 @@ class Batcher:
         self._collator.join()
         with self._cond:
             self._ready_closed = True  # the device thread runs what waits, then stops
-            self._cond.notify_all()
+            self._device_ready.notify_all()
+            self._interactive_ready.notify_all()
         self._worker.join()
         if self._interactive is not None:
             self._interactive.join()
@@ -381,14 +390,15 @@ class Batcher:
             while not self._ready_room(bulk):  # back-pressure from the device
                 self._cond.wait()
             self._ready[1 if bulk else 0].append((window, rows, batch))
-            self._cond.notify_all()
+            (self._interactive_ready if self._interactive is not None and not bulk else self._device_ready).notify()
 
     def _next_ready(self, lanes: tuple[int, ...] = (0, 1)):
         """The next collated batch of `lanes` for the device, interactive first; None once
         closed and drained."""
+        wake = self._interactive_ready if lanes == (0,) else self._device_ready
         with self._cond:
             while not (any(self._ready[i] for i in lanes) or self._ready_closed):
-                self._cond.wait()
+                wake.wait()
             lane = next((self._ready[i] for i in lanes if self._ready[i]), None)
             job = lane.popleft() if lane else None
             self._cond.notify_all()  # room for the collator
