@@ -91,6 +91,13 @@ class PoolingEngine:
                       trust_remote_code=trust_remote_code, pooling_type=pooling_type, hf_overrides=hf_overrides)
         self.device, self.dtype, self.pooling_type = loaded.device, loaded.dtype, loaded.pooling_type
         self.tokenizer = loaded.tokenizer
+        # Big requests are tokenized a chunk per thread of `_pool` (or per helper process, which
+        # turn this off for themselves), in parallel. The Rust tokenizer's own thread pool inside
+        # each call only adds threads that spin waiting for work: on 2 vCPUs 8 texts took 144 us
+        # of CPU each with it and 94 without, and the worker's CPU for a 5,000-line batch fell 5%
+        # (docs/benchmarks.md, system run 15). Read by the library at each call; a value the
+        # operator set wins.
+        os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
         self.max_model_len = self.card.max_model_len
         self.supported_tasks = tuple(t for t, ok in (("classify", loaded.supports_seq),
                                                      ("token_classify", loaded.supports_token)) if ok)

@@ -220,3 +220,17 @@ def test_a_thread_s_first_tokenizer_is_a_spare_made_ahead_and_each_thread_has_it
     assert set(taken[:2]) == spares  # the first two threads took the spares
     assert taken[2] not in spares and got[2] is not tokenizers.base  # the third made its own copy
     assert sides == {0: "left", 1: "left", 2: "left"}
+
+
+def test_the_engine_turns_off_the_tokenizer_s_own_threads_unless_the_operator_set_them(model_dirs, engine_factory,
+                                                                                       monkeypatch):
+    """The engine's own threads tokenize a big request's chunks in parallel; the Rust
+    tokenizer's thread pool inside each call is off, unless TOKENIZERS_PARALLELISM says otherwise."""
+    import os
+
+    monkeypatch.delenv("TOKENIZERS_PARALLELISM", raising=False)
+    engine_factory(model_dirs["bert"])
+    assert os.environ["TOKENIZERS_PARALLELISM"] == "false"
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "true")
+    engine_factory(model_dirs["bert"])
+    assert os.environ["TOKENIZERS_PARALLELISM"] == "true"
