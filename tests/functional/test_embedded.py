@@ -270,7 +270,7 @@ def test_a_child_that_cannot_start_ends_up_with_its_last_lines(tmp_path):
     up = Up(tmp_path, ["--model", f"broken={broken}"])
     assert up.proc.wait(timeout=120) == 1
     text = up.text()
-    assert re.search(r"the (api|worker|beat) exited with status \d+ during start; its last lines:", text), text
+    assert re.search(r"the (api|worker|maintenance|beat) exited with status \d+ during start; its last lines:", text), text
     assert "model 'broken'" in text.split("its last lines:")[1]
 
 
