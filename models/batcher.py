@@ -444,18 +444,11 @@ class Batcher:
         forward starts at once, on the cores beside the bulk one (on one intra-op thread:
         CpuThreads), and its rows are handed back on this thread, with no copy to wait for.
         """
-        def deliver(launched: _Launched) -> None:
-            try:
-                self._deliver(launched.window, launched.rows, launched.seq, launched.tok)
-            except Exception as exc:  # a bug in delivery, as on the delivery thread
-                log.exception("pooling batch delivery failed")
-                _fail_owners(launched.window, launched.rows, exc)
-
         while True:
             job = self._next_ready((0,))
             if job is None:
                 return
-            self._run(job, deliver)
+            self._run(job, self._hand_back)
 
     def _run(self, job, hand_on) -> None:
         window, rows, batch = job
@@ -485,7 +478,8 @@ class Batcher:
             for part in (rows[:half], rows[half:]):
                 self._launch(window, part, self._to_device(window, part), hand_on)
             return
-        # The delivery thread's queue blocks while one launched batch waits: at most three on the device.
+        # To the delivery thread's queue, which blocks while one launched batch waits (at most
+        # three on the device); or, on a CPU's interactive thread, handed back right here.
         hand_on(launched)
 
     # -- delivery thread --------------------------------------------------
@@ -494,12 +488,15 @@ class Batcher:
             launched = self._launched.get()
             if launched is None:
                 return
-            try:
-                launched.wait()
-                self._deliver(launched.window, launched.rows, launched.seq, launched.tok)
-            except Exception as exc:  # an asynchronous device error, or a bug in delivery
-                log.exception("pooling batch delivery failed")
-                _fail_owners(launched.window, launched.rows, exc)
+            self._hand_back(launched)
+
+    def _hand_back(self, launched: _Launched) -> None:
+        try:
+            launched.wait()
+            self._deliver(launched.window, launched.rows, launched.seq, launched.tok)
+        except Exception as exc:  # an asynchronous device error, or a bug in delivery
+            log.exception("pooling batch delivery failed")
+            _fail_owners(launched.window, launched.rows, exc)
 
     def _deliver(self, window: _Window, rows: np.ndarray, seq: torch.Tensor | None,
                  tok: torch.Tensor | None) -> None:
