@@ -195,16 +195,19 @@ def _ping() -> int:
     return os.getpid()
 
 
-def helper_budget() -> int:
-    """Helpers one process may start: the cores it may run on (a container's
-    cpuset, not the host's count) less four for the engine's own threads, at
-    most 12 (~2.9M tokens/s: about what half of MiniLM-L6's ceiling on an H100
-    takes)."""
+def usable_cores() -> int:
+    """The cores this process may run on: a container's cpuset, not the host's count."""
     try:
-        cores = len(os.sched_getaffinity(0))
+        return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
-        cores = os.cpu_count() or 1
-    return min(12, max(0, cores - 4))
+        return os.cpu_count() or 1
+
+
+def helper_budget() -> int:
+    """Helpers one process may start: its usable cores less four for the engine's own
+    threads, at most 12 (~2.9M tokens/s: about what half of MiniLM-L6's ceiling on an
+    H100 takes)."""
+    return min(12, max(0, usable_cores() - 4))
 
 
 class TokenizerPool:

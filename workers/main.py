@@ -123,7 +123,12 @@ def start_scheduler(poolq, celery, engines):
     from workers.scheduler.runtime import Scheduler, worker_identity
 
     s = poolq.settings
-    scheduler = Scheduler(poolq, engines, worker_identity(), lease_s=s.lease_s, max_attempts=s.max_attempts)
+    # As many preparation threads as the engines tokenize with (at most 2): on a CPU, one core
+    # stays the forward's (models.engine.tokenizing_threads).
+    loaded = engines.loaded().values()
+    prepare_threads = min([2] + [engine.tokenizing_threads for engine in loaded])
+    scheduler = Scheduler(poolq, engines, worker_identity(), lease_s=s.lease_s, max_attempts=s.max_attempts,
+                          prepare_threads=prepare_threads)
     scheduler.start()
     handoff.install(scheduler)
 

@@ -234,3 +234,27 @@ def test_the_engine_turns_off_the_tokenizer_s_own_threads_unless_the_operator_se
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "true")
     engine_factory(model_dirs["bert"])
     assert os.environ["TOKENIZERS_PARALLELISM"] == "true"
+
+
+def test_a_cpu_engine_leaves_its_forward_a_core_when_it_tokenizes_in_parallel(monkeypatch):
+    """A CPU's forward is the pipeline's narrowest stage (one core per batch for a small model):
+    the tokenizing threads take the other cores, and a GPU's feeder takes them all (up to four)."""
+    import models.engine as engine_module
+
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    for cores, on_cpu, on_gpu in ((1, 1, 1), (2, 1, 2), (3, 2, 3), (8, 4, 4), (64, 4, 4)):
+        monkeypatch.setattr(engine_module, "usable_cores", lambda cores=cores: cores)
+        assert (engine_module.tokenizing_threads(cpu), engine_module.tokenizing_threads(gpu)) == (on_cpu, on_gpu)
+
+
+def test_the_engine_tokenizes_a_big_request_on_as_many_threads_as_it_says(model_dirs, engine_factory):
+    import threading
+
+    from models.engine import tokenizing_threads
+
+    engine = engine_factory(model_dirs["bert"])
+    assert engine.tokenizing_threads == tokenizing_threads(engine.device)
+    before = {t.ident for t in threading.enumerate() if t.name.startswith("poolq-tokenize")}
+    assert len(engine.classify(_texts(4 * CHUNK))) == 4 * CHUNK  # several chunks: the pool's threads
+    used = [t for t in threading.enumerate() if t.name.startswith("poolq-tokenize") and t.ident not in before]
+    assert 0 < len(used) <= engine.tokenizing_threads
