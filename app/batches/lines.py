@@ -21,11 +21,10 @@ run-batch.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from typing import Any, Iterator
 
-from app import jsonparse
+from app import jsonparse, jsontext
 from app.errors import APIError, bad_request
 from app.pooling.protocol import random_request_id
 from app.pooling.requests import parse
@@ -55,10 +54,10 @@ def error_line(custom_id: str | None, status: int, error: Any) -> str:
 
 
 def _output_line(custom_id: str | None, status: int, body: dict[str, Any] | None, error: Any) -> str:
-    return json.dumps({"id": f"vllm-{random_request_id()}", "custom_id": custom_id,
-                       "response": {"status_code": status, "request_id": f"vllm-batch-{random_request_id()}",
-                                    "body": body},
-                       "error": error})
+    return jsontext.dumps({"id": f"vllm-{random_request_id()}", "custom_id": custom_id,
+                           "response": {"status_code": status, "request_id": f"vllm-batch-{random_request_id()}",
+                                        "body": body},
+                           "error": error})
 
 
 def unsupported_url(url: Any) -> str:

@@ -5,6 +5,7 @@ from __future__ import annotations
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
+from app import jsontext
 from app.db.bounded import bound_waits
 
 
@@ -39,7 +40,8 @@ def make_engine(url: str, statement_timeout_ms: int | None = None, lock_timeout_
         # The embedded mode shares one SQLite file between the API and the
         # worker process: WAL lets readers run beside the writer, and the busy
         # timeout turns lock contention into a short wait instead of an error.
-        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False}, **kwargs)
+        engine = create_engine(url, connect_args={"timeout": 30, "check_same_thread": False},
+                               json_serializer=jsontext.dumps, **kwargs)
 
         @event.listens_for(engine, "connect")
         def _sqlite_pragmas(dbapi_connection, _record):
@@ -70,7 +72,8 @@ def make_engine(url: str, statement_timeout_ms: int | None = None, lock_timeout_
     kwargs.setdefault("pool_recycle", 1800)
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
-    engine = create_engine(url, connect_args=connect_args, **kwargs)
+    # JSON columns (requests, results, batch lines) are written by orjson (app/jsontext.py).
+    engine = create_engine(url, connect_args=connect_args, json_serializer=jsontext.dumps, **kwargs)
     if engine.dialect.driver == "psycopg":
         bound_waits(engine, answer_within_s, PING_WITHIN_S)
         # Many rows go in as one multi-row INSERT (pages of up to 1,000 rows), not as

@@ -19,7 +19,6 @@ at any point loses nothing and writes nothing twice.
 """
 from __future__ import annotations
 
-import json
 import logging
 import os
 import queue
@@ -31,6 +30,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 
+from app import jsontext
 from app.batches import chunk_leases, progress
 from app.batches.dispatch import send_chunk, send_finalize
 from app.errors import error_body
@@ -82,10 +82,10 @@ RESULT_IN_MESSAGE_MAX = 16_384
 
 def _completion(outcome: claims.Outcome, small: bool):
     """A finished job's completion message: its id, and a small job's result with it, as the JSON
-    text just stored (SQLAlchemy's JSON type writes json.dumps of the body), so a synchronous
+    text just stored (the JSON columns are written by app.jsontext), so a synchronous
     request answers without reading it back."""
     if small and outcome.status == "succeeded":
-        text = json.dumps(outcome.body)
+        text = jsontext.dumps(outcome.body)
         if len(text) <= RESULT_IN_MESSAGE_MAX:
             return str(outcome.job_id), text
     return str(outcome.job_id)
