@@ -358,6 +358,34 @@ def test_on_a_cpu_an_interactive_batch_runs_beside_the_running_bulk_batch():
         batcher.close()
 
 
+def test_on_a_cpu_each_device_thread_hands_its_rows_back_itself():
+    """No delivery thread on a CPU: there is no copy to wait for, and a hand-off per batch cost
+    more than the delivery. Each request's future is settled on the device thread that ran it."""
+    import threading
+
+    release = threading.Event()
+
+    class Runner:
+        def __call__(self, batch):
+            release.wait(10)
+            return torch.ones(batch.input_ids.shape[0], 2), None
+
+    batcher = Batcher(Runner(), torch.device("cpu"), max_batch_tokens=8, max_batch_seqs=1, max_wait_ms=0,
+                      max_len=8)
+    try:
+        settled_on = {}
+        futures = {"bulk": batcher.submit(torch.full((8,), 7), [4, 4], token=False, priority=1),
+                   "interactive": batcher.submit(torch.full((4,), 7), [4], token=False)}
+        for name, future in futures.items():
+            future.add_done_callback(lambda _, name=name: settled_on.setdefault(name, threading.current_thread().name))
+        release.set()
+        assert [f.result(timeout=10).shape[0] for f in futures.values()] == [2, 1]
+        assert settled_on == {"bulk": "poolq-device", "interactive": "poolq-device-interactive"}
+        assert "poolq-deliver" not in {t.name for t in threading.enumerate()}
+    finally:
+        batcher.close()
+
+
 def test_on_a_cpu_the_bulk_forwards_run_at_a_lower_os_priority_than_the_interactive_ones():
     import os
     import threading
