@@ -60,10 +60,11 @@ def tokenizing_threads(device: torch.device) -> int:
     """Threads that tokenize a big request's chunks in parallel: up to four, and on a CPU one
     core fewer than the process may use, at least one. A CPU's forward runs on one core per
     batch (CpuThreads: a bigger model's on all of them) and is the pipeline's narrowest
-    stage; tokenizing runs ahead of it. With as many tokenizers as cores, the tokenizers took
-    two thirds of two cores while they had work, the forward fell behind, and it then ran
-    alone on one core with the other idle: 5,000 texts, tiny model, 2 vCPUs, 1.81-1.94 s
-    with two tokenizing threads against 1.52-1.63 s with one (5 alternating calls)."""
+    stage; tokenizing runs ahead of it. With as many tokenizers as cores, the forward got
+    40-60% of a core while they had work (three threads on two cores), fell behind, and
+    then ran alone on one core with the other idle: 5,000 texts, tiny model, 2 vCPUs,
+    1.81-1.94 s with two tokenizing threads against 1.52-1.63 s with one (5 alternating
+    calls)."""
     cores = usable_cores()
     return min(4, cores if device.type == "cuda" else max(1, cores - 1))
 
