@@ -64,7 +64,7 @@ class _Request:
     """One submitter's sequences, kept flat, and the outputs gathered for it."""
 
     __slots__ = ("future", "ids", "type_ids", "lengths", "starts", "token", "arrived", "remaining",
-                 "seq_out", "tok_out")
+                 "seq_out", "seq_dtype", "tok_out")
 
     def __init__(self, ids: torch.Tensor, type_ids: torch.Tensor | None, lengths: np.ndarray, token: bool):
         self.future: Future = Future()
@@ -75,16 +75,20 @@ class _Request:
         self.token = token
         self.arrived = time.monotonic()
         self.remaining = len(lengths)
-        self.seq_out: torch.Tensor | None = None  # [n, C], filled by row index
+        # [n, C], filled by row index: numpy, whose indexing runs without releasing the GIL
+        # (see Batcher._deliver); a tensor of `seq_dtype` once complete.
+        self.seq_out: np.ndarray | None = None
+        self.seq_dtype: torch.dtype | None = None
         self.tok_out: list | None = [None] * len(lengths) if token else None
 
     def tokens(self, begin: int, end: int) -> int:
         return int(self.starts[end] - self.starts[begin])
 
-    def deliver_rows(self, index: np.ndarray, rows: torch.Tensor) -> None:
+    def deliver_rows(self, index: np.ndarray, rows: np.ndarray, dtype: torch.dtype) -> None:
         if self.seq_out is None:
-            self.seq_out = torch.empty((len(self.lengths), rows.shape[1]), dtype=rows.dtype)
-        self.seq_out[torch.from_numpy(index)] = rows
+            self.seq_out = np.empty((len(self.lengths), rows.shape[1]), dtype=rows.dtype)
+            self.seq_dtype = dtype
+        self.seq_out[index] = rows
         self._count(len(index))
 
     def deliver_tokens(self, index: np.ndarray, outputs: Sequence[torch.Tensor]) -> None:
@@ -95,7 +99,7 @@ class _Request:
     def _count(self, n: int) -> None:
         self.remaining -= n
         if self.remaining == 0:
-            _settle(self.future.set_result, self.tok_out if self.token else self.seq_out)
+            _settle(self.future.set_result, self.tok_out if self.token else _from_numpy(self.seq_out, self.seq_dtype))
 
 
 @dataclass
@@ -512,11 +516,15 @@ class Batcher:
                  tok: torch.Tensor | None) -> None:
         token = window.token[rows]
         if seq is not None:
+            # Split by owner in numpy: every torch call releases the GIL and takes it back, and
+            # in a busy worker each take-back waited for a switch interval behind the threads
+            # running Python, several calls per owner, a few owners per batch.
             seq_rows = rows[~token]  # the order of DeviceBatch.seq_rows, so of seq
             owners = window.owner[seq_rows]
+            host = _numpy(seq)
             for k in np.unique(owners).tolist():
                 mine = owners == k
-                window.requests[k].deliver_rows(window.index[seq_rows[mine]], seq[torch.from_numpy(mine)])
+                window.requests[k].deliver_rows(window.index[seq_rows[mine]], host[mine], seq.dtype)
         if tok is not None:
             tok_rows = rows[token]
             per_row = torch.split(tok, window.lengths[tok_rows].tolist())
@@ -556,6 +564,20 @@ def _yield_cores() -> None:
         os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BULK_NICE)
     except (AttributeError, OSError):  # no per-thread priority here: the threads stay equal
         log.debug("bulk forwards keep the default priority", exc_info=True)
+
+
+# Output dtypes numpy lacks, handled as raw bits of the same width.
+_BITS = {torch.bfloat16: torch.int16, torch.float8_e4m3fn: torch.int8, torch.float8_e5m2: torch.int8}
+
+
+def _numpy(t: torch.Tensor) -> np.ndarray:
+    """A host tensor as a numpy array (a view; bits where numpy has no such dtype)."""
+    return (t.view(_BITS[t.dtype]) if t.dtype in _BITS else t).numpy()
+
+
+def _from_numpy(a: np.ndarray, dtype: torch.dtype) -> torch.Tensor:
+    t = torch.from_numpy(a)
+    return t.view(dtype) if dtype in _BITS else t
 
 
 def _to_host(t: torch.Tensor | None) -> torch.Tensor | None:
