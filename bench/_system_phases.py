@@ -198,6 +198,13 @@ def job_rows(dbc, ids: list[str]) -> list[dict]:
     return [{k: (float(v) if k.endswith("_at") and v is not None else v) for k, v in zip(keys, r)} for r in rows]
 
 
+def running_elsewhere(dbc, since: float, workers: set[str]) -> bool:
+    """Whether a job created since `since` is running on a worker not in `workers`."""
+    return bool(dbc.execute(
+        "SELECT EXISTS (SELECT 1 FROM jobs WHERE status = 'running' AND created_at >= to_timestamp(%s) "
+        "AND worker IS NOT NULL AND NOT (worker = ANY(%s)))", (since, sorted(workers))).fetchone()[0])
+
+
 def unfinished(dbc, ids: list[str]) -> int:
     return int(dbc.execute("SELECT count(*) FROM jobs WHERE id = ANY(%s::uuid[]) AND status NOT IN "
                            "('succeeded', 'failed', 'cancelled')", (ids,)).fetchone()[0])
@@ -684,21 +691,32 @@ def recovery(ctx, a, model: str) -> dict:
             if i < len(small):
                 bodies.append(small[i])
         bodies += big
+        # The submits go on in a thread while this one watches: on a fast machine every job
+        # can finish within a second of the last submit, and a kill after that finds the
+        # second worker holding nothing (a recovery of 0 s that measures nothing).
+        sent: dict = {}
+
+        def send() -> None:
+            try:
+                sent["ids"] = submit_jobs(ctx.port, bodies, threads=8)
+            except Exception as exc:  # noqa: BLE001 - raised below, on the phase's thread
+                sent["error"] = exc
+            sent["at"] = time.time()
+
         t0 = time.time()
-        ids = submit_jobs(ctx.port, bodies, threads=8)
-        t_sub = time.time()
+        sender = threading.Thread(target=send, daemon=True)
+        sender.start()
         time.sleep(a.recovery_kill_after_s)
         # kill once the second worker is seen running some of them (where its name tells it apart)
         until = time.monotonic() + 10
-        while time.monotonic() < until:
-            rows = job_rows(ctx.dbc, ids)
-            if any(r["status"] == "running" and r["worker"] and r["worker"] not in w1_names for r in rows):
-                break
-            if not w1_names:
-                break
-            time.sleep(0.05)
+        while w1_names and time.monotonic() < until and not running_elsewhere(ctx.dbc, t0, w1_names):
+            time.sleep(0.02)
         killed = kill9(w2)
         t_kill = time.time()
+        sender.join()
+        if "error" in sent:
+            raise sent["error"]
+        ids, t_sub = sent["ids"], sent["at"]
         # read after the kill: the dead worker's rows cannot move any more
         at_kill = {r["id"]: r for r in job_rows(ctx.dbc, ids) if r["status"] not in FINISHED}
         held = [i for i, r in at_kill.items()

@@ -29,8 +29,10 @@ jobs rows, the worker's /metrics, signals, so they run against any version of th
             once (the sweeper's "re-sent N job(s)" log lines; claims past the first; redeliveries the
             worker ignored); the phase lasts >= --resend-min-s so beat's schedule fires in it;
   recovery: a second `poolq worker`, 200 one-text + 4 x 2,000-text jobs, kill -9 of the second worker
-            (its process group and every descendant) --recovery-kill-after-s after the submits, and the
-            time until every job unfinished at the kill is finished, with the default timeouts/leases;
+            (its process group and every descendant) at the first moment, --recovery-kill-after-s (0.5)
+            or more after the first submit, when it is seen running one of them (the submits go on
+            meanwhile), and the time until every job unfinished at the kill is finished, with the
+            default timeouts/leases;
             capped at --recovery-cap-s (180): past it, "not recovered in 180 s".
 The markdown ends with one table of issue 11's targets, each with its denominator from the same run.
 It builds random-weight BERT classifiers locally (real BERT uncased tokenizer, no hub),
@@ -160,8 +162,9 @@ def options() -> argparse.Namespace:
                    help="one-text jobs in the kill -9 phase (recovery)")
     p.add_argument("--recovery-big", type=int, default=int(env("recovery_big", 4)), help="large jobs in it")
     p.add_argument("--recovery-big-n", type=int, default=int(env("recovery_big_n", 2000)), help="texts per large job")
-    p.add_argument("--recovery-kill-after-s", type=float, default=float(env("recovery_kill_after_s", 1.0)),
-                   help="seconds after the last submit before the second worker is killed")
+    p.add_argument("--recovery-kill-after-s", type=float, default=float(env("recovery_kill_after_s", 0.5)),
+                   help="seconds after the first submit before the second worker is killed (at the first "
+                        "moment after that when it is seen running one of the phase's jobs)")
     p.add_argument("--recovery-cap-s", type=float, default=float(env("recovery_cap_s", 180)),
                    help="longest wait for the killed worker's jobs")
     p.add_argument("--skip", default=env("skip", ""), help="comma list of phases to skip: engine,plain,noop,bulk,"
@@ -995,7 +998,8 @@ def targets_table(r: dict, g) -> str:
     if rec.get("error"):
         rec_fig = "error"
     elif rec.get("recovered"):
-        rec_fig = f"{rec.get('recovery_s')} s ({rec.get('unfinished_at_kill')} jobs unfinished at the kill)"
+        rec_fig = (f"{rec.get('recovery_s')} s ({rec.get('unfinished_at_kill')} jobs unfinished at the kill, "
+                   f"{rec.get('running_on_killed_worker_at_kill')} running on it: {rec.get('held_finished_s')} s)")
     elif rec:
         rec_fig = f"not recovered in {g(rec, 'cap_s')} s ({g(rec, 'unfinished_at_cap')} of " \
                   f"{g(rec, 'unfinished_at_kill')} still unfinished)"
