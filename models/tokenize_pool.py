@@ -33,6 +33,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .word_cache import WordCache, word_cache
+
 log = logging.getLogger(__name__)
 
 _tokenizer: Any = None  # the helper process's own tokenizer
@@ -75,6 +77,10 @@ def encode_plain(tok: Any, texts: Sequence[str], max_length: int, side: str,
     twin = ascii_twin(tok)
     normalized = [twin.normalized(t) for t in texts] if twin is not None else [None] * len(texts)
     fast = [i for i, t in enumerate(normalized) if t is not None]
+    if len(fast) == len(texts) and twin.words is not None:
+        encoded = twin.words.encode(twin.tokenizer, normalized, max_length, side, add_special_tokens)
+        if encoded is not None:
+            return encoded
     if not fast:
         ids = _encode_ids(tok, texts, max_length, side, add_special_tokens)
     elif len(fast) == len(texts):
@@ -82,14 +88,26 @@ def encode_plain(tok: Any, texts: Sequence[str], max_length: int, side: str,
     else:
         ids = [None] * len(texts)
         slow = [i for i, t in enumerate(normalized) if t is None]
-        for where, got in ((fast, _encode_ids(twin.tokenizer, [normalized[i] for i in fast], max_length, side,
-                                              add_special_tokens)),
+        for where, got in ((fast, _twin_ids(twin, [normalized[i] for i in fast], max_length, side,
+                                            add_special_tokens)),
                            (slow, _encode_ids(tok, [texts[i] for i in slow], max_length, side, add_special_tokens))):
             for i, one in zip(where, got):
                 ids[i] = one
     lengths = np.fromiter(map(len, ids), dtype=np.int32, count=len(ids))
     flat = np.fromiter(chain.from_iterable(ids), dtype=np.int32, count=int(lengths.sum()))
     return flat, lengths
+
+
+def _twin_ids(twin: "_Twin", texts: list[str], max_length: int, side: str,
+              add_special_tokens: bool) -> list[list[int]]:
+    """Normalized ASCII texts' ids, one list per text: from the word cache where there is one."""
+    encoded = None
+    if twin.words is not None:
+        encoded = twin.words.encode(twin.tokenizer, texts, max_length, side, add_special_tokens)
+    if encoded is None:
+        return _encode_ids(twin.tokenizer, texts, max_length, side, add_special_tokens)
+    flat, lengths = encoded
+    return [part.tolist() for part in np.split(flat, np.cumsum(lengths)[:-1])]
 
 
 def _encode_ids(tok: Any, texts: list[str], max_length: int, side: str, add_special_tokens: bool) -> list[list[int]]:
@@ -118,10 +136,11 @@ _TABS = str.maketrans("\t\n\r", "   ")
 
 
 class _Twin:
-    def __init__(self, tokenizer: Any, lowercase: bool, added: tuple[str, ...]):
+    def __init__(self, tokenizer: Any, lowercase: bool, added: tuple[str, ...], words: WordCache | None = None):
         self.tokenizer = tokenizer
         self.lowercase = lowercase
         self.added = added  # lowercased
+        self.words = words  # BERT's WordPiece a word at a time (models/word_cache.py), where it applies
 
     def normalized(self, text: str) -> str | None:
         """What the normalizer would make of `text`, or None where this twin must not take it."""
@@ -147,7 +166,7 @@ class _Twin:
             twin = Tokenizer.from_str(serialized)
             twin.normalizer = None
             added = tuple(t["content"].lower() for t in config.get("added_tokens") or () if t.get("content"))
-            return _Twin(twin, bool(normalizer.get("lowercase", True)), added)
+            return _Twin(twin, bool(normalizer.get("lowercase", True)), added, word_cache(config, twin))
         except Exception:  # noqa: BLE001 - not a tokenizer we can copy: the usual path
             return None
 

@@ -1,0 +1,149 @@
+"""BERT's WordPiece a word at a time, from the words already seen.
+
+BERT's pre-tokenizer splits text on whitespace (and then each punctuation
+mark off on its own), and WordPiece encodes each piece alone: the ids of a
+whitespace-separated word never depend on its neighbours. So the ids of a
+text are its words' ids, one after the other, between the special tokens.
+Text is mostly words a service has seen before, and looking a word up in a
+dict costs less than the Rust tokenizer's walk over its characters: on the
+bench's ~78-token texts 20 us a text against 100 (pre-tokenizing, WordPiece
+and the encodings' Python objects), which on a CPU frees most of a core for
+the forward, and on a GPU host is what keeps a small model fed.
+
+Only for text the ASCII twin takes (models/tokenize_pool.py: printable ASCII
+past BERT's normalizer, already lowered where it lowers): there Python's
+`str.split()` splits on exactly the whitespace BERT's pre-tokenizer does.
+A word not yet seen is encoded by the Rust tokenizer itself, without special
+tokens or truncation, and kept, up to MAX_WORDS (then the cache starts over,
+so text of ever new words, ids or hashes, costs what it did before and no
+more memory). Truncation and the special tokens are applied to the joined
+ids as the tokenizer applies them to a single text. The engine's start-up
+agreement check (`tokenize_pool.agrees`) runs through this path too.
+
+Shared by every copy of the same tokenizer (each thread and the ASCII twin
+has its own copy): dict reads and writes are atomic under the GIL, and a
+word's ids are the same whoever computes them.
+"""
+from __future__ import annotations
+
+import threading
+from itertools import chain
+from typing import Any, Sequence
+
+import numpy as np
+
+MAX_WORDS = 1 << 17  # ~25 MB at most, for words of ~10 characters and one or two ids
+MAX_WORD_CHARS = 48  # longer "words" (hashes, URLs, runs of punctuation) are not kept
+
+
+class WordCache:
+    def __init__(self, prefix: tuple[int, ...], suffix: tuple[int, ...]):
+        self.prefix = prefix  # the special tokens before a single text's ids ([CLS])
+        self.suffix = suffix  # and after them ([SEP])
+        self._ids: dict[str, tuple[int, ...]] = {}
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def encode(self, tok: Any, texts: Sequence[str], max_length: int, side: str,
+               add_special_tokens: bool) -> tuple[np.ndarray, np.ndarray] | None:
+        """Flat int32 ids and lengths of `texts` (already normalized), as `tok.encode_batch` gives them
+        with this truncation; None where the special tokens leave no room (the tokenizer's own
+        error is the caller's to raise). `tok` encodes the words not seen yet."""
+        prefix, suffix = (self.prefix, self.suffix) if add_special_tokens else ((), ())
+        room = max_length - len(prefix) - len(suffix)
+        if room < 0:
+            return None
+        splits = [text.split() for text in texts]
+        words = list(chain.from_iterable(splits))
+        pieces = list(map(self._ids.get, words))
+        if None in pieces:
+            new = self._learn(tok, {w for w, p in zip(words, pieces) if p is None})
+            pieces = [p if p is not None else new[w] for w, p in zip(words, pieces)]
+        per_word = np.fromiter(map(len, pieces), dtype=np.int64, count=len(pieces))
+        content = np.fromiter(chain.from_iterable(pieces), dtype=np.int32, count=int(per_word.sum()))
+        return _framed(content, _per_text(per_word, splits), room, side, prefix, suffix)
+
+    def _learn(self, tok: Any, words: set[str]) -> dict[str, tuple[int, ...]]:
+        """The ids of words not seen yet, kept for next time (the short ones)."""
+        new_words = list(words)
+        tok.no_truncation()  # callers set their own truncation before each call
+        tok.no_padding()
+        encodings = tok.encode_batch_fast(new_words, add_special_tokens=False)
+        new = {w: tuple(e.ids) for w, e in zip(new_words, encodings)}
+        if len(self._ids) + len(new) > MAX_WORDS:
+            self._ids.clear()
+        self._ids.update((w, ids) for w, ids in new.items() if len(w) <= MAX_WORD_CHARS)
+        return new
+
+
+def _per_text(per_word: np.ndarray, splits: list[list[str]]) -> np.ndarray:
+    """Ids per text, from ids per word and the words of each text."""
+    words_per_text = np.fromiter(map(len, splits), dtype=np.int64, count=len(splits))
+    bounds = np.zeros(len(per_word) + 1, dtype=np.int64)
+    np.cumsum(per_word, out=bounds[1:])
+    ends = np.cumsum(words_per_text)
+    return bounds[ends] - bounds[ends - words_per_text]
+
+
+def _framed(content: np.ndarray, lengths: np.ndarray, room: int, side: str, prefix: tuple[int, ...],
+            suffix: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+    """Each text's ids cut to `room` on `side`, between the special tokens: flat ids and lengths."""
+    n = len(lengths)
+    if (lengths > room).any():
+        # Position of each id within its text; keep the first `room` (right) or the last (left).
+        starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
+        position = np.arange(len(content)) - starts
+        if side == "left":
+            position = np.repeat(lengths, lengths) - 1 - position
+        content = content[position < room]
+        lengths = np.minimum(lengths, room)
+    specials = len(prefix) + len(suffix)
+    out_lengths = (lengths + specials).astype(np.int32)
+    if not specials:
+        return content, out_lengths
+    out = np.empty(int(out_lengths.sum()), dtype=np.int32)
+    starts = np.cumsum(out_lengths) - out_lengths
+    # Each text's ids move right by the special tokens of the texts before it and its prefix.
+    out[np.arange(len(content)) + np.repeat(np.arange(n) * specials + len(prefix), lengths)] = content
+    for offset, token in enumerate(prefix):
+        out[starts + offset] = token
+    for offset, token in enumerate(suffix):
+        out[starts + out_lengths - len(suffix) + offset] = token
+    return out, out_lengths
+
+
+_caches: dict[str, WordCache | None] = {}
+_caches_lock = threading.Lock()
+
+
+def word_cache(config: dict, tok: Any) -> WordCache | None:
+    """The cache for this tokenizer (`config`: its JSON, parsed), shared by its copies whatever
+    their truncation; None unless it is BERT's pre-tokenizer and WordPiece, with special tokens
+    around a single text. Leaves `tok` without truncation or padding."""
+    tok.no_truncation()
+    tok.no_padding()
+    key = tok.to_str()
+    with _caches_lock:
+        if key not in _caches:
+            _caches[key] = _new(config, tok)
+        return _caches[key]
+
+
+def _new(config: dict, tok: Any) -> WordCache | None:
+    if (config.get("pre_tokenizer") or {}).get("type") != "BertPreTokenizer":
+        return None
+    if (config.get("model") or {}).get("type") != "WordPiece":
+        return None
+    plain = tok.encode("a", add_special_tokens=False).ids
+    framed = tok.encode("a", add_special_tokens=True).ids
+    for start in range(len(framed) - len(plain) + 1):
+        if framed[start:start + len(plain)] == plain:
+            cache = WordCache(tuple(framed[:start]), tuple(framed[start + len(plain):]))
+            # The same frame around two words: no template that differs with the text's length.
+            both = tok.encode("a a", add_special_tokens=True).ids
+            return cache if both == [*cache.prefix, *plain, *plain, *cache.suffix] else None
+    return None
+
+
+__all__ = ["WordCache", "word_cache", "MAX_WORDS", "MAX_WORD_CHARS"]

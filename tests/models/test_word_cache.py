@@ -1,0 +1,79 @@
+"""BERT's WordPiece a word at a time from a cache (models/word_cache.py): the transformers
+tokenizer's ids, cold and warm, at every truncation; bounded; one cache per tokenizer."""
+from __future__ import annotations
+
+import copy
+import random
+
+import numpy as np
+import pytest
+from transformers import AutoTokenizer
+
+from models import word_cache
+from models.tokenize_pool import ascii_twin, encode_plain
+
+
+def _texts(n, seed):
+    """ASCII the twin takes: punctuation inside and around words, digits, runs of whitespace,
+    words past WordPiece's 100 characters and past the cache's, empty and blank texts."""
+    rng = random.Random(seed)
+    words = ["river", "Stone", "quickly,", "(under)", "don't", "3.5e7", "a-b-c", "x", "--", "?!", "\t", "\n\n", "  ",
+             "unbelievably", "Tokenization's", "q" * 60, "w" * 120, "ab." * 30, "ünï"]
+    texts = [" ".join(rng.choice(words) for _ in range(rng.randint(1, 200))) for _ in range(n)]
+    return texts + ["", "   ", "\t\n", "one"]
+
+
+def _split(flat, lengths):
+    return [part.tolist() for part in np.split(flat, np.cumsum(lengths)[:-1])]
+
+
+@pytest.fixture()
+def bert(model_dirs):
+    return AutoTokenizer.from_pretrained(str(model_dirs["bert"]))
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("max_length,special", [(513, True), (24, True), (24, False), (2, True), (1, False)])
+def test_cached_words_give_the_transformers_ids_cold_and_warm(bert, side, max_length, special):
+    texts = _texts(150, seed=max_length)
+    bert.truncation_side = side
+    backend = copy.deepcopy(bert.backend_tokenizer)
+    twin = ascii_twin(backend)
+    assert twin is not None and twin.words is not None  # the path under test is taken
+    ascii_only = [t for t in texts if t.isascii()]
+    for batch in (texts, texts, ascii_only, ascii_only[:1]):  # mixed, cold then warm; all ASCII; one text
+        want = bert(batch, truncation=True, max_length=max_length, add_special_tokens=special)["input_ids"]
+        assert _split(*encode_plain(backend, batch, max_length, side, special)) == want
+    assert all(len(word) <= word_cache.MAX_WORD_CHARS for word in twin.words._ids)
+
+
+def test_the_cache_starts_over_when_full_and_still_gives_the_same_ids(bert, monkeypatch):
+    monkeypatch.setattr(word_cache, "MAX_WORDS", 50)
+    monkeypatch.setattr(word_cache, "_caches", {})  # not the one the other tests filled
+    texts = [t for t in _texts(80, seed=5) if t.isascii()]
+    want = bert(texts, truncation=True, max_length=513)["input_ids"]
+    backend = copy.deepcopy(bert.backend_tokenizer)
+    cache = ascii_twin(backend).words
+    for start in range(0, len(texts), 7):
+        assert _split(*encode_plain(backend, texts[start:start + 7], 513, "right", True)) == want[start:start + 7]
+        assert 0 < len(cache) <= 50
+
+
+def test_copies_of_a_tokenizer_share_one_cache_whatever_their_truncation(bert):
+    first, second = copy.deepcopy(bert.backend_tokenizer), copy.deepcopy(bert.backend_tokenizer)
+    first.enable_truncation(7)
+    second.enable_truncation(300, direction="left")
+    assert ascii_twin(first).words is ascii_twin(second).words is not None
+
+
+def test_no_cache_for_wordpiece_behind_another_pre_tokenizer(bert):
+    from tokenizers import pre_tokenizers
+
+    backend = copy.deepcopy(bert.backend_tokenizer)
+    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()  # punctuation stays on its word
+    twin = ascii_twin(backend)
+    assert twin is not None and twin.words is None
+    texts = ["don't stop, (ever)", "plain words only"]
+    backend.no_padding()
+    want = [e.ids for e in backend.encode_batch(texts)]
+    assert _split(*encode_plain(backend, texts, 513, "right", True)) == want
