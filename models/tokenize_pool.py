@@ -98,6 +98,30 @@ def encode_plain(tok: Any, texts: Sequence[str], max_length: int, side: str,
     return flat, lengths
 
 
+def encode_pairs_plain(tok: Any, firsts: Sequence[str], seconds: Sequence[str],
+                       max_length: int) -> list[tuple[list[int], list[int]] | None]:
+    """Each text pair's ids and token types through the word cache, as the tokenizer encodes
+    them with special tokens; None for a pair it cannot answer: a text the twin does not
+    take, a pair longer than `max_length` (truncating is the tokenizer's), or every pair of a
+    tokenizer without a twin or a pair frame."""
+    twin = ascii_twin(tok)
+    if twin is None or twin.words is None or twin.words.pair is None:
+        return [None] * len(firsts)
+    normalized = {text: twin.normalized(text) for text in (*firsts, *seconds)}  # a 1:N query once
+    plain = [i for i, pair in enumerate(zip(firsts, seconds))
+             if normalized[pair[0]] is not None and normalized[pair[1]] is not None]
+    out: list[tuple[list[int], list[int]] | None] = [None] * len(firsts)
+    if not plain:
+        return out
+    ids, types, lengths = twin.words.encode_pairs(twin.tokenizer, [normalized[firsts[i]] for i in plain],
+                                                  [normalized[seconds[i]] for i in plain])
+    bounds = np.cumsum(lengths)[:-1]
+    for i, pair_ids, pair_types, length in zip(plain, np.split(ids, bounds), np.split(types, bounds), lengths):
+        if length <= max_length:
+            out[i] = (pair_ids.tolist(), pair_types.tolist())
+    return out
+
+
 def _twin_ids(twin: "_Twin", texts: list[str], max_length: int, side: str,
               add_special_tokens: bool) -> list[list[int]]:
     """Normalized ASCII texts' ids, one list per text: from the word cache where there is one."""
@@ -210,6 +234,24 @@ def agrees(tokenizer: Any, encode, max_length: int, side: str) -> bool:
     return True
 
 
+# Pairs as a cross-encoder scores them, each within a tiny model's 128 tokens: case, punctuation,
+# whitespace runs and an empty document.
+PAIR_SAMPLE = (("what is poolq?", "Poolq runs pooling models: classify, NER, and (re)rank!"),
+               ("MiXeD Case query\twith tabs", "a document,\nwith   runs of  whitespace and 'quotes' & [brackets]"),
+               ("empty document", ""),
+               ("x " * 20, "y " * 30))
+
+
+def pairs_agree(tokenizer: Any, max_model_len: int) -> bool:
+    """Whether `encode_pairs_plain` gives the transformers `tokenizer`'s ids and token types for
+    PAIR_SAMPLE, as the engine's usual score path calls it."""
+    firsts, seconds = [p[0] for p in PAIR_SAMPLE], [p[1] for p in PAIR_SAMPLE]
+    want = tokenizer(firsts, seconds, truncation=True, max_length=max_model_len + 1, return_attention_mask=False,
+                     return_token_type_ids=True)
+    got = encode_pairs_plain(tokenizer.backend_tokenizer, firsts, seconds, max_model_len + 1)
+    return got == [(i, t) for i, t in zip(want["input_ids"], want["token_type_ids"])]
+
+
 def _ping() -> int:
     return os.getpid()
 
@@ -258,4 +300,4 @@ class TokenizerPool:
         self._executor.shutdown(wait=False, cancel_futures=True)
 
 
-__all__ = ["TokenizerPool", "BrokenProcessPool", "encode_plain", "agrees"]
+__all__ = ["TokenizerPool", "BrokenProcessPool", "encode_plain", "encode_pairs_plain", "agrees", "pairs_agree"]

@@ -27,6 +27,7 @@ word's ids are the same whoever computes them.
 from __future__ import annotations
 
 import threading
+from dataclasses import dataclass
 from itertools import chain
 from typing import Any, Sequence
 
@@ -37,10 +38,32 @@ MAX_WORD_CHARS = 48  # longer "words" (hashes, URLs, runs of punctuation) are no
 FEW_TEXTS = 16  # up to this many texts are framed in lists, more with numpy
 
 
+@dataclass(frozen=True)
+class PairFrame:
+    """A pair's special tokens and token types around its two texts: BERT's
+    [CLS] A [SEP] B [SEP], types 0 up to the first [SEP] and 1 after it."""
+
+    prefix: tuple[int, ...]
+    prefix_types: tuple[int, ...]
+    first_type: int
+    middle: tuple[int, ...]
+    middle_types: tuple[int, ...]
+    second_type: int
+    suffix: tuple[int, ...]
+    suffix_types: tuple[int, ...]
+
+    def frame(self, first: list[int], second: list[int]) -> tuple[list[int], list[int]]:
+        """One pair's ids and types (what the start-up check compares with the tokenizer's)."""
+        return ([*self.prefix, *first, *self.middle, *second, *self.suffix],
+                [*self.prefix_types, *[self.first_type] * len(first), *self.middle_types,
+                 *[self.second_type] * len(second), *self.suffix_types])
+
+
 class WordCache:
-    def __init__(self, prefix: tuple[int, ...], suffix: tuple[int, ...]):
+    def __init__(self, prefix: tuple[int, ...], suffix: tuple[int, ...], pair: PairFrame | None = None):
         self.prefix = prefix  # the special tokens before a single text's ids ([CLS])
         self.suffix = suffix  # and after them ([SEP])
+        self.pair = pair  # and around a pair's two texts (cross-encoders), where found
         self._ids: dict[str, tuple[int, ...]] = {}
 
     def __len__(self) -> int:
@@ -55,17 +78,52 @@ class WordCache:
         room = max_length - len(prefix) - len(suffix)
         if room < 0:
             return None
+        pieces, splits = self._pieces(tok, texts)
+        if len(texts) <= FEW_TEXTS:
+            return _framed_few(pieces, splits, room, side, prefix, suffix)
+        return _framed(*_content(pieces, splits), room, side, prefix, suffix)
+
+    def encode_pairs(self, tok: Any, firsts: Sequence[str], seconds: Sequence[str]
+                     ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
+        """Flat int32 ids and token types, and lengths, of the pairs (already normalized), as
+        `tok.encode_batch` gives them with special tokens and no truncation; None without a
+        pair frame."""
+        frame = self.pair
+        if frame is None:
+            return None
+        first, first_lengths = _content(*self._pieces(tok, firsts))
+        second, second_lengths = _content(*self._pieces(tok, seconds))
+        lengths = first_lengths + second_lengths + len(frame.prefix) + len(frame.middle) + len(frame.suffix)
+        ids = np.empty(int(lengths.sum()), dtype=np.int32)
+        types = np.empty_like(ids)
+        at = np.cumsum(lengths) - lengths  # where each pair's next part begins
+        for part, part_lengths, tokens, part_types in (
+                (None, None, frame.prefix, frame.prefix_types),
+                (first, first_lengths, (), frame.first_type),
+                (None, None, frame.middle, frame.middle_types),
+                (second, second_lengths, (), frame.second_type),
+                (None, None, frame.suffix, frame.suffix_types)):
+            if part is None:
+                for offset, (token, kind) in enumerate(zip(tokens, part_types)):
+                    ids[at + offset] = token
+                    types[at + offset] = kind
+                at = at + len(tokens)
+            else:
+                where = np.arange(len(part)) + np.repeat(at - (np.cumsum(part_lengths) - part_lengths), part_lengths)
+                ids[where] = part
+                types[where] = part_types
+                at = at + part_lengths
+        return ids, types, lengths
+
+    def _pieces(self, tok: Any, texts: Sequence[str]) -> tuple[list, list[list[str]]]:
+        """Each word's ids (in text order), and each text's words."""
         splits = [text.split() for text in texts]
         words = list(chain.from_iterable(splits))
         pieces = list(map(self._ids.get, words))
         if None in pieces:
             new = self._learn(tok, {w for w, p in zip(words, pieces) if p is None})
             pieces = [p if p is not None else new[w] for w, p in zip(words, pieces)]
-        if len(texts) <= FEW_TEXTS:
-            return _framed_few(pieces, splits, room, side, prefix, suffix)
-        per_word = np.fromiter(map(len, pieces), dtype=np.int64, count=len(pieces))
-        content = np.fromiter(chain.from_iterable(pieces), dtype=np.int32, count=int(per_word.sum()))
-        return _framed(content, _per_text(per_word, splits), room, side, prefix, suffix)
+        return pieces, splits
 
     def _learn(self, tok: Any, words: set[str]) -> dict[str, tuple[int, ...]]:
         """The ids of words not seen yet, kept for next time (the short ones)."""
@@ -92,6 +150,13 @@ def _framed_few(pieces: list, splits: list[list[str]], room: int, side: str, pre
         rows.append([*prefix, *content, *suffix])
     lengths = np.fromiter(map(len, rows), dtype=np.int32, count=len(rows))
     return np.fromiter(chain.from_iterable(rows), dtype=np.int32, count=int(lengths.sum())), lengths
+
+
+def _content(pieces: list, splits: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
+    """All texts' ids back to back, and how many each text has."""
+    per_word = np.fromiter(map(len, pieces), dtype=np.int64, count=len(pieces))
+    content = np.fromiter(chain.from_iterable(pieces), dtype=np.int32, count=int(per_word.sum()))
+    return content, _per_text(per_word, splits)
 
 
 def _per_text(per_word: np.ndarray, splits: list[list[str]]) -> np.ndarray:
@@ -156,11 +221,29 @@ def _new(config: dict, tok: Any) -> WordCache | None:
     framed = tok.encode("a", add_special_tokens=True).ids
     for start in range(len(framed) - len(plain) + 1):
         if framed[start:start + len(plain)] == plain:
-            cache = WordCache(tuple(framed[:start]), tuple(framed[start + len(plain):]))
+            cache = WordCache(tuple(framed[:start]), tuple(framed[start + len(plain):]), _pair_frame(tok, plain))
             # The same frame around two words: no template that differs with the text's length.
             both = tok.encode("a a", add_special_tokens=True).ids
             return cache if both == [*cache.prefix, *plain, *plain, *cache.suffix] else None
     return None
 
 
-__all__ = ["WordCache", "word_cache", "MAX_WORDS", "MAX_WORD_CHARS"]
+def _pair_frame(tok: Any, plain: list[int]) -> PairFrame | None:
+    """Where the tokenizer puts a pair's special tokens, read off the pair ("a", "a") and checked
+    on texts of other lengths; None for a frame this cannot express."""
+    if len(plain) != 1:
+        return None
+    encoding = tok.encode("a", "a", add_special_tokens=True)
+    ids, types = encoding.ids, encoding.type_ids
+    where = [i for i, token in enumerate(ids) if token == plain[0]]
+    if len(where) != 2:
+        return None
+    first, second = where
+    frame = PairFrame(tuple(ids[:first]), tuple(types[:first]), types[first],
+                      tuple(ids[first + 1:second]), tuple(types[first + 1:second]), types[second],
+                      tuple(ids[second + 1:]), tuple(types[second + 1:]))
+    check = tok.encode("a a", "a a a", add_special_tokens=True)
+    return frame if (check.ids, check.type_ids) == frame.frame(plain * 2, plain * 3) else None
+
+
+__all__ = ["PairFrame", "WordCache", "word_cache", "MAX_WORDS", "MAX_WORD_CHARS"]

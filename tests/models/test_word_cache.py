@@ -77,3 +77,46 @@ def test_no_cache_for_wordpiece_behind_another_pre_tokenizer(bert):
     backend.no_padding()
     want = [e.ids for e in backend.encode_batch(texts)]
     assert _split(*encode_plain(backend, texts, 513, "right", True)) == want
+
+
+def _pairs(n, seed):
+    rng = random.Random(seed)
+    words = ["what", "Is", "poolq?", "river,", "(stone)", "don't", "3.5e7", "a-b", "\t", "  ", "QuIcKlY", "xyz" * 4]
+
+    def text(most):
+        return " ".join(rng.choice(words) for _ in range(rng.randint(0, most)))
+
+    return [text(6) for _ in range(n)], [text(16) for _ in range(n)]  # within the tiny models' 128 tokens
+
+
+def test_pairs_through_the_cache_give_the_transformers_ids_and_types(model_dirs):
+    from models.tokenize_pool import encode_pairs_plain
+
+    tok = AutoTokenizer.from_pretrained(str(model_dirs["ce"]))
+    backend = copy.deepcopy(tok.backend_tokenizer)
+    firsts, seconds = _pairs(120, seed=1)
+    want = tok(firsts, seconds, truncation=True, max_length=513, return_token_type_ids=True)
+    for _ in range(2):  # cold, then warm
+        got = encode_pairs_plain(backend, firsts, seconds, 513)
+        assert got == list(zip(want["input_ids"], want["token_type_ids"]))
+    longest = max(map(len, want["input_ids"]))
+    got = encode_pairs_plain(backend, firsts, seconds, longest - 1)  # truncating is the tokenizer's
+    assert [pair is None for pair in got] == [len(ids) == longest for ids in want["input_ids"]]
+    assert encode_pairs_plain(backend, ["über", "ok"], ["alles", "fine"], 513)[0] is None  # not ASCII: the usual path
+
+
+def test_the_engine_scores_pairs_through_the_cache_as_through_transformers(cross_encoder):
+    assert cross_encoder._pairs_in_process  # the path under test is taken
+    firsts, seconds = _pairs(40, seed=2)
+    # 1:N, N:N, and some pairs the transformers call takes: one not ASCII, one to truncate
+    cases = [(firsts[0], seconds, {}), (firsts, seconds, {}), (firsts[0], seconds + ["ünïcode doc"], {}),
+             (firsts[0], seconds[:3] + ["long " * 200], {"truncate_prompt_tokens": -1})]
+    fast = [cross_encoder.score(a, b, **kwargs) for a, b, kwargs in cases]
+    cross_encoder._pairs_in_process = False
+    try:
+        usual = [cross_encoder.score(a, b, **kwargs) for a, b, kwargs in cases]
+    finally:
+        cross_encoder._pairs_in_process = True
+    for got, want in zip(fast, usual):
+        assert [o.num_prompt_tokens for o in got] == [o.num_prompt_tokens for o in want]
+        assert [o.score for o in got] == pytest.approx([o.score for o in want], abs=1e-6)
