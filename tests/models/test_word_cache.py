@@ -32,9 +32,17 @@ def bert(model_dirs):
     return AutoTokenizer.from_pretrained(str(model_dirs["bert"]))
 
 
+@pytest.fixture()
+def any_size(monkeypatch):
+    """The cache for calls of any size, as in a tokenizer helper process."""
+    from models import tokenize_pool
+
+    monkeypatch.setattr(tokenize_pool, "_cache_texts", None)
+
+
 @pytest.mark.parametrize("side", ["right", "left"])
 @pytest.mark.parametrize("max_length,special", [(513, True), (24, True), (24, False), (2, True), (1, False)])
-def test_cached_words_give_the_transformers_ids_cold_and_warm(bert, side, max_length, special):
+def test_cached_words_give_the_transformers_ids_cold_and_warm(bert, any_size, side, max_length, special):
     texts = _texts(150, seed=max_length)
     bert.truncation_side = side
     backend = copy.deepcopy(bert.backend_tokenizer)
@@ -47,7 +55,7 @@ def test_cached_words_give_the_transformers_ids_cold_and_warm(bert, side, max_le
     assert all(len(word) <= word_cache.MAX_WORD_CHARS for word in twin.words._ids)
 
 
-def test_the_cache_starts_over_when_full_and_still_gives_the_same_ids(bert, monkeypatch):
+def test_the_cache_starts_over_when_full_and_still_gives_the_same_ids(bert, any_size, monkeypatch):
     monkeypatch.setattr(word_cache, "MAX_WORDS", 50)
     monkeypatch.setattr(word_cache, "_caches", {})  # not the one the other tests filled
     texts = [t for t in _texts(80, seed=5) if t.isascii()]
@@ -57,6 +65,20 @@ def test_the_cache_starts_over_when_full_and_still_gives_the_same_ids(bert, monk
     for start in range(0, len(texts), 7):
         assert _split(*encode_plain(backend, texts[start:start + 7], 513, "right", True)) == want[start:start + 7]
         assert 0 < len(cache) <= 50
+
+
+def test_in_process_only_a_few_texts_take_the_cache(bert, monkeypatch):
+    """A big call holds the GIL for its whole length from the cache; the Rust tokenizer lets go."""
+    from models import tokenize_pool
+
+    monkeypatch.setattr(word_cache, "_caches", {})
+    backend = copy.deepcopy(bert.backend_tokenizer)
+    cache = ascii_twin(backend).words
+    encode_plain(backend, ["many texts"] * (tokenize_pool._cache_texts + 1), 513, "right", True)
+    assert len(cache) == 0
+    want = bert(["a few texts"], truncation=True, max_length=513)["input_ids"]
+    assert _split(*encode_plain(backend, ["a few texts"], 513, "right", True)) == want
+    assert len(cache) == 3
 
 
 def test_copies_of_a_tokenizer_share_one_cache_whatever_their_truncation(bert):
