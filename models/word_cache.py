@@ -97,22 +97,11 @@ class WordCache:
         ids = np.empty(int(lengths.sum()), dtype=np.int32)
         types = np.empty_like(ids)
         at = np.cumsum(lengths) - lengths  # where each pair's next part begins
-        for part, part_lengths, tokens, part_types in (
-                (None, None, frame.prefix, frame.prefix_types),
-                (first, first_lengths, (), frame.first_type),
-                (None, None, frame.middle, frame.middle_types),
-                (second, second_lengths, (), frame.second_type),
-                (None, None, frame.suffix, frame.suffix_types)):
-            if part is None:
-                for offset, (token, kind) in enumerate(zip(tokens, part_types)):
-                    ids[at + offset] = token
-                    types[at + offset] = kind
-                at = at + len(tokens)
-            else:
-                where = np.arange(len(part)) + np.repeat(at - (np.cumsum(part_lengths) - part_lengths), part_lengths)
-                ids[where] = part
-                types[where] = part_types
-                at = at + part_lengths
+        at = _put_specials(ids, types, at, frame.prefix, frame.prefix_types)
+        at = _put_texts(ids, types, at, first, first_lengths, frame.first_type)
+        at = _put_specials(ids, types, at, frame.middle, frame.middle_types)
+        at = _put_texts(ids, types, at, second, second_lengths, frame.second_type)
+        _put_specials(ids, types, at, frame.suffix, frame.suffix_types)
         return ids, types, lengths
 
     def _pieces(self, tok: Any, texts: Sequence[str]) -> tuple[list, list[list[str]]]:
@@ -150,6 +139,24 @@ def _framed_few(pieces: list, splits: list[list[str]], room: int, side: str, pre
         rows.append([*prefix, *content, *suffix])
     lengths = np.fromiter(map(len, rows), dtype=np.int32, count=len(rows))
     return np.fromiter(chain.from_iterable(rows), dtype=np.int32, count=int(lengths.sum())), lengths
+
+
+def _put_specials(ids: np.ndarray, types: np.ndarray, at: np.ndarray, tokens: tuple[int, ...],
+                  kinds: tuple[int, ...]) -> np.ndarray:
+    """The same special tokens at each pair's `at`; returns where each pair's next part begins."""
+    for offset, (token, kind) in enumerate(zip(tokens, kinds)):
+        ids[at + offset] = token
+        types[at + offset] = kind
+    return at + len(tokens)
+
+
+def _put_texts(ids: np.ndarray, types: np.ndarray, at: np.ndarray, content: np.ndarray, lengths: np.ndarray,
+               kind: int) -> np.ndarray:
+    """Each pair's text (`lengths` of the ids in `content`, in order) at its `at`."""
+    where = np.arange(len(content)) + np.repeat(at - (np.cumsum(lengths) - lengths), lengths)
+    ids[where] = content
+    types[where] = kind
+    return at + lengths
 
 
 def _content(pieces: list, splits: list[list[str]]) -> tuple[np.ndarray, np.ndarray]:
