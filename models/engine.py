@@ -134,9 +134,7 @@ class PoolingEngine:
         self._pool_threads = tokenizing_threads(self.device)
         self._pool = ThreadPoolExecutor(max_workers=self._pool_threads, thread_name_prefix="poolq-tokenize")
         self._plain_in_process = self._plain_agrees()
-        # A cross-encoder's pairs skip transformers the same way, where the pair path agrees too.
-        self._pairs_in_process = (self._plain_in_process and self.card.supports_score and self._template is None
-                                  and self._use_sep_token and pairs_agree(self._tokenizers.get(), self.max_model_len))
+        self._pairs_in_process = self._pairs_agree()
         self.warm_tokenizers(self._pool_threads)
         self._process_pool = self._start_process_pool(
             default_tokenizer_processes(self.device) if tokenizer_processes is None else tokenizer_processes)
@@ -479,6 +477,17 @@ class PoolingEngine:
             return agrees(self._tokenizers.get(side), lambda texts, limit, s, special: encode_plain(
                 self._tokenizers.get(s).backend_tokenizer, texts, limit, s, special), self.max_model_len + 1, side)
         except (AttributeError, TypeError, ValueError):  # no Rust backend, or not one we can drive
+            return False
+
+    def _pairs_agree(self) -> bool:
+        """Whether a cross-encoder's text pairs may skip transformers as text prompts do: only where
+        the word cache's pair path gives the transformers call's ids and token types."""
+        if not (self._plain_in_process and self.card.supports_score and self._template is None
+                and self._use_sep_token):
+            return False
+        try:
+            return pairs_agree(self._tokenizers.get(), self.max_model_len)
+        except (AttributeError, TypeError, ValueError):  # a tokenizer that cannot encode such pairs
             return False
 
     def warm_tokenizers(self, threads: int) -> None:
