@@ -6,9 +6,11 @@ whitespace-separated word never depend on its neighbours. So the ids of a
 text are its words' ids, one after the other, between the special tokens.
 Text is mostly words a service has seen before, and looking a word up in a
 dict costs less than the Rust tokenizer's walk over its characters: on the
-bench's ~78-token texts 20 us a text against 100 (pre-tokenizing, WordPiece
-and the encodings' Python objects), which on a CPU frees most of a core for
-the forward, and on a GPU host is what keeps a small model fed.
+bench's ~78-token texts ~23 us of CPU a text against ~100 (pre-tokenizing,
+WordPiece and the encodings' Python objects). But all of it holds the GIL,
+where the Rust call lets go of it: tokenize_pool decides who takes the cache
+(in process only calls of a few texts; helper processes, and a cross-encoder's
+pairs, every call).
 
 Only for text the ASCII twin takes (models/tokenize_pool.py: printable ASCII
 past BERT's normalizer, already lowered where it lowers): there Python's
@@ -141,21 +143,24 @@ def _framed_few(pieces: list, splits: list[list[str]], room: int, side: str, pre
     return np.fromiter(chain.from_iterable(rows), dtype=np.int32, count=int(lengths.sum())), lengths
 
 
-def _put_specials(ids: np.ndarray, types: np.ndarray, at: np.ndarray, tokens: tuple[int, ...],
-                  kinds: tuple[int, ...]) -> np.ndarray:
-    """The same special tokens at each pair's `at`; returns where each pair's next part begins."""
-    for offset, (token, kind) in enumerate(zip(tokens, kinds)):
+def _put_specials(ids: np.ndarray, types: np.ndarray | None, at: np.ndarray, tokens: tuple[int, ...],
+                  kinds: tuple[int, ...] = ()) -> np.ndarray:
+    """The same special tokens (of token types `kinds`, where `types` is kept) at each text's or
+    pair's `at`; returns where each one's next part begins."""
+    for offset, token in enumerate(tokens):
         ids[at + offset] = token
-        types[at + offset] = kind
+        if types is not None:
+            types[at + offset] = kinds[offset]
     return at + len(tokens)
 
 
-def _put_texts(ids: np.ndarray, types: np.ndarray, at: np.ndarray, content: np.ndarray, lengths: np.ndarray,
-               kind: int) -> np.ndarray:
-    """Each pair's text (`lengths` of the ids in `content`, in order) at its `at`."""
+def _put_texts(ids: np.ndarray, types: np.ndarray | None, at: np.ndarray, content: np.ndarray,
+               lengths: np.ndarray, kind: int = 0) -> np.ndarray:
+    """Each text's ids (`lengths` of them from `content`, in order) at its `at`."""
     where = np.arange(len(content)) + np.repeat(at - (np.cumsum(lengths) - lengths), lengths)
     ids[where] = content
-    types[where] = kind
+    if types is not None:
+        types[where] = kind
     return at + lengths
 
 
@@ -178,7 +183,6 @@ def _per_text(per_word: np.ndarray, splits: list[list[str]]) -> np.ndarray:
 def _framed(content: np.ndarray, lengths: np.ndarray, room: int, side: str, prefix: tuple[int, ...],
             suffix: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
     """Each text's ids cut to `room` on `side`, between the special tokens: flat ids and lengths."""
-    n = len(lengths)
     if (lengths > room).any():
         # Position of each id within its text; keep the first `room` (right) or the last (left).
         starts = np.repeat(np.cumsum(lengths) - lengths, lengths)
@@ -187,18 +191,14 @@ def _framed(content: np.ndarray, lengths: np.ndarray, room: int, side: str, pref
             position = np.repeat(lengths, lengths) - 1 - position
         content = content[position < room]
         lengths = np.minimum(lengths, room)
-    specials = len(prefix) + len(suffix)
-    out_lengths = (lengths + specials).astype(np.int32)
-    if not specials:
+    out_lengths = (lengths + len(prefix) + len(suffix)).astype(np.int32)
+    if not prefix and not suffix:
         return content, out_lengths
     out = np.empty(int(out_lengths.sum()), dtype=np.int32)
-    starts = np.cumsum(out_lengths) - out_lengths
-    # Each text's ids move right by the special tokens of the texts before it and its prefix.
-    out[np.arange(len(content)) + np.repeat(np.arange(n) * specials + len(prefix), lengths)] = content
-    for offset, token in enumerate(prefix):
-        out[starts + offset] = token
-    for offset, token in enumerate(suffix):
-        out[starts + out_lengths - len(suffix) + offset] = token
+    at = np.cumsum(out_lengths) - out_lengths
+    at = _put_specials(out, None, at, prefix)
+    at = _put_texts(out, None, at, content, lengths)
+    _put_specials(out, None, at, suffix)
     return out, out_lengths
 
 
