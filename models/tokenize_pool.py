@@ -44,8 +44,10 @@ _tokenizer: Any = None  # the helper process's own tokenizer
 # chunk from the cache held up the device thread at every batch, and the engine's 5,000-text
 # call on 2 vCPUs took 1.22 s against 1.09 s with the Rust tokenizer (5 alternating calls each),
 # for 15% less CPU. So in process only calls of up to this many texts (an interactive request,
-# which it makes ~40 us faster) take it; a helper process takes it for every call.
-_cache_texts: int | None = 16
+# which it makes ~40 us faster) take it; a helper process takes it for every call, and the engine
+# sends any call of more texts to a helper where it has one.
+FEW_TEXTS = 16
+_cache_texts: int | None = FEW_TEXTS
 
 
 def _init_helper(tokenizer_json: str, parent_pid: int) -> None:

@@ -52,8 +52,13 @@ class EngineRegistry:
 
     def _load(self, spec: ModelSpec):
         from models import PoolingEngine  # torch is imported here, in workers only
+        from models.engine import default_tokenizer_processes
+        from models.loader import resolve_device
 
         s = self._settings
+        processes = s.tokenizer_processes
+        if processes is None:
+            processes = default_tokenizer_processes(resolve_device(s.device), serving=True)
         log.info("loading model %s from %s (revision=%s, dtype=%s)", spec.name, spec.source, spec.revision, spec.dtype)
         return PoolingEngine(
             model=spec.source,
@@ -64,7 +69,7 @@ class EngineRegistry:
             max_batch_tokens=s.max_batch_tokens,
             max_batch_seqs=s.max_batch_seqs,
             max_wait_ms=s.max_wait_ms,
-            tokenizer_processes=s.tokenizer_processes,
+            tokenizer_processes=processes,
             allow_pickle=s.allow_pickle_weights,
             trust_remote_code=s.trust_remote_code,
         )

@@ -25,3 +25,18 @@ def test_the_host_budget_is_divided_by_its_gpus_and_the_models(tmp_path, monkeyp
 def test_a_small_host_keeps_tokenizing_in_process(tmp_path, monkeypatch):
     monkeypatch.setattr("models.tokenize_pool.os.sched_getaffinity", lambda pid: {0, 1, 2, 3})
     assert shared_helper_budget(1, _gpus(tmp_path / "gpus", 1)) == 0
+
+
+def test_a_cpu_worker_tokenizes_in_one_helper_where_it_has_two_cores(monkeypatch):
+    """A service starts one helper on a CPU (the word cache, off the device thread's GIL); an
+    offline engine, whose helpers would re-import its caller's script, starts none."""
+    import torch
+
+    from models.engine import default_tokenizer_processes
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr("models.tokenize_pool.os.sched_getaffinity", lambda pid: {0, 1})
+    assert default_tokenizer_processes(cpu, serving=True) == 1
+    assert default_tokenizer_processes(cpu) == 0
+    monkeypatch.setattr("models.tokenize_pool.os.sched_getaffinity", lambda pid: {0})
+    assert default_tokenizer_processes(cpu, serving=True) == 0  # one core: the forward needs it
