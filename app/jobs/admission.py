@@ -5,6 +5,10 @@
 - A tenant's backlog past its limit: 429 (that caller must slow down), so one
   tenant cannot bury the others.
 Counts are cached for a moment per process: a cheap check beats an exact one.
+When a count is due, one request reads it and the others go on with the one
+it replaces meanwhile: 32 request threads finding it due at once each ran the
+count (a pooled connection, a transaction and a query), ~15% of one-text
+requests under load.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ class Admission:
         self._tenant_default = tenant_max_queued_jobs
         self._ttl = ttl_s
         self._cache: dict[tuple, tuple[float, int]] = {}
+        self._reading: set[tuple] = set()  # counts a request is reading now
         self._lock = threading.Lock()
 
     def check(self, session: Session, model: str, tenant_id: uuid.UUID) -> None:
@@ -49,9 +54,14 @@ class Admission:
         now = time.monotonic()
         with self._lock:
             hit = self._cache.get(key)
-        if hit is not None and now - hit[0] <= self._ttl:
-            return hit[1]
-        value = int(compute() or 0)
+            if hit is not None and (now - hit[0] <= self._ttl or key in self._reading):
+                return hit[1]  # fresh, or being read again by another request: this one goes on
+            self._reading.add(key)
+        try:
+            value = int(compute() or 0)
+        finally:
+            with self._lock:
+                self._reading.discard(key)
         with self._lock:
             self._cache[key] = (now, value)
         return value
