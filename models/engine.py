@@ -78,8 +78,9 @@ def default_tokenizer_processes(device: torch.device, serving: bool = False) -> 
     helper takes little of them: it tokenizes from the word cache, a fifth of the
     Rust tokenizer's CPU, without holding the GIL the device thread needs (in
     process the cache would). A service (`serving`: the worker) starts it where it
-    has two cores or more: with it a 5,000-text job and a 5,000-line batch ran
-    6-8% and 5% faster on 2 vCPUs (docs/benchmarks.md, system run 19). An offline
+    has two cores or more: on 2 vCPUs it cut the worker's CPU for a 5,000-text job
+    or a 5,000-line batch by a quarter, and their time by 3-9% in alternating runs
+    (docs/benchmarks.md, system run 19). An offline
     engine does not, by default: a helper takes a second to start and, spawned,
     re-imports the caller's main script, which must then build its engine under
     `if __name__ == "__main__":`."""

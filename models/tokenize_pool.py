@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import sys
 import threading
 import time
 import weakref
@@ -286,6 +287,20 @@ def helper_budget() -> int:
     return min(12, max(0, usable_cores() - 4))
 
 
+# The pool's queues hold named semaphores, which spawn registers with multiprocessing's resource
+# tracker, a process of its own. When the engine's process is killed (SIGKILL, the OOM killer)
+# the tracker removes them, as it should, and then writes a plain-text UserWarning ("There appear
+# to be N leaked semaphore objects...") to the stderr it shares with the process: a line that is
+# not JSON in a JSON log, with nothing for anyone to do. The tracker takes its warning filters
+# from this interpreter's -W options when it starts, which is at the first pool.
+_TRACKER_WARNING = "ignore:resource_tracker:UserWarning"
+
+
+def _quiet_resource_tracker() -> None:
+    if _TRACKER_WARNING not in sys.warnoptions:
+        sys.warnoptions.append(_TRACKER_WARNING)
+
+
 class TokenizerPool:
     """`processes` helpers encoding text chunks; `submit` returns a future of (flat ids, lengths)."""
 
@@ -293,6 +308,7 @@ class TokenizerPool:
         backend = getattr(tokenizer, "backend_tokenizer", None) or getattr(tokenizer, "_tokenizer", None)
         if backend is None or not hasattr(backend, "to_str"):
             raise ValueError("the tokenizer has no Rust backend to run in helper processes")
+        _quiet_resource_tracker()
         # spawn, not fork: the parent holds CUDA state and running threads.
         self._executor = ProcessPoolExecutor(
             max_workers=processes, mp_context=multiprocessing.get_context("spawn"),
