@@ -1047,6 +1047,18 @@ def targets_table(r: dict, g) -> str:
     vp = g(v, "engine", "vs_plain_loop", default={})
     eb = g(v, "sync_concurrent", "engine_batches", default={}) or {}
 
+    def bulk_rows(kind: str, label: str, rate_key: str, target: str) -> list[tuple]:
+        """The job's or the batch's three ratios to the engine: fastest to fastest, median to
+        median, and the median of the paired rounds."""
+        return [(f"{label}; fastest of {len(g(v, kind, 'runs_s', default=[]))}", g(v, kind, rate_key),
+                 f"engine {g(v, 'engine', 'texts_per_s')}/s (fastest)", g(v, kind, "ratio_vs_engine"), target,
+                 loads(g(v, kind, default={}))),
+                ("  same, median run", g(v, kind, f"median_{rate_key}"),
+                 f"engine {g(v, 'engine', 'median_texts_per_s')}/s", g(v, kind, "ratio_vs_engine_median"), target, "-"),
+                ("  same, paired rounds: median of each round's ratio",
+                 " / ".join(map(str, g(v, kind, "paired_ratios", default=[]))) or "-",
+                 "the engine timed before each round", g(v, kind, "paired_ratio_median"), target, "-")]
+
     def loads(*ds) -> str:
         xs = [d.get("loadavg_1m") for d in ds if isinstance(d, dict) and d.get("loadavg_1m") is not None]
         return "/".join(str(x) for x in xs) if xs else "-"
@@ -1089,22 +1101,8 @@ def targets_table(r: dict, g) -> str:
         ("  same, texts run by each tenant when half of both backlogs had run (worker metric)",
          " / ".join(str(x) for x in g(ten, "fair", "texts_run_by_tenant_at_half", default=[])) or "-",
          "max of the two", g(ten, "fair", "texts_min_over_max"), ">= 0.8", loads(g(ten, "fair", default={}))),
-        (f"JSONL batch lines/s (N={g(v, 'batch', 'n')}; fastest of {len(g(v, 'batch', 'runs_s', default=[]))})",
-         g(v, "batch", "lines_per_s"), f"engine {g(v, 'engine', 'texts_per_s')}/s (fastest)",
-         g(v, "batch", "ratio_vs_engine"), ">= 0.8", loads(g(v, "batch", default={}))),
-        ("  same, median run", g(v, "batch", "median_lines_per_s"), f"engine {g(v, 'engine', 'median_texts_per_s')}/s",
-         g(v, "batch", "ratio_vs_engine_median"), ">= 0.8", "-"),
-        ("  same, paired rounds: median of each round's ratio", " / ".join(map(str, g(v, "batch", "paired_ratios",
-                                                                                         default=[]))) or "-",
-         "the engine timed before each round", g(v, "batch", "paired_ratio_median"), ">= 0.8", "-"),
-        (f"one {g(v, 'bulk', 'n')}-text job (bulk), texts/s; fastest of {len(g(v, 'bulk', 'runs_s', default=[]))}",
-         g(v, "bulk", "texts_per_s"), f"engine {g(v, 'engine', 'texts_per_s')}/s (fastest)",
-         g(v, "bulk", "ratio_vs_engine"), ">= 0.9", loads(g(v, "bulk", default={}))),
-        ("  same, median run", g(v, "bulk", "median_texts_per_s"), f"engine {g(v, 'engine', 'median_texts_per_s')}/s",
-         g(v, "bulk", "ratio_vs_engine_median"), ">= 0.9", "-"),
-        ("  same, paired rounds: median of each round's ratio", " / ".join(map(str, g(v, "bulk", "paired_ratios",
-                                                                                        default=[]))) or "-",
-         "the engine timed before each round", g(v, "bulk", "paired_ratio_median"), ">= 0.9", "-"),
+        *bulk_rows("batch", f"JSONL batch lines/s (N={g(v, 'batch', 'n')})", "lines_per_s", ">= 0.8"),
+        *bulk_rows("bulk", f"one {g(v, 'bulk', 'n')}-text job (bulk), texts/s", "texts_per_s", ">= 0.9"),
         ("engine one-text p50 (in process)", f"{g(vp, 'engine', 'p50_ms')} ms",
          f"plain tokenize-forward-softmax {g(vp, 'plain', 'p50_ms')} ms", g(vp, "engine_over_plain_p50"), "<= 1",
          loads(g(v, "engine", default={}))),
