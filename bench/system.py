@@ -537,8 +537,7 @@ def wait_job(api: Api, job_id: str, poll_max: float) -> tuple[dict, int, float]:
     raise RuntimeError(f"job {job_id} did not finish")
 
 
-def bulk(api: Api, model: str, texts: list[str], n: int, engine_rate: float | None, meter: CpuMeter,
-         poll_s: float) -> dict:
+def bulk(api: Api, model: str, texts: list[str], n: int, meter: CpuMeter, poll_s: float) -> dict:
     body = json.dumps({"task": "classify", "model": model, "input": texts[:n]}).encode()
     before = meter.snapshot()
     t0 = time.time()
@@ -555,7 +554,6 @@ def bulk(api: Api, model: str, texts: list[str], n: int, engine_rate: float | No
     rate = n / seconds
     return {"n": n, "request_mb": round(len(body) / 2**20, 1), "seconds": round(seconds, 3),
             "texts_per_s": round(rate, 1),
-            "ratio_vs_engine": round(rate / engine_rate, 3) if engine_rate else None,
             "breakdown_s": {"submit_to_202": round(t_accepted - t0, 3),
                             "created_to_started": round(job["started_at"] - job["created_at"], 3),
                             "started_to_finished": round(job["finished_at"] - job["started_at"], 3),
@@ -564,8 +562,8 @@ def bulk(api: Api, model: str, texts: list[str], n: int, engine_rate: float | No
             "polls": polls, "slowest_poll_s": round(slowest, 3), "cpu_s": cpu}
 
 
-def batch_run(port: int, model: str, texts: list[str], n: int, engine_rate: float | None, meter: CpuMeter,
-              poll_s: float, conn: psycopg.Connection | None = None) -> dict:
+def batch_run(port: int, model: str, texts: list[str], n: int, meter: CpuMeter, poll_s: float,
+              conn: psycopg.Connection | None = None) -> dict:
     """A bulk batch (issue 6): N one-text `/classify` lines in a JSONL file, uploaded, run, polled."""
     import requests
 
@@ -596,7 +594,6 @@ def batch_run(port: int, model: str, texts: list[str], n: int, engine_rate: floa
         raise RuntimeError("batch output lost or repeated a line")
     rate = n / (t1 - t0)
     return {"n": n, "seconds": round(t1 - t0, 3), "lines_per_s": round(rate, 1),
-            "ratio_vs_engine": round(rate / engine_rate, 3) if engine_rate else None,
             "in_progress_to_completed_s": round((batch["completed_at"] or t1) - (batch["in_progress_at"] or t0), 3),
             "breakdown_s": _batch_breakdown(conn, batch["id"], t0, t_uploaded, t1) if conn else None,
             "cpu_s": cpu}
@@ -645,8 +642,8 @@ def bulk_rounds(a: argparse.Namespace, shape: str, model_dir: pathlib.Path, text
             for kind in kinds:
                 log(f"# {kind}: {shape}, n={n}, round {i + 1} of {rounds}")
                 before = phases.engine_counters(metrics_port)
-                runs[kind].append(bulk(api, shape, texts, n, None, meter, a.bulk_poll_s) if kind == "bulk" else
-                                  batch_run(port, shape, texts, n, None, meter, a.bulk_poll_s, dbc))
+                runs[kind].append(bulk(api, shape, texts, n, meter, a.bulk_poll_s) if kind == "bulk" else
+                                  batch_run(port, shape, texts, n, meter, a.bulk_poll_s, dbc))
                 counters[kind] = phases.counters_delta(before, phases.engine_counters(metrics_port), shape)
     finally:
         paired.close()

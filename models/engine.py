@@ -440,8 +440,9 @@ class PoolingEngine:
 
     def _helper_takes(self, prompts: list, args: tuple) -> bool:
         """Whether a helper process can tokenize these prompts: text only, no offsets."""
+        *_, with_offsets = args
         pool = self._process_pool
-        return pool is not None and not pool.broken and not args[3] and all(isinstance(p, str) for p in prompts)
+        return pool is not None and not pool.broken and not with_offsets and all(isinstance(p, str) for p in prompts)
 
     def _start_chunk(self, prompts: list, args: tuple) -> Future:
         limit, side, add_special_tokens, _ = args
