@@ -139,8 +139,9 @@ def options() -> argparse.Namespace:
     p.add_argument("--client-procs", type=int, default=int(env("client_procs", 4 if GPU else 1)),
                    help="load-generator processes (threads are split over them)")
     p.add_argument("--bulk-runs", type=int, default=int(env("bulk_runs", 3)),
-                   help="runs of the engine call, the bulk job and the batch, each: every ratio to the engine is "
-                        "the fastest run to the fastest (and the median to the median), like for like")
+                   help="runs of the engine call, the bulk job and the batch, each: ratios to the engine like for "
+                        "like (fastest to fastest, median to median, and each round's job and batch to an engine "
+                        "call made just before them)")
     p.add_argument("--bulk-poll-s", type=float, default=float(env("bulk_poll_s", 0.2)),
                    help="longest pause between polls of the bulk job (each poll of a running job reads its row)")
     # issue 11's phases (all on --small-shape)

@@ -31,8 +31,8 @@ from .loader import load
 from .prepared import Prepared
 from .scoring import build_score_prompts, pair_up
 from .templates import load_template
-from .tokenize_pool import (FEW_TEXTS, BrokenProcessPool, TokenizerPool, agrees, ascii_twin, encode_pairs_plain,
-                            encode_plain, helper_budget, pairs_agree, usable_cores)
+from .tokenize_pool import (IN_PROCESS_TEXTS, BrokenProcessPool, TokenizerPool, agrees, ascii_twin,
+                            encode_pairs_plain, encode_plain, helper_budget, pairs_agree, usable_cores)
 from .types import ClassificationOutput, Encoded, PoolingInputError, PoolingOutput, ScoringOutput
 
 log = logging.getLogger(__name__)
@@ -408,7 +408,7 @@ class PoolingEngine:
 
     def _tokenized_chunks(self, items: list, args: tuple) -> Iterator[_Chunk]:
         chunks = [items[i:i + CHUNK] for i in range(0, len(items), CHUNK)]
-        if len(chunks) == 1 and not (len(chunks[0]) > FEW_TEXTS and self._helper_takes(chunks[0], args)):
+        if len(chunks) == 1 and (len(chunks[0]) <= IN_PROCESS_TEXTS or not self._helper_takes(chunks[0], args)):
             # A few prompts: here, where the word cache takes them (a helper's round trip costs
             # more). More (a batch's piece of lines, a job of a few hundred texts) go to a
             # helper where there is one, which tokenizes them from the cache off this

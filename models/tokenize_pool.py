@@ -47,8 +47,8 @@ _tokenizer: Any = None  # the helper process's own tokenizer
 # for 15% less CPU. So in process only calls of up to this many texts (an interactive request,
 # which it makes ~40 us faster) take it; a helper process takes it for every call, and the engine
 # sends any call of more texts to a helper where it has one.
-FEW_TEXTS = 16
-_cache_texts: int | None = FEW_TEXTS
+IN_PROCESS_TEXTS = 16
+_cache_texts: int | None = IN_PROCESS_TEXTS
 
 
 def _init_helper(tokenizer_json: str, parent_pid: int) -> None:

@@ -17,7 +17,7 @@ from transformers import AutoTokenizer, PreTrainedTokenizerFast
 
 from models import PoolingInputError
 from models.engine import CHUNK
-from models.tokenize_pool import FEW_TEXTS, TokenizerPool, encode_plain
+from models.tokenize_pool import IN_PROCESS_TEXTS, TokenizerPool, encode_plain
 
 TOL = 1e-5
 
@@ -84,7 +84,7 @@ def test_multi_chunk_request_equals_in_process_tokenization(pooled, bert):
     assert torch.tensor([o.probs for o in got]) == pytest.approx(torch.tensor([o.probs for o in want]), abs=TOL)
 
 
-@pytest.mark.parametrize("n", [CHUNK + 5, FEW_TEXTS + 1])  # two chunks; one, still a helper's
+@pytest.mark.parametrize("n", [CHUNK + 5, IN_PROCESS_TEXTS + 1])  # two chunks; one, still a helper's
 @pytest.mark.parametrize("kwargs", [dict(truncate_prompt_tokens=10, truncation_side="left"),
                                     dict(truncate_prompt_tokens=10, add_special_tokens=False)])
 def test_truncation_options_reach_the_helpers(pooled, bert, kwargs, n):
@@ -132,7 +132,7 @@ def test_one_chunk_goes_to_a_helper_unless_it_is_a_few_texts(model_dirs, engine_
     engine = engine_factory(model_dirs["bert"], tokenizer_processes=1)
     for pid in list(engine._process_pool._executor._processes):
         os.kill(pid, signal.SIGKILL)
-    few, more = _texts(FEW_TEXTS, seed=12), _texts(FEW_TEXTS + 1, seed=13)
+    few, more = _texts(IN_PROCESS_TEXTS, seed=12), _texts(IN_PROCESS_TEXTS + 1, seed=13)
     for texts, helpers in ((few, 1), (more, 0)):
         got = engine.classify(texts)
         assert engine.tokenizer_processes == helpers
