@@ -486,14 +486,16 @@ def test_the_direct_call_runs_traced_only_where_the_trace_gives_the_eager_output
     # BERT: with and without padding, and with token type ids (pairs) or without (text prompts)
     assert set(runner.direct.traces) == {(False, False), (False, True), (True, False), (True, True)}
     assert set(cross_encoder._batcher.runner.direct.traces) == set(runner.direct.traces)
-    used, traces = [], dict(runner.direct.traces)
+    used, traces, pooled = [], dict(runner.direct.traces), dict(runner.pooled)
     for key, traced in traces.items():
         runner.direct.traces[key] = lambda *args, key=key, traced=traced: used.append(key) or traced(*args)
+    runner.pooled.clear()  # (classify batches run the whole pooled call traced: see the next test)
     try:
         bert.classify(["one text", "and a longer second one, so the first is padded"])  # one padded batch
         bert.classify(["one text alone"])
     finally:
         runner.direct.traces.update(traces)
+        runner.pooled.update(pooled)
     assert used == [(False, True), (False, False)]  # text prompts (no type ids) run traced
 
     class WidthBranch(nn.Module):
@@ -514,3 +516,53 @@ def test_the_direct_call_runs_traced_only_where_the_trace_gives_the_eager_output
     assert _traced(direct, probes[:1], masked=False) is not None  # its own shape cannot show it
     assert _traced(direct, probes, masked=False) is None  # a narrower probe does: the eager call stays
     assert _traced(direct, probes, masked=True) is None
+
+
+def test_a_batch_whose_rows_are_all_pooled_runs_as_one_traced_graph(bert, cross_encoder, ner, model_dirs,
+                                                                  engine_factory):
+    """Backbone, pooler and head as one graph (models.runner.pooled_traces), for every form the
+    direct call has a trace of, giving the eager pieces' output; a head whose trace would not give
+    its eager output is refused."""
+    from models.runner import pooled_traces
+
+    runner = bert._batcher.runner
+    assert set(runner.pooled) == set(runner.direct.traces)
+    assert set(cross_encoder._batcher.runner.pooled) == set(runner.pooled)
+    assert ner._batcher.runner.pooled == {}  # a token classifier has no sequence head
+    texts = ["one text", "and a longer second one, so the first is padded", "a third"]
+    used, pooled = [], dict(runner.pooled)
+    for key, traced in pooled.items():
+        runner.pooled[key] = lambda *args, key=key, traced=traced: used.append(key) or traced(*args)
+    try:
+        traced_probs = [o.probs for o in bert.classify(texts)]
+        bert.classify(["one text alone"])
+    finally:
+        runner.pooled.update(pooled)
+    assert used == [(False, True), (False, False)]
+    runner.pooled.clear()
+    try:
+        eager_head_probs = [o.probs for o in bert.classify(texts)]
+    finally:
+        runner.pooled.update(pooled)
+    assert torch.tensor(traced_probs) == pytest.approx(torch.tensor(eager_head_probs), abs=TOL)
+    # pairs (token type ids) too
+    mixed = engine_factory(model_dirs["ce"], max_batch_tokens=64, max_batch_seqs=2)
+    ce_runner = mixed._batcher.runner
+    query, docs = "where is the river stone", ["the stone lies under the river in berlin", "gamma"]
+    traced_scores = [s.score for s in mixed.score(query, docs)]
+    ce_runner.pooled.clear()
+    assert [s.score for s in mixed.score(query, docs)] == pytest.approx(traced_scores, abs=TOL)
+
+    class RowCountBranch(nn.Module):
+        """A Python branch on the row count: a trace keeps the side its own input took."""
+
+        def __init__(self, head):
+            super().__init__()
+            self.head = head
+
+        def forward(self, pooled):
+            out = self.head(pooled)
+            return out * 2 if pooled.shape[0] > 2 else out
+
+    assert pooled_traces(runner.direct, runner.pooler, RowCountBranch(runner.heads.seq)) == {}
+    assert pooled_traces(runner.direct, runner.pooler, None) == {}
