@@ -54,6 +54,11 @@ class Poolq:
     # The API's own sessions (requests, their polls), with a statement timeout
     # a worker's long writes must not have. Lazy: a worker never connects it.
     request_session_factory: sessionmaker[Session]
+    # The same bounds, for the requests' single statements that commit by themselves (a
+    # job's INSERT, the sync routes' reads): a pool of its own whose connections are in
+    # autocommit from the start, so a checkout neither switches them into it nor rolls
+    # back and switches out on return (~100 us of CPU per job on 2 vCPUs, a third of it).
+    statement_engine: Engine
     celery: Celery
     events: object  # app.jobs.events: wakes synchronous requests when their job finishes
     admission: Admission
@@ -67,10 +72,13 @@ def create_app(settings: Settings | None = None) -> Flask:
     app.json.sort_keys = False
 
     db_engine = make_engine(settings.database_url)
-    request_engine = make_engine(settings.database_url, statement_timeout_ms=API_STATEMENT_TIMEOUT_MS,
-                                 lock_timeout_ms=API_LOCK_TIMEOUT_MS,
-                                 idle_in_transaction_ms=API_IDLE_IN_TRANSACTION_MS, pool_timeout=API_POOL_TIMEOUT_S,
-                                 pool_size=API_POOL_SIZE, max_overflow=API_POOL_OVERFLOW)
+    api_bounds = dict(statement_timeout_ms=API_STATEMENT_TIMEOUT_MS, lock_timeout_ms=API_LOCK_TIMEOUT_MS,
+                      idle_in_transaction_ms=API_IDLE_IN_TRANSACTION_MS, pool_timeout=API_POOL_TIMEOUT_S,
+                      pool_size=API_POOL_SIZE, max_overflow=API_POOL_OVERFLOW)
+    request_engine = make_engine(settings.database_url, **api_bounds)
+    # No transaction is ever open on these connections, so none is rolled back on return.
+    statement_engine = make_engine(settings.database_url, isolation_level="AUTOCOMMIT", pool_reset_on_return=None,
+                                   **api_bounds)
     celery = celery_init_app(app, settings)
     poolq = Poolq(
         settings=settings,
@@ -78,6 +86,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         db_engine=db_engine,
         session_factory=make_session_factory(db_engine),
         request_session_factory=make_session_factory(request_engine),
+        statement_engine=statement_engine,
         celery=celery,
         events=job_events(redis_client_url(settings.broker_url), settings.namespace),
         admission=Admission(settings.max_queued_jobs, settings.tenant_max_queued_jobs),

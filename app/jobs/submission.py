@@ -6,7 +6,6 @@ here, so a job is durable before any response, whatever the route.
 
 from __future__ import annotations
 
-import functools
 import logging
 import uuid
 from collections.abc import Callable
@@ -15,8 +14,8 @@ from dataclasses import dataclass
 from flask import current_app, jsonify, request, url_for
 from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
-from sqlalchemy import Connection, Engine
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy import Connection
+from sqlalchemy.orm import Session
 
 from app.db.request import db_session
 from app.http import preferred_wait_s
@@ -58,7 +57,7 @@ def submit_job(model: ServedModel, job_request: dict, options: JobOptions, job_i
     tenant_id = current_tenant_id()
     poolq.admission.check(session, model.name, tenant_id)
     job = services.new_job(model, job_request, tenant_id, options, idempotency, job_id)
-    _insert_job(poolq.request_session_factory, job)
+    _insert_job(job)
     sent = dispatch.send_job(poolq.celery, job)
     if not sent:
         _mark_unsent(session, job.id)
@@ -66,19 +65,12 @@ def submit_job(model: ServedModel, job_request: dict, options: JobOptions, job_i
     return Submitted(job, sent)
 
 
-@functools.cache
-def _autocommit(engine: Engine) -> Engine:
-    """The same pool, each statement its own transaction."""
-    return engine.execution_options(isolation_level="AUTOCOMMIT")
+def _statement_connection() -> Connection:
+    """A connection on which each statement commits by itself (the API's statement pool)."""
+    return current_app.extensions["poolq"].statement_engine.connect()
 
 
-def _statement_connection(sessions: sessionmaker | None = None) -> Connection:
-    """A connection of the requests' pool (`sessions`') on which each statement commits by itself."""
-    sessions = sessions or current_app.extensions["poolq"].request_session_factory
-    return _autocommit(sessions.kw["bind"]).connect()
-
-
-def _insert_job(sessions: sessionmaker, job: Job) -> None:
+def _insert_job(job: Job) -> None:
     """Write the job in one statement, committed by itself, or raise if it is not kept.
 
     One round trip instead of BEGIN, INSERT and COMMIT: the job is the only
@@ -88,7 +80,7 @@ def _insert_job(sessions: sessionmaker, job: Job) -> None:
     Idempotency-Key would run it twice).
     """
     try:
-        with _statement_connection(sessions) as connection:
+        with _statement_connection() as connection:
             services.insert_job(connection, job)
     except UNAVAILABLE:
         if not _is_kept(job.id):

@@ -154,6 +154,7 @@ class ServedApp:
         poolq = self.app.extensions["poolq"]
         poolq.db_engine.dispose()
         poolq.request_session_factory.kw["bind"].dispose()
+        poolq.statement_engine.dispose()
 
 
 class CommitCutter:

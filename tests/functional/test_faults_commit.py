@@ -43,6 +43,7 @@ def api(deployment_env, namespace, pg_url, cutter, api_keys):
     poolq = app.extensions["poolq"]
     poolq.db_engine.dispose()
     poolq.request_session_factory.kw["bind"].dispose()
+    poolq.statement_engine.dispose()
 
 
 def upload(api) -> str:
