@@ -8,6 +8,7 @@ from celery import Celery
 
 from app.broker import send_policy
 from app.jobs.records import Job
+from app.jobs.services import QueuedJob
 from app.task_messages import publisher_for
 
 log = logging.getLogger(__name__)
@@ -15,7 +16,7 @@ log = logging.getLogger(__name__)
 RUN_JOB = "poolq.run_job"
 
 
-def send_job(celery: Celery, job: Job) -> bool:
+def send_job(celery: Celery, job: Job | QueuedJob) -> bool:
     """Publish `run_job(job_id)`; False when the broker cannot take it.
 
     The job id and model travel as arguments so Flower shows them. A refused

@@ -21,7 +21,7 @@ from app.db.request import db_session
 from app.http import preferred_wait_s
 from app.jobs import dispatch, services
 from app.jobs.options import JobOptions
-from app.jobs.records import Job
+from app.jobs.services import QueuedJob
 from app.metrics import job_accepted
 from app.served import ServedModel
 from app.tenants.auth import current_tenant_id
@@ -35,12 +35,12 @@ UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeout)
 
 @dataclass(frozen=True)
 class Submitted:
-    job: Job
+    job: QueuedJob
     sent: bool  # False: the broker refused; the sweeper sends it later
 
 
 def submit(model: ServedModel, job_request: dict, options: JobOptions, job_id: uuid.UUID | None = None,
-           idempotency: tuple[str, str] | None = None) -> Job:
+           idempotency: tuple[str, str] | None = None) -> QueuedJob:
     return submit_job(model, job_request, options, job_id, idempotency).job
 
 
@@ -70,7 +70,7 @@ def _statement_connection() -> Connection:
     return current_app.extensions["poolq"].statement_engine.connect()
 
 
-def _insert_job(job: Job) -> None:
+def _insert_job(job: QueuedJob) -> None:
     """Write the job in one statement, committed by itself, or raise if it is not kept.
 
     One round trip instead of BEGIN, INSERT and COMMIT: the job is the only
@@ -154,7 +154,7 @@ def long_poll(session: Session, key: str, ended: Callable[[], bool]) -> bool:
     return True
 
 
-def accepted(job: Job, applied_async: bool = False):
+def accepted(job: QueuedJob, applied_async: bool = False):
     response = jsonify(services.job_resource(job, None))
     response.status_code = 202
     response.headers["Location"] = url_for("jobs.get_job", job_id=str(job.id))
