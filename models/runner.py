@@ -292,18 +292,19 @@ class SplitRunner:
 
 
 class _Pooled(nn.Module):
-    """The direct call, then the pooler and the sequence head, as one module to trace."""
+    """The direct call's trace, then the pooler and the sequence head, as one module to trace."""
 
-    def __init__(self, pieces: _Pieces, pooler: Pooler, head: nn.Module):
+    def __init__(self, backbone: nn.Module, with_types: bool, masked: bool, pooler: Pooler, head: nn.Module):
         super().__init__()
-        self.pieces, self.head = pieces, head
+        self.backbone, self.head = backbone, head
+        self.with_types, self.masked = with_types, masked
         self.pooler = pooler
 
     def forward(self, input_ids: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
-        # rest: the token type ids where the pieces take them, the [B, L] mask (which the pieces
-        # are given only where they mask), the lengths.
+        # rest: the token type ids where the backbone takes them, the [B, L] mask (which the
+        # backbone is given only where it masks), the lengths.
         *given, mask, lengths = rest
-        hidden = self.pieces(input_ids, *given, *([mask] if self.pieces.with_mask else []))
+        hidden = self.backbone(input_ids, *given, *([mask] if self.masked else []))
         return self.head(self.pooler(hidden, lengths, mask)).float()
 
 
@@ -311,28 +312,29 @@ def pooled_traces(direct: DirectBackbone | None, pooler: Pooler,
                   head: nn.Module | None) -> dict[tuple[bool, bool], torch.jit.ScriptModule]:
     """Traces of the whole call for batches whose rows are all pooled (every classify or score
     batch), from the ids to the head's fp32 output, by (token type ids given, mask given): one
-    for each form the direct call has a trace of, where it gives the eager pieces' output on the
-    direct call's probes.
+    for each form the direct call has a trace of, where it gives that trace's output, pooled and
+    headed eagerly, on the direct call's probes (which that trace matched the eager call on).
 
     Why: each eager operator of the pooler and the head lets go of the GIL and must take it
     back. On the device thread of a busy worker every take-back waits behind the threads running
     Python: on 2 CPU threads, a 20 x 90 batch of the tiny model beside one busy Python thread
-    took 17-18 ms with the pooler and head run eagerly after the traced backbone, 11-12 ms for
-    the backbone alone (5-6 ms alone either way). As one graph the batch lets go of it once.
+    took 17-18 ms with the pooler and head run eagerly after the traced backbone, 10-11 ms as
+    one graph (5-6 ms alone either way). As one graph the batch lets go of it once.
+    Each is traced around the backbone's own trace, which the tracer inlines without running
+    the backbone's Python again: half the time of tracing it afresh, at every engine's load.
     """
     traces: dict[tuple[bool, bool], torch.jit.ScriptModule] = {}
     if direct is None or not isinstance(head, nn.Module):
         return traces
-    for (with_types, masked) in direct.traces:
-        pieces = _Pieces(direct.embeddings, direct.encoder, with_types, masked)
-        module = _Pooled(pieces, pooler, head)
+    for (with_types, masked), backbone in direct.traces.items():
+        module = _Pooled(backbone, with_types, masked, pooler, head)
 
-        def call(ids, types, mask, masked=masked):
+        def call(ids, types, mask, masked=masked, backbone=backbone):
             # Unmasked, every row is whole: the pooler sees full lengths and a mask of ones.
             mask = mask if masked else torch.ones_like(mask)
             lengths = mask.sum(dim=1)
-            expected = head(pooler(direct.eager(ids, types, mask if masked else None), lengths, mask)).float()
-            return [*_positional(ids, types, mask), lengths], expected, None
+            hidden = backbone(*_positional(ids, types, mask if masked else None))
+            return [*_positional(ids, types, mask), lengths], head(pooler(hidden, lengths, mask)).float(), None
 
         traced = _checked_trace(module, direct.probes[with_types], call)
         if traced is not None:
