@@ -294,10 +294,10 @@ class SplitRunner:
 class _Pooled(nn.Module):
     """The direct call's trace, then the pooler and the sequence head, as one module to trace."""
 
-    def __init__(self, backbone: nn.Module, with_types: bool, masked: bool, pooler: Pooler, head: nn.Module):
+    def __init__(self, backbone: nn.Module, masked: bool, pooler: Pooler, head: nn.Module):
         super().__init__()
         self.backbone, self.head = backbone, head
-        self.with_types, self.masked = with_types, masked
+        self.masked = masked
         self.pooler = pooler
 
     def forward(self, input_ids: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
@@ -327,7 +327,7 @@ def pooled_traces(direct: DirectBackbone | None, pooler: Pooler,
     if direct is None or not isinstance(head, nn.Module):
         return traces
     for (with_types, masked), backbone in direct.traces.items():
-        module = _Pooled(backbone, with_types, masked, pooler, head)
+        module = _Pooled(backbone, masked, pooler, head)
 
         def call(ids, types, mask, masked=masked, backbone=backbone):
             # Unmasked, every row is whole: the pooler sees full lengths and a mask of ones.
