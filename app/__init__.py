@@ -18,6 +18,7 @@ from app.db.request import init_request_sessions
 from app.errors import register_error_handlers
 from app.jobs.admission import Admission
 from app.jobs.events import job_events
+from app.jobs.intake import JobIntake, kept_ids_reader
 from app.logs import init_request_log_context
 from app.metrics import init_metrics
 from app.served import ServedModels
@@ -62,6 +63,7 @@ class Poolq:
     celery: Celery
     events: object  # app.jobs.events: wakes synchronous requests when their job finishes
     admission: Admission
+    intake: JobIntake  # writes and sends accepted jobs, grouped across request threads
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -80,16 +82,18 @@ def create_app(settings: Settings | None = None) -> Flask:
     statement_engine = make_engine(settings.database_url, isolation_level="AUTOCOMMIT", pool_reset_on_return=None,
                                    **api_bounds)
     celery = celery_init_app(app, settings)
+    request_session_factory = make_session_factory(request_engine)
     poolq = Poolq(
         settings=settings,
         served=ServedModels.load(settings.models),
         db_engine=db_engine,
         session_factory=make_session_factory(db_engine),
-        request_session_factory=make_session_factory(request_engine),
+        request_session_factory=request_session_factory,
         statement_engine=statement_engine,
         celery=celery,
         events=job_events(redis_client_url(settings.broker_url), settings.namespace),
         admission=Admission(settings.max_queued_jobs, settings.tenant_max_queued_jobs),
+        intake=JobIntake(statement_engine, celery, kept_ids_reader(request_session_factory)),
     )
     app.extensions["poolq"] = poolq
     celery.poolq = poolq  # the task base class reaches settings and sessions here

@@ -78,6 +78,24 @@ class TaskPublisher:
         data = self.message(task, queue, args, kwargs)
         self._retrying(lambda: self._client.lpush(queue, data))
 
+    def send_many(self, task: str, messages: list[tuple[str, list, dict]]) -> None:
+        """(queue, args, kwargs) each, as one LPUSH per queue in one round trip, applied whole or
+        not at all (several queues: in MULTI/EXEC), so a retry never doubles part of them."""
+        by_queue: dict[str, list[bytes]] = {}
+        for queue, args, kwargs in messages:
+            by_queue.setdefault(queue, []).append(self.message(task, queue, args, kwargs))
+        if len(by_queue) == 1:
+            [(queue, datas)] = by_queue.items()
+            self._retrying(lambda: self._client.lpush(queue, *datas))
+            return
+
+        def push_all():
+            pipe = self._client.pipeline(transaction=True)
+            for queue, datas in by_queue.items():
+                pipe.lpush(queue, *datas)
+            pipe.execute()
+        self._retrying(push_all)
+
     def _retrying(self, call) -> None:
         # As app.broker.send_policy: a pooled connection that died with a restarted
         # Redis fails at once and the next try gets a fresh one; a hung broker

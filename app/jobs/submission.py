@@ -12,14 +12,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from flask import current_app, jsonify, request, url_for
-from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
+from app.db.commit import UNAVAILABLE
 from app.db.request import db_session
 from app.http import preferred_wait_s
-from app.jobs import dispatch, services
+from app.jobs import services
 from app.jobs.options import JobOptions
 from app.jobs.services import QueuedJob
 from app.metrics import job_accepted
@@ -28,9 +29,6 @@ from app.tenants.auth import current_tenant_id
 
 log = logging.getLogger(__name__)
 
-# What the database raises when it is unreachable, restarting or hung, as
-# opposed to refusing the statement itself.
-UNAVAILABLE = (OperationalError, InterfaceError, PoolTimeout)
 
 
 @dataclass(frozen=True)
@@ -50,15 +48,16 @@ def submit_job(model: ServedModel, job_request: dict, options: JobOptions, job_i
 
     The client's answer must be the truth: once the row is committed the
     answer is 202 whatever happens to the send or to the bookkeeping after
-    it, and an error (503) is raised only while nothing is kept.
+    it, and an error (503) is raised only while nothing is kept. The INSERT
+    and the send are shared with the submissions of other request threads
+    arriving at the same time (app.jobs.intake).
     """
     poolq = current_app.extensions["poolq"]
     session = db_session()
     tenant_id = current_tenant_id()
     poolq.admission.check(session, model.name, tenant_id)
     job = services.new_job(model, job_request, tenant_id, options, idempotency, job_id)
-    _insert_job(job)
-    sent = dispatch.send_job(poolq.celery, job)
+    sent = poolq.intake.accept(job)
     if not sent:
         _mark_unsent(session, job.id)
     job_accepted(job.model, job.task)
@@ -68,32 +67,6 @@ def submit_job(model: ServedModel, job_request: dict, options: JobOptions, job_i
 def _statement_connection() -> Connection:
     """A connection on which each statement commits by itself (the API's statement pool)."""
     return current_app.extensions["poolq"].statement_engine.connect()
-
-
-def _insert_job(job: QueuedJob) -> None:
-    """Write the job in one statement, committed by itself, or raise if it is not kept.
-
-    One round trip instead of BEGIN, INSERT and COMMIT: the job is the only
-    row a submission writes. A connection lost during the statement leaves
-    it unknown whether the server committed it; a fresh read settles it, so
-    a kept job is never answered 503 (a client retrying without an
-    Idempotency-Key would run it twice).
-    """
-    try:
-        with _statement_connection() as connection:
-            services.insert_job(connection, job)
-    except UNAVAILABLE:
-        if not _is_kept(job.id):
-            raise
-        log.warning("the insert of job %s raised, but the job is kept", job.id, exc_info=True)
-
-
-def _is_kept(job_id: uuid.UUID) -> bool:
-    try:
-        with current_app.extensions["poolq"].request_session_factory() as fresh:
-            return services.job_status(fresh, job_id) is not None
-    except UNAVAILABLE:
-        return False  # still unknown: answer 503, which says "retry" (an Idempotency-Key makes that safe)
 
 
 def _mark_unsent(session: Session, job_id: uuid.UUID) -> None:

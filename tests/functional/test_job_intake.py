@@ -1,0 +1,120 @@
+"""Accepted jobs written and sent in groups (app.jobs.intake), on the real database and Redis.
+
+The first submission's INSERT is held at the database's door until every
+other submission has queued behind it, so the groups are known: the first
+alone, then all the rest in one statement and one LPUSH.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import uuid
+
+import pytest
+import redis
+from sqlalchemy import event, select
+from sqlalchemy.exc import IntegrityError
+
+from app import create_app
+from app.config import Settings
+from app.jobs import services
+from app.jobs.options import JobOptions
+from app.tenants.records import DEFAULT_TENANT_ID
+
+SUBMISSIONS = 12
+
+
+@pytest.fixture
+def poolq(deployment_env, namespace):
+    # A namespace no worker consumes: the messages stay in the queue to be read here.
+    env = {**deployment_env, "POOLQ_NAMESPACE": f"{namespace}intake{uuid.uuid4().hex[:6]}."}
+    poolq = create_app(Settings.from_env(env)).extensions["poolq"]
+    yield poolq
+    redis.Redis.from_url(poolq.settings.broker_url).delete(poolq.settings.queue_for("tiny"))
+    poolq.statement_engine.dispose()
+    poolq.request_session_factory.kw["bind"].dispose()
+    poolq.db_engine.dispose()
+
+
+def a_job(poolq, text: str = "x", job_id: uuid.UUID | None = None):
+    request = {"task": "classify", "model": "tiny", "input": [text]}
+    return services.new_job(poolq.served.resolve("tiny"), request, DEFAULT_TENANT_ID, JobOptions(), None, job_id)
+
+
+def inserts_seen(poolq, submissions: int) -> list[int]:
+    """Rows per INSERT statement, recorded as they run; the first waits until `submissions`
+    submissions are in (the first's own and every other one queued behind it)."""
+    rows: list[int] = []
+
+    def before(conn, cursor, statement, parameters, context, executemany):
+        if statement.startswith("INSERT INTO jobs"):
+            if not rows:
+                while len(poolq.intake._waiting) < submissions - 1:
+                    threading.Event().wait(0.005)
+            rows.append(len(re.findall(r"%\(id(?:__\d+)?\)s", statement)))
+
+    event.listen(poolq.statement_engine, "before_cursor_execute", before)
+    return rows
+
+
+def submit_all(poolq, jobs) -> list:
+    """Each job's outcome (True/False sent, or the exception raised) from its own thread."""
+    outcomes: list = [None] * len(jobs)
+
+    def submit(i):
+        try:
+            outcomes[i] = poolq.intake.accept(jobs[i])
+        except Exception as error:  # noqa: BLE001 - the outcome under test
+            outcomes[i] = error
+
+    threads = [threading.Thread(target=submit, args=(i,)) for i in range(len(jobs))]
+    threads[0].start()
+    while not poolq.intake._writing:
+        threading.Event().wait(0.001)
+    for thread in threads[1:]:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    return outcomes
+
+
+def kept(poolq, jobs) -> set[uuid.UUID]:
+    with poolq.request_session_factory() as session:
+        table = services.JOBS_TABLE
+        return set(session.scalars(select(table.c.id).where(table.c.id.in_([j.id for j in jobs]))))
+
+
+def queued_ids(poolq) -> list[str]:
+    client = redis.Redis.from_url(poolq.settings.broker_url)
+    messages = client.lrange(poolq.settings.queue_for("tiny"), 0, -1)
+    from app.task_messages import task_and_args
+
+    return [task_and_args(json.loads(m))[1][0] for m in messages]
+
+
+def test_submissions_arriving_together_share_one_insert_and_one_send(poolq):
+    jobs = [a_job(poolq, f"text {i}") for i in range(SUBMISSIONS)]
+    rows = inserts_seen(poolq, SUBMISSIONS)
+    outcomes = submit_all(poolq, jobs)
+    assert outcomes == [True] * SUBMISSIONS
+    assert rows == [1, SUBMISSIONS - 1]  # the first alone (no wait), then everyone queued behind it
+    assert kept(poolq, jobs) == {j.id for j in jobs}
+    assert sorted(queued_ids(poolq)) == sorted(str(j.id) for j in jobs)  # each sent once
+
+
+def test_a_row_the_database_refuses_fails_its_own_submission_only(poolq):
+    taken = a_job(poolq)
+    assert poolq.intake.accept(taken) is True
+    jobs = [a_job(poolq, f"text {i}") for i in range(SUBMISSIONS)]
+    jobs[5] = a_job(poolq, "same id", job_id=taken.id)  # refused by the primary key, inside a group
+    rows = inserts_seen(poolq, SUBMISSIONS)
+    outcomes = submit_all(poolq, jobs)
+    assert isinstance(outcomes[5], IntegrityError)
+    assert outcomes[:5] + outcomes[6:] == [True] * (SUBMISSIONS - 1)
+    # The group was refused whole, then written row by row: each job has its own outcome.
+    assert rows[:2] == [1, SUBMISSIONS - 1] and rows[2:] == [1] * (SUBMISSIONS - 1)
+    others = jobs[:5] + jobs[6:]
+    assert kept(poolq, others) == {j.id for j in others}
+    assert sorted(queued_ids(poolq)) == sorted(str(j.id) for j in [taken, *others])
