@@ -19,6 +19,7 @@ database is created and dropped), REDIS_URL (a scratch db; flushed).
 """
 from __future__ import annotations
 
+import gc
 import json
 import os
 import pathlib
@@ -113,6 +114,12 @@ def run(url: str) -> None:
     for job_id in warm:
         scheduler.receive("job", str(job_id), SHAPE, Delivery(acked, str(job_id)))
         acked.wait_for(acked.count + 1)
+    # As the worker does once its models are loaded (workers/main.py): what is alive now lives
+    # as long as the process. Unfrozen, a full collection (~0.2-0.3 s of CPU on 2 vCPUs, the
+    # heap of torch and transformers) landed in a measured phase or not by chance: the `load`
+    # phase read 0.35-0.53 or 1.25-1.68 ms a job in alternate runs of one commit.
+    gc.collect()
+    gc.freeze()
     batches_before = registry.get(SHAPE).batch_stats()["batches"]
     report = {"shape": SHAPE, "n": N, "cpu_ms_per_job": {"api": per_job_ms(api)}}
     # The worker's path, all of it in this process: the scheduler claims, tokenizes, batches,
