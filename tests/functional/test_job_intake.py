@@ -15,27 +15,48 @@ import uuid
 import pytest
 import redis
 from sqlalchemy import event, select
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, OperationalError
 
 from app import create_app
 from app.config import Settings
 from app.jobs import services
 from app.jobs.options import JobOptions
 from app.tenants.records import DEFAULT_TENANT_ID
+from private_servers import CommitCutter
 
 SUBMISSIONS = 12
 
 
-@pytest.fixture
-def poolq(deployment_env, namespace):
+def an_app(env: dict, namespace: str):
     # A namespace no worker consumes: the messages stay in the queue to be read here.
-    env = {**deployment_env, "POOLQ_NAMESPACE": f"{namespace}intake{uuid.uuid4().hex[:6]}."}
-    poolq = create_app(Settings.from_env(env)).extensions["poolq"]
-    yield poolq
+    env = {**env, "POOLQ_NAMESPACE": f"{namespace}intake{uuid.uuid4().hex[:6]}."}
+    return create_app(Settings.from_env(env)).extensions["poolq"]
+
+
+def close(poolq) -> None:
     redis.Redis.from_url(poolq.settings.broker_url).delete(poolq.settings.queue_for("tiny"))
     poolq.statement_engine.dispose()
     poolq.request_session_factory.kw["bind"].dispose()
     poolq.db_engine.dispose()
+
+
+@pytest.fixture
+def poolq(deployment_env, namespace):
+    poolq = an_app(deployment_env, namespace)
+    yield poolq
+    close(poolq)
+
+
+@pytest.fixture
+def cut_poolq(deployment_env, namespace, pg_url):
+    """An app whose database connections go through a proxy that can cut one."""
+    cutter = CommitCutter()
+    url = pg_url.replace("@127.0.0.1:5432/", f"@127.0.0.1:{cutter.port}/")
+    assert url != pg_url
+    poolq = an_app({**deployment_env, "POOLQ_DATABASE_URL": url}, namespace)
+    yield poolq, cutter
+    close(poolq)
+    cutter.close()
 
 
 def a_job(poolq, text: str = "x", job_id: uuid.UUID | None = None):
@@ -118,3 +139,27 @@ def test_a_row_the_database_refuses_fails_its_own_submission_only(poolq):
     others = jobs[:5] + jobs[6:]
     assert kept(poolq, others) == {j.id for j in others}
     assert sorted(queued_ids(poolq)) == sorted(str(j.id) for j in [taken, *others])
+
+
+@pytest.mark.parametrize("mode", ["after", "before"])
+def test_a_group_whose_insert_lost_its_connection_answers_each_job_by_what_was_kept(cut_poolq, mode):
+    """The connection of a group's INSERT is cut after the server ran it (every row kept: each
+    submission returns as sent) or before (nothing kept: each raises, and no message goes)."""
+    poolq, cutter = cut_poolq
+    tag = f"cut-group-{mode}-{uuid.uuid4().hex[:8]}"
+    jobs = [a_job(poolq, "the first, alone")] + [a_job(poolq, f"{tag} {i}") for i in range(SUBMISSIONS - 1)]
+    rows = inserts_seen(poolq, SUBMISSIONS)
+    cutter.arm(mode, tag.encode(), autocommit=True)
+    outcomes = submit_all(poolq, jobs)
+    assert cutter.fired.is_set()
+    assert rows == [1, SUBMISSIONS - 1]
+    assert outcomes[0] is True
+    group = jobs[1:]
+    if mode == "after":
+        assert outcomes[1:] == [True] * len(group)
+        assert kept(poolq, group) == {j.id for j in group}
+        assert sorted(queued_ids(poolq)) == sorted(str(j.id) for j in jobs)
+    else:
+        assert all(isinstance(o, OperationalError) for o in outcomes[1:]), outcomes
+        assert kept(poolq, group) == set()
+        assert queued_ids(poolq) == [str(jobs[0].id)]
