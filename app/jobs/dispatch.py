@@ -38,8 +38,8 @@ def send_job(celery: Celery, job: Job | QueuedJob) -> bool:
 
 
 def send_jobs(celery: Celery, jobs: list[QueuedJob]) -> list[bool]:
-    """`send_job` for many, in one round trip where the broker is Redis (app.jobs.intake's
-    groups): whether each was sent. They go together, so either all are or none is."""
+    """`send_job` for many (app.jobs.intake's groups): whether each was sent. On a Redis broker
+    they go in one round trip, applied whole, so either all are sent or none is."""
     publisher = publisher_for(celery)
     if publisher is None or len(jobs) == 1:
         return [send_job(celery, job) for job in jobs]

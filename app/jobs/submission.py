@@ -30,7 +30,6 @@ from app.tenants.auth import current_tenant_id
 log = logging.getLogger(__name__)
 
 
-
 @dataclass(frozen=True)
 class Submitted:
     job: QueuedJob
