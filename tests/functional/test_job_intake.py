@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import threading
 import uuid
 
@@ -35,6 +36,10 @@ def an_app(env: dict, namespace: str):
 
 def close(poolq) -> None:
     redis.Redis.from_url(poolq.settings.broker_url).delete(poolq.settings.queue_for("tiny"))
+    dispose(poolq)
+
+
+def dispose(poolq) -> None:
     poolq.statement_engine.dispose()
     poolq.request_session_factory.kw["bind"].dispose()
     poolq.db_engine.dispose()
@@ -163,3 +168,21 @@ def test_a_group_whose_insert_lost_its_connection_answers_each_job_by_what_was_k
         assert all(isinstance(o, OperationalError) for o in outcomes[1:]), outcomes
         assert kept(poolq, group) == set()
         assert queued_ids(poolq) == [str(jobs[0].id)]
+
+
+def test_a_group_the_broker_refuses_is_kept_and_answered_unsent(deployment_env, namespace):
+    """With the broker away, the rows are committed and every submission of the group says "not
+    sent" (the route then flags each for the sweeper and answers 202)."""
+    with socket.socket() as closed:  # bound, never listening: connects are refused
+        closed.bind(("127.0.0.1", 0))
+        env = {**deployment_env, "POOLQ_BROKER_URL": f"redis://127.0.0.1:{closed.getsockname()[1]}/0"}
+        poolq = an_app(env, namespace)
+        try:
+            jobs = [a_job(poolq, f"text {i}") for i in range(SUBMISSIONS)]
+            rows = inserts_seen(poolq, SUBMISSIONS)
+            outcomes = submit_all(poolq, jobs)
+            assert rows == [1, SUBMISSIONS - 1]
+            assert outcomes == [False] * SUBMISSIONS
+            assert kept(poolq, jobs) == {j.id for j in jobs}
+        finally:
+            dispose(poolq)
