@@ -18,7 +18,7 @@ from app.db.request import init_request_sessions
 from app.errors import register_error_handlers
 from app.jobs.admission import Admission
 from app.jobs.events import job_events
-from app.jobs.intake import JobIntake, kept_ids_reader
+from app.jobs.intake import JobIntake
 from app.logs import init_request_log_context
 from app.metrics import init_metrics
 from app.served import ServedModels
@@ -93,7 +93,7 @@ def create_app(settings: Settings | None = None) -> Flask:
         celery=celery,
         events=job_events(redis_client_url(settings.broker_url), settings.namespace),
         admission=Admission(settings.max_queued_jobs, settings.tenant_max_queued_jobs),
-        intake=JobIntake(statement_engine, celery, kept_ids_reader(request_session_factory)),
+        intake=JobIntake(statement_engine, celery, request_session_factory),
     )
     app.extensions["poolq"] = poolq
     celery.poolq = poolq  # the task base class reaches settings and sessions here

@@ -25,10 +25,9 @@ from __future__ import annotations
 
 import logging
 import threading
-import uuid
-from collections.abc import Callable, Sequence
 
-from sqlalchemy import Connection, Engine, select
+from sqlalchemy import Connection, Engine
+from sqlalchemy.orm import Session, sessionmaker
 
 from app.db.commit import UNAVAILABLE
 from app.jobs import dispatch, services
@@ -57,10 +56,10 @@ class _Submission:
 class JobIntake:
     """Writes and sends the jobs of an API process's submissions, in groups."""
 
-    def __init__(self, statement_engine: Engine, celery, kept_ids: Callable[[Sequence[uuid.UUID]], set[uuid.UUID]]):
+    def __init__(self, statement_engine: Engine, celery, fresh_sessions: sessionmaker[Session]):
         self._engine = statement_engine
         self._celery = celery
-        self._kept_ids = kept_ids
+        self._fresh_sessions = fresh_sessions  # where a lost INSERT's rows are looked for
         self._lock = threading.Lock()
         self._waiting: list[_Submission] = []
         self._writing = False
@@ -135,7 +134,8 @@ class JobIntake:
         so a kept job is never answered 503 (a client retrying without an Idempotency-Key would
         run it twice)."""
         try:
-            found = self._kept_ids([s.job.id for s in group])
+            with self._fresh_sessions() as fresh:
+                found = services.kept_job_ids(fresh, [s.job.id for s in group])
         except UNAVAILABLE:
             found = set()  # still unknown: 503, which says "retry" (an Idempotency-Key makes that safe)
         kept = []
@@ -158,10 +158,3 @@ def _insert_rows(connection: Connection, jobs: list[QueuedJob]) -> None:
     else:
         services.insert_jobs(connection, jobs)
 
-
-def kept_ids_reader(session_factory) -> Callable[[Sequence[uuid.UUID]], set[uuid.UUID]]:
-    """Which of these jobs' rows exist, read on a fresh session."""
-    def kept_ids(job_ids: Sequence[uuid.UUID]) -> set[uuid.UUID]:
-        with session_factory() as fresh:
-            return set(fresh.scalars(select(services.JOBS_TABLE.c.id).where(services.JOBS_TABLE.c.id.in_(job_ids))))
-    return kept_ids

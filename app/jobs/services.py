@@ -156,8 +156,9 @@ def find_idempotent(session: Session, tenant_id: uuid.UUID, key: str) -> Job | N
     return session.scalar(select(Job).where(Job.tenant_id == tenant_id, Job.idempotency_key == key))
 
 
-def job_status(session: Session, job_id: uuid.UUID) -> str | None:
-    return session.scalar(select(Job.status).where(Job.id == job_id))
+def kept_job_ids(session: Session, job_ids: list[uuid.UUID]) -> set[uuid.UUID]:
+    """Which of these jobs' rows exist."""
+    return set(session.scalars(select(JOBS_TABLE.c.id).where(JOBS_TABLE.c.id.in_(job_ids))))
 
 
 def job_finished(connection: Connection | Session, job_id: uuid.UUID) -> bool:
