@@ -152,6 +152,40 @@ def test_a_lapsed_lease_hands_the_job_over_and_the_old_holders_late_write_is_ref
         assert claims.finish(session, "new-worker", [new]) == []  # a second write changes nothing
 
 
+def test_a_group_write_writes_only_what_it_holds_at_its_attempt(api, db):
+    """One statement writes a group: each job's status, tokens, error and result, and none of a
+    job another worker holds now or that this worker holds at another attempt."""
+    ids = [uuid.UUID(submit(api, [f"group {i}"])) for i in range(5)]
+    with db() as session:
+        held = {c.id: c for c in claims.claim(session, ids, "writer", lease_s=30, max_attempts=3)}
+        session.commit()
+    assert set(held) == set(ids)
+    ok, failed, stale, elsewhere, ok_too = ids
+    with db() as session:
+        session.execute(Job.__table__.update().where(Job.id == elsewhere).values(worker="someone-else"))
+        session.commit()
+    body = {"data": [{"label": "positive", "text": "quotes \" and \u00e9"}], "n": 2**70}
+    error = {"message": "bad input", "type": "BadRequestError", "param": None, "code": 400}
+    outcomes = [claims.Outcome(ok, held[ok].attempt, "succeeded", body=body, prompt_tokens=7),
+                claims.Outcome(failed, held[failed].attempt, "failed", error=error),
+                claims.Outcome(stale, held[stale].attempt + 1, "succeeded", body={"stale": True}, prompt_tokens=1),
+                claims.Outcome(elsewhere, held[elsewhere].attempt, "succeeded", body={"no": 1}, prompt_tokens=1),
+                claims.Outcome(ok_too, held[ok_too].attempt, "succeeded", body={"k": [1, 2]}, prompt_tokens=3)]
+    with db() as session:
+        won = claims.finish(session, "writer", outcomes)
+        session.commit()
+    assert {o.job_id for o in won} == {ok, failed, ok_too}
+    with db() as session:
+        jobs = {j.id: j for j in session.scalars(select(Job).where(Job.id.in_(ids)))}
+        results = {r.job_id: r.body for r in session.scalars(select(JobResult).where(JobResult.job_id.in_(ids)))}
+    assert results == {ok: body, ok_too: {"k": [1, 2]}}
+    assert (jobs[ok].status, jobs[ok].prompt_tokens, jobs[ok].error) == ("succeeded", 7, None)
+    assert (jobs[failed].status, jobs[failed].prompt_tokens, jobs[failed].error) == ("failed", None, error)
+    assert jobs[ok].finished_at is not None and jobs[ok].lease_expires_at is None
+    for job_id in (stale, elsewhere):
+        assert jobs[job_id].status == "running" and jobs[job_id].finished_at is None
+
+
 def test_a_live_lease_is_not_taken_over(api, db):
     job_id = uuid.UUID(submit(api, ["held"]))
     with db() as session:
