@@ -8,6 +8,13 @@ every API process has one listener thread that wakes the right waiter. A waiter 
 message costs latency, never a wrong answer. A small succeeded result rides
 with its message (the JSON text stored, byte for byte), so the waiter
 answers without a read of it from the database.
+
+A group write's completions go out as one message (`GROUP_MARK`, then one
+line per job): each API process's listener then wakes for a group, not for
+each of its jobs, and Redis fans out one message. A single completion keeps
+the one-line form. A listener that predates groups takes a group's first
+line and a half for a key no waiter has, and so ignores it: its waiters
+fall back to their rechecks, never to a wrong result.
 """
 
 from __future__ import annotations
@@ -24,6 +31,11 @@ from app.broker import BROKER_SOCKET_TIMEOUT_S
 log = logging.getLogger(__name__)
 
 CHANNEL = "poolq:jobs:finished"  # prefixed with the deployment's namespace
+# A message of several completions starts with this line. Result JSON never holds a raw
+# newline (app.jsontext writes none), so the lines are the completions.
+GROUP_MARK = "group"
+# A group's completions are split over messages of at most about this many characters.
+GROUP_MESSAGE_MAX = 1 << 20
 
 # Every Redis call here is bounded (see app.broker): a hung Redis costs a
 # publisher one timeout, never a stuck worker thread.
@@ -63,10 +75,11 @@ class RedisJobEvents:
         self.publish_many([job_id])
 
     def publish_many(self, finished) -> None:
-        """Every finished job in one round trip (a pipeline of PUBLISHes): a worker finishes jobs
-        in groups. Each item is a job id, or (job id, result JSON) for a succeeded job whose stored
-        result is small: it travels with the message, and its waiter answers without reading it
-        back from the database."""
+        """Every finished job in one round trip (a worker finishes jobs in groups), their
+        completions in one message (a few, for a group past GROUP_MESSAGE_MAX). Each item is a
+        job id, or (job id, result JSON) for a succeeded job whose stored result is small: it
+        travels with the message, and its waiter answers without reading it back from the
+        database."""
         finished = list(finished)
         try:
             if self._publisher is None:
@@ -74,9 +87,8 @@ class RedisJobEvents:
 
                 self._publisher = redis.Redis.from_url(self._url, socket_timeout=2, socket_connect_timeout=2)
             pipe = self._publisher.pipeline(transaction=False)
-            for item in finished:
-                job_id, result_json = item if isinstance(item, tuple) else (item, None)
-                pipe.publish(self._channel, str(job_id) if result_json is None else f"{job_id} {result_json}")
+            for message in completion_messages(finished):
+                pipe.publish(self._channel, message)
             pipe.execute()
         except Exception:  # waiters fall back to re-reading the job
             log.warning("could not publish completion of %d job(s)", len(finished), exc_info=True)
@@ -155,10 +167,29 @@ class RedisJobEvents:
 
     def _wake(self, data) -> None:
         text = data.decode() if isinstance(data, bytes) else str(data)
-        key, _, result_json = text.partition(" ")
-        waiter = self._waiters.get(key)
-        if waiter is not None:
-            waiter.finished(result_json or None)
+        for line in (text.split("\n")[1:] if text.startswith(GROUP_MARK + "\n") else (text,)):
+            key, _, result_json = line.partition(" ")
+            waiter = self._waiters.get(key)
+            if waiter is not None:
+                waiter.finished(result_json or None)
+
+
+def completion_messages(finished: list) -> list[str]:
+    """The messages that announce `finished` (ids, or (id, result JSON) pairs): one line
+    alone, or GROUP_MARK and a line each, in messages of about GROUP_MESSAGE_MAX at most."""
+    lines = [str(item) if not isinstance(item, tuple) else
+             str(item[0]) if item[1] is None else f"{item[0]} {item[1]}" for item in finished]
+    if len(lines) == 1:
+        return lines
+    messages, group, size = [], [GROUP_MARK], 0
+    for line in lines:
+        if size + len(line) > GROUP_MESSAGE_MAX and len(group) > 1:
+            messages.append("\n".join(group))
+            group, size = [GROUP_MARK], 0
+        group.append(line)
+        size += len(line) + 1
+    messages.append("\n".join(group))
+    return messages
 
 
 class Waiter:
