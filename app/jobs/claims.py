@@ -154,7 +154,7 @@ def finish(session: Session, worker: str, outcomes: list[Outcome]) -> list[Outco
 # The same finish on Postgres in ONE statement: the lock in id order, the UPDATE of the rows
 # locked and the INSERT of their results. Above, it is three (the UPDATE and the INSERT
 # executemany), each with SQLAlchemy's per-execution work on the worker's busiest threads; a
-# group of 7 one-text jobs took 0.9-1.2 ms of the writer's CPU there and 0.4-0.6 here, a group
+# group of 7 one-text jobs took 0.9-1.2 ms of the writer's CPU there and 0.4-0.7 here, a group
 # of 16 1.3 ms and 0.65. The outcomes travel as parallel arrays, sent in psycopg's binary format
 # (`%(name)b`, hence the driver's own SQL): in its text format psycopg escapes every element
 # in Python, 37 ms for one 5,000-text result. JSON goes as text, cast by the server as before.

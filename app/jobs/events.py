@@ -177,8 +177,7 @@ class RedisJobEvents:
 def completion_messages(finished: list) -> list[str]:
     """The messages that announce `finished` (ids, or (id, result JSON) pairs): one line
     alone, or GROUP_MARK and a line each, in messages of about GROUP_MESSAGE_MAX at most."""
-    lines = [str(item) if not isinstance(item, tuple) else
-             str(item[0]) if item[1] is None else f"{item[0]} {item[1]}" for item in finished]
+    lines = list(map(_completion_line, finished))
     if len(lines) == 1:
         return lines
     messages, group, size = [], [GROUP_MARK], 0
@@ -190,6 +189,11 @@ def completion_messages(finished: list) -> list[str]:
         size += len(line) + 1
     messages.append("\n".join(group))
     return messages
+
+
+def _completion_line(item) -> str:
+    job_id, result_json = item if isinstance(item, tuple) else (item, None)
+    return str(job_id) if result_json is None else f"{job_id} {result_json}"
 
 
 class Waiter:
