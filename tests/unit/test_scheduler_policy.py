@@ -174,3 +174,46 @@ def test_preparation_takes_a_batch_s_chunks_in_chunk_order_before_the_tenant_s_o
     assert queue.get(timeout=0.1) == "b-chunk0"  # b's turn
     queue.put(True, "a", "chunk0", rank=("batch", 0))  # chunk 0's next piece
     assert [queue.get(timeout=0.1) for _ in range(4)] == ["chunk0", "chunk1", "chunk2", "a-bulk-job"]
+
+
+def test_slices_that_continue_one_another_merge_and_the_order_holds():
+    """What the dispatcher sends as one engine request: a unit's slices back to back merge,
+    and nothing else does (another unit between, or a gap in the sequences)."""
+    from workers.scheduler.policy import Slice, adjacent_merged
+
+    policy = Policy(slice_tokens=100, max_slice_seqs=64)
+    policy.add(unit("big", n=100, tokens=10))
+    slices = policy.next_slices(10 * 100 * 10)
+    assert len(slices) == 10
+    merged = adjacent_merged(slices)
+    assert [(s.unit.key, s.begin, s.end, s.tokens) for s in merged] == [("big", 0, 100, 1000)]
+    capped = adjacent_merged(slices, most_tokens=300)
+    assert [(s.begin, s.end, s.tokens) for s in capped] == [(0, 30, 300), (30, 60, 300), (60, 90, 300), (90, 100, 100)]
+
+    a, b = unit("a", n=30), unit("b", tenant="t2", n=30)
+    order = [Slice(a, 0, 10, 100), Slice(a, 10, 20, 100), Slice(b, 0, 10, 100), Slice(a, 20, 30, 100),
+             Slice(b, 20, 30, 100)]
+    assert [(s.unit.key, s.begin, s.end, s.tokens) for s in adjacent_merged(order)] == [
+        ("a", 0, 20, 200), ("b", 0, 10, 100), ("a", 20, 30, 100), ("b", 20, 30, 100)]
+    assert adjacent_merged([]) == []
+
+
+def test_merged_slices_of_two_backlogged_tenants_cover_each_sequence_once():
+    policy = Policy(slice_tokens=100, max_slice_seqs=64)
+    policy.add(unit("a", n=500, tokens=7))
+    policy.add(unit("b", tenant="t2", n=300, tokens=13))
+    seen = collections.Counter()
+    from workers.scheduler.policy import adjacent_merged
+
+    for _ in range(1000):
+        slices = policy.next_slices(2048)
+        if not slices:
+            break
+        merged = adjacent_merged(slices)
+        # The two take turns, so only the one left at the end has slices back to back.
+        keys = [s.unit.key for s in slices]
+        assert [s.unit.key for s in merged] == [k for i, k in enumerate(keys) if i == 0 or keys[i - 1] != k]
+        assert sum(s.tokens for s in merged) == sum(s.tokens for s in slices)
+        for s in merged:
+            seen.update((s.unit.key, i) for i in range(s.begin, s.end))
+    assert len(seen) == 800 and set(seen.values()) == {1}

@@ -18,7 +18,7 @@ from collections.abc import Callable
 
 from workers.metrics import SEQUENCES_RUN
 from workers.scheduler.held import Held, State
-from workers.scheduler.policy import Policy, Slice, Unit
+from workers.scheduler.policy import Policy, Slice, Unit, adjacent_merged
 
 log = logging.getLogger(__name__)
 
@@ -177,15 +177,23 @@ class Dispatcher:
 
     def _submit(self, slices: list[Slice]) -> None:
         submits, owners = [], []
-        for s in slices:
+        # A unit's slices that came back to back go as one engine request. Each request is a
+        # future, a done callback that wakes this thread and, on the device thread between two
+        # forwards, a share of each batch's delivery (its rows split by owner): a 5,000-text
+        # job was ~800 requests of a quarter batch, ~4 owners a batch, and the device thread
+        # idled 0.09 s between its forwards against 0.05 merged (docs/benchmarks.md, run 23).
+        # At most a batch's tokens each, so work still comes back, and room for more opens, a
+        # batch at a time.
+        for s in adjacent_merged(slices, self._batch_tokens):
             held_key, index = s.unit.key
             held = self._held[held_key]
             unit = held.prepared.units[index]
             # A small job, whole in one slice, goes to the engine's interactive lane: it is
             # batched before the rest of a bulk window (models/batcher.py). Everything else
             # goes to the bulk lane in the policy's order, where windows of several batches
-            # sort by length into full batches.
-            whole = not held.bulk and held.sealed and len(held.prepared.units) == 1 and s.end - s.begin == len(unit)
+            # sort by length into full batches. (Merged slices of a bigger job may cover it
+            # whole: they go to the bulk lane, as its slices did.)
+            whole = self._whole_small(held) and s.end - s.begin == len(unit)
             submits.append((unit, s.begin, s.end, 0 if whole else 1))
             owners.append((held, index, s))
         futures = self.engine.submit(submits)

@@ -176,3 +176,21 @@ class Policy:
     def _retire(lane: _Lane, tenant: _Tenant) -> None:
         lane.active.remove(tenant)
         del lane.tenants[tenant.key]
+
+
+def adjacent_merged(slices: list[Slice], most_tokens: int | None = None) -> list[Slice]:
+    """`slices` in the same order, each run of slices that continue one another (the same
+    unit, the next sequences) as one slice of at most `most_tokens` (any number: None).
+
+    The policy hands a unit out a slice at a time so that other work can come between;
+    when none does, its slices come back to back, and sent as they are each would be an
+    engine request of its own (the dispatcher's caller: workers/scheduler/dispatch.py)."""
+    out: list[Slice] = []
+    for s in slices:
+        last = out[-1] if out else None
+        if (last is not None and last.unit is s.unit and last.end == s.begin
+                and (most_tokens is None or last.tokens + s.tokens <= most_tokens)):
+            out[-1] = Slice(s.unit, last.begin, s.end, last.tokens + s.tokens)
+        else:
+            out.append(s)
+    return out
