@@ -89,6 +89,28 @@ def test_openai_client_round_trip_matches_the_sync_route(oai, client):
     assert oai.batches.list(limit=1).data[0].id == done.id
 
 
+def test_output_and_error_files_are_their_lines_in_input_order_each_ending_in_a_newline(oai, db):
+    """The files' exact bytes, as the database joins them: a line a row in line order, each line
+    ended by a newline, non-ASCII text as UTF-8 and the size in bytes, not characters."""
+    good = {"method": "POST", "url": "/classify", "body": {"model": "tiny", "input": "caf\u00e9 \u2603"}}
+    lines = [{"custom_id": "z\u00e9", **good}, {"custom_id": "bad", "method": "POST", "url": "/classify",
+                                               "body": {"model": "nope", "input": "x"}},
+             {"custom_id": "a\u2603", **good}]
+    done = wait(oai, submit(oai, lines, "/classify").id)
+    assert done.status == "completed", done
+    output = oai.files.content(done.output_file_id).content
+    errors = oai.files.content(done.error_file_id).content
+    with db() as session:
+        stored = dict(session.execute(select(BatchOutput.line_no, BatchOutput.line)
+                                      .where(BatchOutput.batch_id == done.id)).all())
+    assert output == (stored[0] + "\n" + stored[2] + "\n").encode()
+    assert errors == (stored[1] + "\n").encode()
+    assert [json.loads(line)["custom_id"] for line in output.decode().splitlines()] == ["z\u00e9", "a\u2603"]
+    assert oai.files.retrieve(done.output_file_id).bytes == len(output) > len(output.decode())
+    assert oai.files.retrieve(done.error_file_id).bytes == len(errors)
+    assert oai.files.retrieve(done.output_file_id).filename == f"{done.id}_output.jsonl"
+
+
 def test_prefer_wait_answers_a_batch_when_it_ends(oai, client):
     lines = [{"custom_id": f"w-{i}", "method": "POST", "url": "/classify", "body": {"model": "tiny", "input": f"t {i}"}}
              for i in range(600)]  # two chunks
