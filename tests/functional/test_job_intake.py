@@ -79,7 +79,9 @@ def inserts_seen(poolq, submissions: int) -> list[int]:
             if not rows:
                 while len(poolq.intake._waiting) < submissions - 1:
                     threading.Event().wait(0.005)
-            rows.append(len(re.findall(r"%\(id(?:__\d+)?\)s", statement)))
+            ids = parameters.get("id") if isinstance(parameters, dict) else None
+            # A row a placeholder (SQLAlchemy's multi-row VALUES), or on Postgres an array of ids.
+            rows.append(len(ids) if isinstance(ids, list) else len(re.findall(r"%\(id(?:__\d+)?\)s", statement)))
 
     event.listen(poolq.statement_engine, "before_cursor_execute", before)
     return rows
