@@ -41,10 +41,11 @@ _INSERT_JOBS = insert(JOBS_TABLE).returning(JOBS_TABLE.c.id)
 def _insert_from_arrays(table) -> tuple[str, frozenset[str]]:
     """On Postgres: an INSERT of any number of rows with one fixed text, each column's values an
     array in psycopg's binary format. The multi-row INSERT's text is new for each number of rows
-    and long (~20 placeholders a row), past psycopg's cache of parsed queries, and psycopg's
-    parse of it (a regular expression over the whole text, in Python) was a fifth of an API
-    process's CPU on the sync route. JSON goes as text, cast by the server as before. Returns
-    the statement and the keys of its JSON columns."""
+    and long (~20 placeholders a row), past psycopg's cache of parsed queries, and psycopg
+    parsed it (a regular expression over the whole text, in Python) for every group: a group of
+    8 took 0.63 ms of CPU, 0.26 as arrays, of 16 1.07 and 0.29 (~0.06 ms of the API's ~1.1 a job
+    on the sync route). JSON goes as text, cast by the server as before. Returns the statement
+    and the keys of its JSON columns."""
     dialect = postgresql.dialect()
     names, arrays, values, json_keys = [], [], [], set()
     for column in table.columns:

@@ -5,7 +5,7 @@ import collections
 
 import numpy as np
 
-from workers.scheduler.policy import Policy, Unit
+from workers.scheduler.policy import Policy, Slice, Unit, adjacent_merged
 
 
 def unit(key, tenant="a", n=1, tokens=10, bulk=False, flow=None) -> Unit:
@@ -179,8 +179,6 @@ def test_preparation_takes_a_batch_s_chunks_in_chunk_order_before_the_tenant_s_o
 def test_slices_that_continue_one_another_merge_and_the_order_holds():
     """What the dispatcher sends as one engine request: a unit's slices back to back merge,
     and nothing else does (another unit between, or a gap in the sequences)."""
-    from workers.scheduler.policy import Slice, adjacent_merged
-
     policy = Policy(slice_tokens=100, max_slice_seqs=64)
     policy.add(unit("big", n=100, tokens=10))
     slices = policy.next_slices(10 * 100 * 10)
@@ -196,6 +194,8 @@ def test_slices_that_continue_one_another_merge_and_the_order_holds():
     assert [(s.unit.key, s.begin, s.end, s.tokens) for s in adjacent_merged(order)] == [
         ("a", 0, 20, 200), ("b", 0, 10, 100), ("a", 20, 30, 100), ("b", 20, 30, 100)]
     assert adjacent_merged([]) == []
+    gap = [Slice(a, 0, 10, 100), Slice(a, 20, 30, 100)]  # sequences 10-19 went elsewhere (dropped)
+    assert adjacent_merged(gap) == gap
 
 
 def test_merged_slices_of_two_backlogged_tenants_cover_each_sequence_once():
@@ -203,8 +203,6 @@ def test_merged_slices_of_two_backlogged_tenants_cover_each_sequence_once():
     policy.add(unit("a", n=500, tokens=7))
     policy.add(unit("b", tenant="t2", n=300, tokens=13))
     seen = collections.Counter()
-    from workers.scheduler.policy import adjacent_merged
-
     for _ in range(1000):
         slices = policy.next_slices(2048)
         if not slices:
