@@ -343,10 +343,9 @@ def tenant_texts_at_half(port: int | None, before: dict | None, per_tenant: int,
         return None
     deadline = time.monotonic() + cap_s
     while time.monotonic() < deadline:
-        now = tenant_sequences(port) or {}
-        delta = sorted((now.get(k, 0.0) - (before or {}).get(k, 0.0) for k in now), reverse=True)[:2]
+        delta = _busiest_two(tenant_sequences(port) or {}, before)
         if sum(delta) >= per_tenant:
-            return [int(x) for x in delta] + [0] * (2 - len(delta))
+            return delta
         time.sleep(0.05)
     return None
 
@@ -354,8 +353,10 @@ def tenant_texts_at_half(port: int | None, before: dict | None, per_tenant: int,
 def tenant_texts_since(port: int | None, before: dict | None) -> list | None:
     """Texts each of the two busiest tenants ran since `before`: [most, least]."""
     now = tenant_sequences(port) if before is not None else None
-    if now is None:
-        return None
+    return None if now is None else _busiest_two(now, before)
+
+
+def _busiest_two(now: dict, before: dict) -> list[int]:
     delta = sorted((now.get(k, 0.0) - before.get(k, 0.0) for k in now), reverse=True)[:2]
     return [int(x) for x in delta] + [0] * (2 - len(delta))
 
