@@ -31,15 +31,34 @@ def _live_batch():
 
 def claim(session: Session, batch_id: str, index: int, worker: str, lease_s: float) -> ClaimedChunk | None:
     now = utcnow()
-    row = session.execute(
-        update(C).where(C.batch_id == batch_id, C.index == index, (C.status == "pending") | _lapsed(now),
-                        _live_batch())
-        .values(status="running", attempts=C.attempts + 1, started_at=now, worker=worker,
-                lease_expires_at=now + dt.timedelta(seconds=lease_s))
-        .returning(C.model, C.attempts, C.lines)).one_or_none()
+    connection = session.connection()
+    if connection.dialect.driver == "psycopg":
+        row = connection.exec_driver_sql(_CLAIM, {
+            "batch_id": batch_id, "index": index, "worker": worker, "now": now,
+            "expires": now + dt.timedelta(seconds=lease_s)}).one_or_none()
+    else:
+        row = session.execute(
+            update(C).where(C.batch_id == batch_id, C.index == index, (C.status == "pending") | _lapsed(now),
+                            _live_batch())
+            .values(status="running", attempts=C.attempts + 1, started_at=now, worker=worker,
+                    lease_expires_at=now + dt.timedelta(seconds=lease_s))
+            .returning(C.model, C.attempts, C.lines, select(Batch.tenant_id).where(Batch.id == C.batch_id)
+                       .scalar_subquery().label("tenant_id"))).one_or_none()
     if row is None:
         return None  # done, cancelled, held by a live worker, or its batch stopped: nothing to do
-    return ClaimedChunk(batch_id, index, row.model, row.attempts, row.lines)
+    return ClaimedChunk(batch_id, index, row.model, row.attempts, row.lines, row.tenant_id)
+
+
+# claim's UPDATE as text on Postgres: built with the ORM it was compiled and its result
+# processed anew for every chunk, on the thread that also claims the interactive jobs.
+_CLAIM = """
+UPDATE batch_chunks SET status = 'running', attempts = attempts + 1, started_at = %(now)s, worker = %(worker)s,
+                        lease_expires_at = %(expires)s
+WHERE batch_id = %(batch_id)s AND index = %(index)s
+  AND (status = 'pending' OR (status = 'running' AND (lease_expires_at IS NULL OR lease_expires_at < %(now)s)))
+  AND EXISTS (SELECT 1 FROM batches WHERE batches.id = batch_chunks.batch_id AND batches.status = 'in_progress')
+RETURNING model, attempts, lines, (SELECT tenant_id FROM batches WHERE batches.id = batch_chunks.batch_id)
+"""
 
 
 def renew(session: Session, worker: str, lease_s: float) -> set[tuple[str, int]]:
@@ -61,10 +80,3 @@ def take_over(session: Session, worker: str, models: Iterable[str], lease_s: flo
         if claimed is not None:
             taken.append(claimed)
     return taken
-
-
-def tenant_of(session: Session, batch_ids: Iterable[str]) -> dict[str, object]:
-    ids = list(set(batch_ids))
-    if not ids:
-        return {}
-    return dict(session.execute(select(Batch.id, Batch.tenant_id).where(Batch.id.in_(ids))).all())

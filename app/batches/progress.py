@@ -196,6 +196,10 @@ def store_step(session: Session, batch_id: str, step: Step, window: int) -> Vali
 def pump(session: Session, batch_id: str, window: int) -> list[ChunkKey]:
     """Mark the next chunks as sent, up to `window` in flight; the caller sends them after commit."""
     lock_batches(session, [batch_id])  # one pump at a time (a no-op if the caller holds it already)
+    connection = session.connection()
+    if connection.dialect.driver == "psycopg":
+        rows = connection.exec_driver_sql(_PUMP, {"batch_id": batch_id, "window": window, "now": utcnow()}).all()
+        return [(batch_id, r.index, r.model) for r in sorted(rows)]
     inflight = session.scalar(select(func.count()).select_from(BatchChunk).where(
         BatchChunk.batch_id == batch_id,
         or_(BatchChunk.status == "running", (BatchChunk.status == "pending") & BatchChunk.sent_at.is_not(None))))
@@ -212,6 +216,24 @@ def pump(session: Session, batch_id: str, window: int) -> list[ChunkKey]:
     return [(batch_id, r.index, r.model) for r in rows]
 
 
+# pump's three statements as one, on Postgres (the caller holds the batch's lock, so the count
+# and the choice see every earlier holder's chunks; the ORM form built and compiled each of them
+# anew on the worker's thread, for every chunk stored).
+_PUMP = """
+WITH room AS (
+    SELECT %(window)s - count(*) AS n FROM batch_chunks
+    WHERE batch_id = %(batch_id)s AND (status = 'running' OR (status = 'pending' AND sent_at IS NOT NULL))
+), next AS (
+    SELECT index FROM batch_chunks
+    WHERE batch_id = %(batch_id)s AND status = 'pending' AND sent_at IS NULL
+    ORDER BY index LIMIT GREATEST((SELECT n FROM room), 0)
+)
+UPDATE batch_chunks SET sent_at = %(now)s FROM next
+WHERE batch_chunks.batch_id = %(batch_id)s AND batch_chunks.index = next.index
+RETURNING batch_chunks.index, batch_chunks.model
+"""
+
+
 def mark_unsent(session: Session, keys: list[ChunkKey]) -> None:
     lock_batches(session, [key[0] for key in keys])
     for batch_id, index, _ in keys:
@@ -226,6 +248,7 @@ class ClaimedChunk:
     model: str
     attempt: int
     lines: list[Any]
+    tenant_id: Any  # its batch's tenant (the fair share's key)
 
 
 @dataclass(frozen=True)
@@ -238,21 +261,55 @@ def complete_chunk(session: Session, claimed: ClaimedChunk, outputs: list[tuple[
                    window: int) -> Stored | None:
     """Store a chunk's lines, `done` and the counters at once; None if another attempt owns it."""
     lock_batches(session, [claimed.batch_id])
-    if not session.execute(
-            update(BatchChunk)
-            .where(BatchChunk.batch_id == claimed.batch_id, BatchChunk.index == claimed.index,
-                   BatchChunk.status == "running", BatchChunk.attempts == claimed.attempt)
-            .values(status="done", finished_at=utcnow())).rowcount:
-        return None
-    copy_rows(session, BatchOutput.__table__, OUTPUT_COLUMNS,
-              [(claimed.batch_id, no, ok, line) for no, ok, line in outputs])
-    ok = sum(1 for _, good, _ in outputs if good)
-    row = session.execute(
-        update(Batch).where(Batch.id == claimed.batch_id)
-        .values(completed=Batch.completed + ok, failed=Batch.failed + (len(outputs) - ok),
-                chunks_done=Batch.chunks_done + 1)
-        .returning(Batch.status, Batch.chunks_done, Batch.chunks_total)).one()
+    connection = session.connection()
+    if connection.dialect.driver == "psycopg":
+        row = _store_in_one_statement(connection, claimed, outputs)
+        if row is None:
+            return None
+    else:
+        if not session.execute(
+                update(BatchChunk)
+                .where(BatchChunk.batch_id == claimed.batch_id, BatchChunk.index == claimed.index,
+                       BatchChunk.status == "running", BatchChunk.attempts == claimed.attempt)
+                .values(status="done", finished_at=utcnow())).rowcount:
+            return None
+        copy_rows(session, BatchOutput.__table__, OUTPUT_COLUMNS,
+                  [(claimed.batch_id, no, ok, line) for no, ok, line in outputs])
+        ok = sum(1 for _, good, _ in outputs if good)
+        row = session.execute(
+            update(Batch).where(Batch.id == claimed.batch_id)
+            .values(completed=Batch.completed + ok, failed=Batch.failed + (len(outputs) - ok),
+                    chunks_done=Batch.chunks_done + 1)
+            .returning(Batch.status, Batch.chunks_done, Batch.chunks_total)).one()
     if row.status == "cancelling" or (row.status == "in_progress" and row.chunks_total is not None
                                       and row.chunks_done >= row.chunks_total):
         return Stored([], True)
     return Stored(pump(session, claimed.batch_id, window) if row.status == "in_progress" else [], False)
+
+
+# On Postgres a chunk's store is one statement after the batch's lock: `done` for the attempt
+# that claimed it, its output lines from three arrays in psycopg's binary format (no row loop in
+# Python, as COPY's write_row was) and the batch's counters, all or nothing: where the chunk is
+# not this attempt's any more, `done` is empty and so is everything joined to it.
+_STORE_CHUNK = """
+WITH done AS (
+    UPDATE batch_chunks SET status = 'done', finished_at = %(now)s
+    WHERE batch_id = %(batch_id)s AND index = %(index)s AND status = 'running' AND attempts = %(attempt)s
+    RETURNING index
+), stored AS (
+    INSERT INTO batch_outputs (batch_id, line_no, ok, line)
+    SELECT %(batch_id)s, o.line_no, o.ok, o.line
+    FROM done, unnest(%(line_nos)b::integer[], %(oks)b::boolean[], %(lines)b::text[]) AS o(line_no, ok, line)
+)
+UPDATE batches SET completed = completed + %(good)s, failed = failed + %(bad)s, chunks_done = chunks_done + 1
+FROM done WHERE batches.id = %(batch_id)s
+RETURNING batches.status, batches.chunks_done, batches.chunks_total
+"""
+
+
+def _store_in_one_statement(connection, claimed: ClaimedChunk, outputs: list[tuple[int, bool, str]]):
+    line_nos, oks, lines = (list(column) for column in zip(*outputs)) if outputs else ([], [], [])
+    good = sum(oks)
+    return connection.exec_driver_sql(_STORE_CHUNK, {
+        "batch_id": claimed.batch_id, "index": claimed.index, "attempt": claimed.attempt, "now": utcnow(),
+        "line_nos": line_nos, "oks": oks, "lines": lines, "good": good, "bad": len(oks) - good}).one_or_none()

@@ -149,9 +149,10 @@ def test_the_sweeper_removes_output_files_no_batch_refers_to(api, db):
         assert all(session.get(File, file_id) is not None for file_id in referenced)
 
 
-def test_a_chunk_s_output_rows_go_to_postgres_as_one_copy_and_a_second_store_adds_none(api, db):
-    """COPY, not a statement per row or a 2,000-parameter INSERT (app/db/bulk.py): every row
-    arrives, in the same transaction as `done`; a duplicate line fails the whole copy."""
+def test_a_chunk_s_output_rows_go_to_postgres_in_one_statement_and_a_second_store_adds_none(api, db):
+    """One statement with `done` and the counters, the rows as arrays (not a statement per row
+    or a 2,000-parameter INSERT): every row arrives; a second store of the chunk writes nothing;
+    a duplicate line fails a COPY of rows (validation's bad lines, app/db/bulk.py) whole."""
     from sqlalchemy import event
     from sqlalchemy.exc import IntegrityError
 
@@ -165,7 +166,7 @@ def test_a_chunk_s_output_rows_go_to_postgres_as_one_copy_and_a_second_store_add
     statements: list[str] = []
 
     def seen(conn, cursor, statement, parameters, context, executemany):
-        statements.append(statement)
+        statements.append((statement, executemany))
 
     engine = db.kw["bind"]
     event.listen(engine, "before_cursor_execute", seen)
@@ -176,7 +177,11 @@ def test_a_chunk_s_output_rows_go_to_postgres_as_one_copy_and_a_second_store_add
     finally:
         event.remove(engine, "before_cursor_execute", seen)
     assert len(outputs) == CHUNK > 1
-    assert not [s for s in statements if "batch_outputs" in s]  # no INSERT: the rows went as COPY
+    writes = [(s, many) for s, many in statements if "batch_outputs" in s]
+    assert len(writes) == 1 and not writes[0][1] and "unnest" in writes[0][0]  # one statement, the rows as arrays
+    with db() as session:  # stored already: a second store (a redelivery) is refused and adds nothing
+        assert progress.complete_chunk(session, chunk, outputs, WINDOW) is None
+        session.commit()
     with db() as session:
         stored = session.execute(select(BatchOutput.line_no, BatchOutput.line).where(
             BatchOutput.batch_id == batch_id).order_by(BatchOutput.line_no)).all()

@@ -234,19 +234,18 @@ class Scheduler:
         self._add_all(ready)
 
     def _admit_chunks(self, chunks: dict[tuple[str, int], list[Delivery]]) -> None:
-        """The chunks of one read, and their batches' tenants, in one transaction (was two per
+        """The chunks of one read, each with its batch's tenant, in one transaction (was two per
         chunk, one after another, on the thread that also claims the interactive jobs)."""
         def claim(session):
             # Sorted: two workers claiming the same chunks lock them in the same order.
-            claimed = {key: chunk_leases.claim(session, *key, self.identity, self.lease_s) for key in sorted(chunks)}
-            return claimed, chunk_leases.tenant_of(session, [c.batch_id for c in claimed.values() if c])
+            return {key: chunk_leases.claim(session, *key, self.identity, self.lease_s) for key in sorted(chunks)}
 
-        claimed, tenants = self._store.transact("claiming chunks", claim)
+        claimed = self._store.transact("claiming chunks", claim)
         # The rest: done, cancelled, held by a live worker, or their batch stopped.
         self._ack([d for key, c in claimed.items() if c is None for d in chunks[key]])
         for key, c in claimed.items():
             if c is not None:
-                self._hold(Held("chunk", key, c.model, tenants.get(c.batch_id), True, c.attempt, c,
+                self._hold(Held("chunk", key, c.model, c.tenant_id, True, c.attempt, c,
                                 [d for d in chunks[key] if d is not None]))
 
     def _hold(self, held: Held, ready: list[Held] | None = None) -> None:
@@ -493,12 +492,11 @@ class Scheduler:
             deliveries = [d for job_id, hook in failed if hook for d in job_event(session, job_id, "completed")]
             taken = claims.take_over(session, self.identity, models, self.lease_s, self.max_attempts)
             taken_chunks = chunk_leases.take_over(session, self.identity, models, self.lease_s)
-            tenants = chunk_leases.tenant_of(session, [c.batch_id for c in taken_chunks])
-            return jobs, chunks, failed, deliveries, taken, taken_chunks, tenants
+            return jobs, chunks, failed, deliveries, taken, taken_chunks
 
         held_jobs = self._running("job")
         held_chunks = self._running("chunk")
-        jobs, chunks, failed, deliveries, taken, taken_chunks, tenants = self._store.transact(
+        jobs, chunks, failed, deliveries, taken, taken_chunks = self._store.transact(
             "heartbeat", beat, give_up_after_s=self.lease_s / 2)
         self._abandon([h for h in held_jobs if h.key not in jobs] + [h for h in held_chunks if h.key not in chunks])
         if failed:
@@ -514,7 +512,7 @@ class Scheduler:
         for c in taken_chunks:
             log.warning("took over batch %s chunk %d: its worker stopped renewing its lease", c.batch_id, c.index,
                         extra={"batch_id": str(c.batch_id), "model": c.model})
-            self._hold(Held("chunk", (c.batch_id, c.index), c.model, tenants.get(c.batch_id), True, c.attempt, c))
+            self._hold(Held("chunk", (c.batch_id, c.index), c.model, c.tenant_id, True, c.attempt, c))
 
     def _check_cancels(self) -> None:
         """Between heartbeats, jobs that run for several slices are checked for a cancel or delete,
