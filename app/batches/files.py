@@ -17,7 +17,7 @@ from typing import Any
 from sqlalchemy import delete, select, tuple_
 from sqlalchemy.orm import Session
 
-from app.batches.records import File
+from app.batches.records import BatchOutput, File
 from app.db.base import as_utc, utcnow
 from app.errors import APIError, bad_request, not_found
 
@@ -85,15 +85,33 @@ def file_content(session: Session, file: File) -> bytes:
 
 
 def read_content(session: Session, file_id: str) -> bytes | None:
-    """A file's bytes (None if it is gone). On Postgres in binary form: as text, a bytea travels
-    hex-encoded, twice its size, and both ends encode and decode it (a 4 MB batch input: ~30 ms
-    idle, and 64-170 ms on a worker whose other threads were busy; binary: 10-47 ms)."""
+    """A file's bytes (None if it is gone): an upload's stored bytes, or the batch lines a
+    batch's output or error file names, joined. On Postgres in binary form: as text, a bytea
+    travels hex-encoded, twice its size, and both ends encode and decode it (a 4 MB batch input:
+    ~30 ms idle, and 64-170 ms on a worker whose other threads were busy; binary: 10-47 ms)."""
     connection = session.connection()
     if connection.dialect.name != "postgresql" or connection.dialect.driver != "psycopg":
-        return session.scalar(select(File.content).where(File.id == file_id))
+        row = session.execute(select(File.content, File.batch_id, File.batch_ok).where(File.id == file_id)).first()
+        if row is None or row.content is not None:
+            return None if row is None else row.content
+        lines = session.scalars(select(BatchOutput.line).where(BatchOutput.batch_id == row.batch_id,
+                                                                BatchOutput.ok == row.batch_ok)
+                                .order_by(BatchOutput.line_no))
+        return "".join(line + "\n" for line in lines).encode()
     with connection.connection.driver_connection.cursor(binary=True) as cursor:
-        row = cursor.execute("SELECT content FROM files WHERE id = %s", (file_id,)).fetchone()
-    return None if row is None else bytes(row[0])
+        row = cursor.execute(_CONTENT, {"id": file_id}).fetchone()
+    return None if row is None else bytes(row[0] or b"")
+
+
+# The lines are joined by the server (string_agg in line order): fetched into Python and joined
+# there, a 100,000-line output (47 MB) took 638 ms, 422 of them the reader's CPU; joined by the
+# server 306 (5,000 lines: 25 ms, 20 here; 2 vCPUs).
+_CONTENT = """
+SELECT coalesce(files.content, (
+    SELECT convert_to(string_agg(line, E'\\n' ORDER BY line_no) || E'\\n', 'UTF8') FROM batch_outputs
+    WHERE batch_outputs.batch_id = files.batch_id AND batch_outputs.ok = files.batch_ok))
+FROM files WHERE id = %(id)s
+"""
 
 
 def delete_file(session: Session, file_id: str, tenant_id: uuid.UUID) -> None:

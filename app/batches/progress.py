@@ -16,8 +16,8 @@ window: at most `window` chunks of a batch have a message out at a time, so
     bulk work never fills a worker's prefetch or threads; each stored chunk
     sends the next one.
 in_progress -> finalizing -> completed, cancelling -> cancelled, and
-    -> expired: the output and error files are written from batch_outputs
-    in input order.
+    -> expired: the output and error files name batch_outputs' lines
+    (read in input order), written once, by the chunks.
 
 Lock order, for every transaction that touches a batch and its chunks:
 the batch row FOR UPDATE first (`lock_batches`, by id when there are

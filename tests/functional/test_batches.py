@@ -10,7 +10,7 @@ from openai import OpenAI
 from sqlalchemy import func, select, update
 
 from app.batches import chunk_leases, closing, progress, services
-from app.batches.records import Batch, BatchChunk, BatchOutput
+from app.batches.records import Batch, BatchChunk, BatchOutput, File
 from tests_support import validate_whole
 
 FINAL = ("completed", "failed", "expired", "cancelled")
@@ -109,6 +109,10 @@ def test_output_and_error_files_are_their_lines_in_input_order_each_ending_in_a_
     assert oai.files.retrieve(done.output_file_id).bytes == len(output) > len(output.decode())
     assert oai.files.retrieve(done.error_file_id).bytes == len(errors)
     assert oai.files.retrieve(done.output_file_id).filename == f"{done.id}_output.jsonl"
+    with db() as session:  # the files name the lines; the batch's end wrote no second copy of them
+        assert session.execute(select(File.content, File.batch_id, File.batch_ok).where(
+            File.id.in_([done.output_file_id, done.error_file_id])).order_by(File.batch_ok)).all() == [
+            (None, done.id, False), (None, done.id, True)]
 
 
 def test_prefer_wait_answers_a_batch_when_it_ends(oai, client):

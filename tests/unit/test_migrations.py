@@ -2,7 +2,15 @@
 
 from __future__ import annotations
 
-from app.db.migrate import check, upgrade
+import datetime as dt
+
+import sqlalchemy as sa
+from alembic import command
+from sqlalchemy.orm import Session
+
+from app.batches.records import Batch, BatchOutput, File
+from app.db.migrate import alembic_config, check, upgrade
+from app.tenants.records import Tenant
 
 
 def test_no_drift_between_orm_and_migrations_on_postgres(pg_url):
@@ -11,5 +19,31 @@ def test_no_drift_between_orm_and_migrations_on_postgres(pg_url):
 
 def test_migrations_run_on_embedded_sqlite(tmp_path):
     url = f"sqlite:///{tmp_path / 'poolq.db'}"
+    upgrade(url)
+    check(url)
+
+
+def test_downgrading_past_0011_gives_output_files_their_bytes_back(tmp_path):
+    """0011 lets a batch's output file name its lines instead of holding a copy; going back
+    (the schema before it needs the bytes) joins them into the file first, in line order."""
+    url = f"sqlite:///{tmp_path / 'poolq.db'}"
+    upgrade(url)
+    engine = sa.create_engine(url)
+    with Session(engine) as session:
+        tenant = Tenant(name="t", webhook_secret="s")
+        session.add(tenant)
+        session.flush()
+        session.add(Batch(id="b", tenant_id=tenant.id, endpoint="/classify", input_file_id="in",
+                          completion_window="24h", status="completed", expires_at=dt.datetime(2030, 1, 1)))
+        session.flush()
+        session.add_all([BatchOutput(batch_id="b", line_no=no, ok=ok, line=line) for no, ok, line in (
+            (2, True, "{\"c\": \"\u2603\"}"), (0, True, "{\"a\": 1}"), (1, False, "{\"b\": 2}"))])
+        session.add(File(id="out", tenant_id=tenant.id, filename="b_output.jsonl", purpose="batch_output", size=20,
+                         content=None, batch_id="b", batch_ok=True))
+        session.commit()
+    command.downgrade(alembic_config(url), "0010")
+    with engine.connect() as c:
+        assert c.execute(sa.text("SELECT content FROM files WHERE id = 'out'")).scalar() == \
+            "{\"a\": 1}\n{\"c\": \"\u2603\"}\n".encode()
     upgrade(url)
     check(url)
