@@ -89,25 +89,17 @@ def encode_plain(tok: Any, texts: Sequence[str], max_length: int, side: str,
     twin = ascii_twin(tok)
     normalized = [twin.normalized(t) for t in texts] if twin is not None else [None] * len(texts)
     fast = [i for i, t in enumerate(normalized) if t is not None]
-    if len(fast) == len(texts) and _takes_cache(twin, len(texts)):
-        encoded = twin.words.encode(twin.tokenizer, normalized, max_length, side, add_special_tokens)
-        if encoded is not None:
-            return encoded
     if not fast:
-        ids = _encode_ids(tok, texts, max_length, side, add_special_tokens)
-    elif len(fast) == len(texts):
-        ids = _encode_ids(twin.tokenizer, normalized, max_length, side, add_special_tokens)
-    else:
-        ids = [None] * len(texts)
-        slow = [i for i, t in enumerate(normalized) if t is None]
-        for where, got in ((fast, _twin_ids(twin, [normalized[i] for i in fast], max_length, side,
-                                            add_special_tokens)),
-                           (slow, _encode_ids(tok, [texts[i] for i in slow], max_length, side, add_special_tokens))):
-            for i, one in zip(where, got):
-                ids[i] = one
-    lengths = np.fromiter(map(len, ids), dtype=np.int32, count=len(ids))
-    flat = np.fromiter(chain.from_iterable(ids), dtype=np.int32, count=int(lengths.sum()))
-    return flat, lengths
+        return _flat(_encode_ids(tok, texts, max_length, side, add_special_tokens))
+    if len(fast) == len(texts):
+        return _twin_encoded(twin, normalized, max_length, side, add_special_tokens)
+    # Some texts the twin does not take (not ASCII, an added token): each part as arrays, put
+    # back in the callers' order. Through per-text lists, the word cache's arrays of a 256-text
+    # chunk with a few such texts went to lists and back, a third of the chunk's CPU.
+    slow = [i for i, t in enumerate(normalized) if t is None]
+    return _in_order(len(texts), (fast, _twin_encoded(twin, [normalized[i] for i in fast], max_length, side,
+                                                      add_special_tokens)),
+                     (slow, _flat(_encode_ids(tok, [texts[i] for i in slow], max_length, side, add_special_tokens))))
 
 
 def encode_pairs_plain(tok: Any, firsts: Sequence[str], seconds: Sequence[str],
@@ -138,16 +130,34 @@ def _takes_cache(twin: "_Twin", count: int) -> bool:
     return twin.words is not None and (_cache_texts is None or count <= _cache_texts)
 
 
-def _twin_ids(twin: "_Twin", texts: list[str], max_length: int, side: str,
-              add_special_tokens: bool) -> list[list[int]]:
-    """Normalized ASCII texts' ids, one list per text: from the word cache where there is one."""
-    encoded = None
+def _twin_encoded(twin: "_Twin", texts: list[str], max_length: int, side: str,
+                  add_special_tokens: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Normalized ASCII texts' flat ids and lengths: from the word cache where it takes them."""
     if _takes_cache(twin, len(texts)):
         encoded = twin.words.encode(twin.tokenizer, texts, max_length, side, add_special_tokens)
-    if encoded is None:
-        return _encode_ids(twin.tokenizer, texts, max_length, side, add_special_tokens)
-    flat, lengths = encoded
-    return [part.tolist() for part in np.split(flat, np.cumsum(lengths)[:-1])]
+        if encoded is not None:
+            return encoded
+    return _flat(_encode_ids(twin.tokenizer, texts, max_length, side, add_special_tokens))
+
+
+def _flat(ids: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    lengths = np.fromiter(map(len, ids), dtype=np.int32, count=len(ids))
+    return np.fromiter(chain.from_iterable(ids), dtype=np.int32, count=int(lengths.sum())), lengths
+
+
+def _in_order(count: int, *parts: tuple[list[int], tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray, np.ndarray]:
+    """Flat ids and lengths of `count` texts from parts that each hold some of them: (their
+    positions among the texts, in order; their flat ids and lengths)."""
+    lengths = np.empty(count, dtype=np.int32)
+    for rows, (_, part_lengths) in parts:
+        lengths[rows] = part_lengths
+    starts = np.cumsum(lengths, dtype=np.int64) - lengths
+    flat = np.empty(int(lengths.sum(dtype=np.int64)), dtype=np.int32)
+    for rows, (part_flat, part_lengths) in parts:
+        # each id's place: its text's start among all the texts, plus its offset in that text
+        part_starts = np.cumsum(part_lengths, dtype=np.int64) - part_lengths
+        flat[np.arange(len(part_flat)) + np.repeat(starts[rows] - part_starts, part_lengths)] = part_flat
+    return flat, lengths
 
 
 def _encode_ids(tok: Any, texts: list[str], max_length: int, side: str, add_special_tokens: bool) -> list[list[int]]:
