@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import collections
 import logging
-import os
 import queue
 import threading
 import time
@@ -435,9 +434,11 @@ class Batcher:
 
     # -- device thread ----------------------------------------------------
     def _device_loop(self) -> None:
+        # On a CPU the bulk forwards keep the default OS priority: at nice +5 they yielded their
+        # core to the batch's own tokenizing, validation, Postgres and scheduler threads, and a
+        # batch's wall time was ~1.4x its forwards' CPU; an interactive batch has a device
+        # thread of its own, so it does not wait for them (docs/benchmarks.md, run 25).
         lanes = (1,) if self._interactive is not None else (0, 1)
-        if self._interactive is not None:
-            _yield_cores()
         hand_on = self._launched.put if self._deliverer is not None else self._hand_back
         while True:
             job = self._next_ready(lanes)
@@ -547,23 +548,6 @@ class _Launched:
     def wait(self) -> None:
         if self.copied is not None:
             self.copied.synchronize()
-
-
-# The OS priority (nice) of a CPU's bulk forwards. On a CPU the bulk lane's forwards and
-# everything a one-text request needs (the API, Postgres, the scheduler's Python, the
-# interactive forward) share the same cores; at equal priority each of those steps waited
-# its turn behind the bulk forward's intra-op threads. A nicer bulk thread (and the
-# intra-op threads it starts, which inherit its priority) takes what the rest leaves:
-# with nothing else to run it gets the cores as before.
-BULK_NICE = 5
-
-
-def _yield_cores() -> None:
-    """Lower this thread's OS priority (Linux: per thread; elsewhere, or refused: nothing)."""
-    try:
-        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BULK_NICE)
-    except (AttributeError, OSError):  # no per-thread priority here: the threads stay equal
-        log.debug("bulk forwards keep the default priority", exc_info=True)
 
 
 # Output dtypes numpy lacks, handled as raw bits of the same width.

@@ -41,18 +41,6 @@ log = logging.getLogger(__name__)
 # helper processes, the hand-off), small enough that the device starts on the
 # first chunk early and that a few thousand prompts keep a dozen helpers busy.
 CHUNK = 256
-# A request of more than one chunk starts with a short one: the device waits for the first
-# chunk to be tokenized and nothing else, so a full one held back the first forward of a
-# 5,000-text request by a whole chunk's tokenizing (~12 ms from a helper on 2 vCPUs, ~20 in
-# process), where on a GPU the forward of the whole request takes a few times that.
-FIRST_CHUNK = 32
-
-
-def chunked(items: list, size: int = CHUNK, first: int = FIRST_CHUNK) -> list[list]:
-    """`items` in chunks of `size`, the first `first` long where there are more than `size`."""
-    if len(items) <= size:
-        return [items]
-    return [items[:first]] + [items[i:i + size] for i in range(first, len(items), size)]
 
 
 def batch_defaults(device: torch.device) -> tuple[int, int, float]:
@@ -419,7 +407,7 @@ class PoolingEngine:
         return limit, truncation_side, add_special_tokens, with_offsets
 
     def _tokenized_chunks(self, items: list, args: tuple) -> Iterator[_Chunk]:
-        chunks = chunked(items)
+        chunks = [items[i:i + CHUNK] for i in range(0, len(items), CHUNK)]
         if len(chunks) == 1 and (len(chunks[0]) <= IN_PROCESS_TEXTS or not self._helper_takes(chunks[0], args)):
             # A few prompts: here, where the word cache takes them (a helper's round trip costs
             # more). More (a batch's piece of lines, a job of a few hundred texts) go to a

@@ -98,16 +98,9 @@ def validation_source(session: Session, batch_id: str) -> Source | None:
     return Source(read_content(session, batch.input_file_id), batch.endpoint, batch.input_file_id)
 
 
-# A batch's first chunk is at most this many lines: nothing runs before it, and its lines are
-# parsed, stored, claimed and read back before its first forward (a 512-line chunk ~30 ms of
-# that on 2 busy vCPUs, for ~0.1 s of forwards); the chunks after it are cut while it runs.
-FIRST_CHUNK_LINES = 128
-
-
 def cut(source: Source, served: ServedModels, max_items: int, chunk_lines: int) -> Iterator[Step]:
-    """Parse the input and cut its valid lines into chunks (one model per chunk; the first at most
-    FIRST_CHUNK_LINES long), a step each time a chunk fills, so the first chunks run while the
-    rest of the file is parsed.
+    """Parse the input and cut its valid lines into chunks (one model per chunk), a step each time a
+    chunk fills, so the first chunks run while the rest of the file is parsed.
 
     Deterministic: a validation that resumes after a crash cuts the same chunks with the same
     indexes and finds the same bad lines, and store_step skips what an earlier run stored. A step
@@ -137,7 +130,7 @@ def cut(source: Source, served: ServedModels, max_items: int, chunk_lines: int) 
             json_lines += 1
             part = pending.setdefault(line.model, [])
             part.append([line.no, line.custom_id, line.request])
-            if len(part) == (chunk_lines if count else min(chunk_lines, FIRST_CHUNK_LINES)):
+            if len(part) == chunk_lines:
                 step.chunks.append(_chunk(count, line.model, part))
                 count += 1
                 pending[line.model] = []

@@ -225,15 +225,12 @@ def test_cancel_stops_at_a_chunk_boundary(oai):
 
 
 def test_a_chunk_streamed_in_pieces_answers_every_line_once_in_order(oai, client):
-    """A batch's chunks go to the engine STREAM_LINES lines at a time (its first chunk is short,
-    and starts with a shorter piece); a line refused in any piece gets the route's 400 and the
-    others their results."""
-    from app.batches.progress import FIRST_CHUNK_LINES
-    from workers.scheduler.work import FIRST_PIECE, STREAM_LINES
+    """A 512-line chunk goes to the engine STREAM_LINES lines at a time; a line refused in a
+    later piece (and one in the first) gets the route's 400 and the others their results."""
+    from workers.scheduler.work import STREAM_LINES
 
-    n = FIRST_CHUNK_LINES + 2 * STREAM_LINES  # a short first chunk, then one of two pieces
-    firsts = (0, FIRST_PIECE, FIRST_CHUNK_LINES, FIRST_CHUNK_LINES + STREAM_LINES)  # each piece's first line
-    bad = {3, FIRST_PIECE + 5, FIRST_CHUNK_LINES + 7, n - 2}  # in each piece
+    n = 512
+    bad = {3, STREAM_LINES + 7, n - 2}  # the first piece, a later one, the last
     too_long = "hello world " * 200
     lines = [{"custom_id": f"r{i}", "method": "POST", "url": "/classify",
               "body": {"model": "tiny", "input": too_long if i in bad else f"text number {i}",
@@ -243,7 +240,7 @@ def test_a_chunk_streamed_in_pieces_answers_every_line_once_in_order(oai, client
     assert (done.request_counts.completed, done.request_counts.failed) == (n - len(bad), len(bad))
     outputs = read_lines(oai, done.output_file_id)
     assert [o["custom_id"] for o in outputs] == [f"r{i}" for i in range(n) if i not in bad]
-    for i in (*firsts, n - 1):  # a line of each piece is what the sync route answers
+    for i in (0, STREAM_LINES, n - 1):  # a line of each piece is what the sync route answers
         got = next(o for o in outputs if o["custom_id"] == f"r{i}")["response"]["body"]
         same_body(got, client.post("/classify", json={"model": "tiny", "input": f"text number {i}"}).json())
     errors = read_lines(oai, done.error_file_id)
@@ -307,28 +304,6 @@ def _mixed_lines(n, bad):
     for i in bad:
         lines[i] = {"custom_id": f"r{i}", "method": "POST", "url": "/classify", "body": {"model": "nope", "input": "x"}}
     return lines
-
-
-def test_a_batch_s_first_chunk_is_short_and_a_run_again_cuts_it_the_same(client, db, poolq, monkeypatch):
-    """The first chunk is cut short (its lines are all that runs before the first forward), the
-    rest full; a validation run again after its first step cuts exactly the same chunks."""
-    monkeypatch.setattr(progress, "FIRST_CHUNK_LINES", 2)
-    lines = _mixed_lines(20, {1, 6, 13})
-    chunks, errors, _ = _cut_rows(db, _validated(db, client, poolq.served, lines, chunk_lines=5))
-    assert [c[4] for c in chunks] == [2, 5, 5, 5] and [c[0] for c in chunks] == [0, 1, 2, 3] and errors == [1, 6, 13]
-    assert (chunks[0][2], chunks[0][3], chunks[1][2]) == (0, 2, 3)  # lines 0 and 2 (1 is bad), then from 3
-    crashed = _created(db, client, lines)
-    with db() as session:
-        source = progress.validation_source(session, crashed)
-    with db() as session:
-        assert not progress.store_step(session, crashed, next(progress.cut(source, poolq.served, 1000, 5)),
-                                       window=0).stop
-        session.commit()
-    assert [c[4] for c in _cut_rows(db, crashed)[0]] == [2]
-    with db() as session:
-        assert validate_whole(session, crashed, poolq.served, 1000, 5, window=0).stop
-        session.commit()
-    assert _cut_rows(db, crashed)[:2] == (chunks, errors)
 
 
 def test_a_validation_run_again_after_a_crash_stores_only_what_the_first_did_not(client, db, poolq):

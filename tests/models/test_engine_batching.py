@@ -242,15 +242,13 @@ def test_prepared_slices_in_any_order_equal_the_offline_call(bert, ner):
 
 
 def test_a_streamed_request_is_the_offline_call_a_chunk_at_a_time(bert, ner):
-    """stream_*: one Prepared per tokenizer chunk (a short one first), in order, together exactly
-    the offline outputs; a bad prompt raises when its chunk is reached, not before."""
+    """stream_*: one Prepared per tokenizer chunk, in order, together exactly the offline outputs;
+    a bad prompt raises when its chunk is reached, not before."""
     from models import engine as engine_module
 
     texts = _texts(engine_module.CHUNK * 2 + 7, seed=9)
     units = list(bert.stream_classify(texts))
-    first = engine_module.FIRST_CHUNK
-    assert 0 < first < engine_module.CHUNK
-    assert [len(u) for u in units] == [first, engine_module.CHUNK, engine_module.CHUNK + 7 - first]
+    assert [len(u) for u in units] == [engine_module.CHUNK, engine_module.CHUNK, 7]
     outs = [o for u in units for o in u.finish([bert.submit([(u, 0, len(u), 0)])[0].result(timeout=60)])]
     want = bert.classify(texts)
     assert [o.label for o in outs] == [o.label for o in want]
@@ -261,7 +259,7 @@ def test_a_streamed_request_is_the_offline_call_a_chunk_at_a_time(bert, ner):
         assert torch.tensor(out.data) == pytest.approx(torch.tensor(expected.data), abs=TOL)
     bad = texts[:engine_module.CHUNK] + [[5] * (bert.max_model_len + 1)]  # longer than the model takes
     stream = bert.stream_classify(bad)
-    assert len(next(stream)) == engine_module.FIRST_CHUNK
+    assert len(next(stream)) == engine_module.CHUNK
     with pytest.raises(ValueError):
         next(stream)
 
@@ -283,10 +281,10 @@ def test_a_big_request_keeps_only_a_few_chunks_tokenizing_ahead_of_its_reader(mo
     ahead = engine._tokenize_ahead()
     texts = _texts(engine_module.CHUNK * (ahead + 10), seed=11)
     stream = engine.stream_classify(texts)
-    assert len(next(stream)) == engine_module.FIRST_CHUNK
+    assert len(next(stream)) == engine_module.CHUNK
     assert len(started) == ahead + 1  # the one read, and `ahead` more
-    assert sum(len(u) for u in stream) == len(texts) - engine_module.FIRST_CHUNK  # the rest, in order, all there
-    assert len(started) == len(engine_module.chunked(texts)) == ahead + 11
+    assert sum(len(u) for u in stream) == len(texts) - engine_module.CHUNK  # the rest, in order, all there
+    assert len(started) == ahead + 10
 
 
 def test_interactive_work_on_an_idle_engine_runs_on_the_callers_thread_and_the_rest_goes_to_the_batcher():
@@ -407,30 +405,6 @@ def test_on_a_cpu_each_device_thread_hands_its_rows_back_itself():
         assert [f.result(timeout=10).shape[0] for f in futures.values()] == [2, 1]
         assert settled_on == {"bulk": "poolq-device", "interactive": "poolq-device-interactive"}
         assert "poolq-deliver" not in {t.name for t in threading.enumerate()}
-    finally:
-        batcher.close()
-
-
-def test_on_a_cpu_the_bulk_forwards_run_at_a_lower_os_priority_than_the_interactive_ones():
-    import os
-    import threading
-
-    from models.batcher import BULK_NICE
-
-    if not sys.platform.startswith("linux"):
-        pytest.skip("per-thread priorities are Linux's")
-
-    class Runner:
-        def __call__(self, batch):
-            return torch.ones(batch.input_ids.shape[0], 2), None
-
-    batcher = Batcher(Runner(), torch.device("cpu"), max_batch_tokens=8, max_batch_seqs=1, max_wait_ms=0,
-                      max_len=8)
-    try:
-        batcher.submit(torch.full((8,), 7), [4, 4], token=False, priority=1).result(timeout=10)
-        mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
-        assert os.getpriority(os.PRIO_PROCESS, batcher._worker.native_id) == min(19, mine + BULK_NICE)
-        assert os.getpriority(os.PRIO_PROCESS, batcher._interactive.native_id) == mine
     finally:
         batcher.close()
 

@@ -289,8 +289,7 @@ class Scheduler:
             if held.kind == "job":
                 held.prepared = work.prepare_job(engine, held.model, held.payload.request)
             else:
-                held.prepared, held.answered = work.prepare_chunk(engine, held.model, held.payload.lines,
-                                                                       first=held.payload.index == 0)
+                held.prepared, held.answered = work.prepare_chunk(engine, held.model, held.payload.lines)
         except Exception as exc:  # noqa: BLE001 - ValueError: the input (a 400); else the engine (a 500)
             held.error = exc
             self._complete(held)

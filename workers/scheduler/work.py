@@ -171,20 +171,15 @@ def encode_base64(data, embed_dtype: str, endianness: str) -> str:
 # (models.engine.CHUNK): at 128 a 5,000-line batch ran 1.235 padded tokens per real one
 # against the same texts' 1.165 as one job, 6% more work on the device.
 STREAM_LINES = 256
-# A batch's first chunk starts with a piece this short (as models.engine.FIRST_CHUNK starts a
-# big job): nothing runs on the device before it.
-FIRST_PIECE = 32
 
 
-def prepare_chunk(engine, model: str, lines: list, first: bool = False) -> tuple[Plan, list[tuple[int, bool, str]]]:
+def prepare_chunk(engine, model: str, lines: list) -> tuple[Plan, list[tuple[int, bool, str]]]:
     """[[line_no, custom_id, request], ...] -> the units to run, and the lines answered without
     running (their input was refused; a streamed chunk adds to that list as its pieces are
     made). The result of `finish` is [(line_no, ok, output line)] for the lines that ran.
 
     Lines that share an engine call's parameters are merged, STREAM_LINES at a time; the
-    first piece is made here and the others by `Plan.more`, one unit per turn. A batch's `first`
-    chunk starts with a short piece (FIRST_PIECE lines), as a big job does: nothing runs on the
-    device before it, while a later chunk's first piece is tokenized as the ones before it run."""
+    first piece is made here and the others by `Plan.more`, one unit per turn."""
     groups: dict[str, list] = {}
     alone: list = []
     for line in lines:
@@ -193,7 +188,8 @@ def prepare_chunk(engine, model: str, lines: list, first: bool = False) -> tuple
             alone.append(line)
         else:
             groups.setdefault(_group_key(req), []).append(line)
-    pieces = [("group", piece) for members in groups.values() for piece in _pieces(members, first)]
+    pieces = [("group", members[start:start + STREAM_LINES])
+              for members in groups.values() for start in range(0, len(members), STREAM_LINES)]
     pieces += [("alone", [line]) for line in alone]
     shapers: list = []
     answered: list[tuple[int, bool, str]] = []
@@ -228,14 +224,6 @@ def prepare_chunk(engine, model: str, lines: list, first: bool = False) -> tuple
         return [row for shape, outs in zip(shapers, outputs) for row in shape(outs)]
 
     return Plan(units, finish, rest() if pieces else None), answered
-
-
-def _pieces(members: list, first: bool) -> list[list]:
-    """A group's lines STREAM_LINES at a time, the first FIRST_PIECE of them alone on a batch's
-    first chunk."""
-    head = FIRST_PIECE if first and len(members) > STREAM_LINES else 0
-    starts = ([0] if head else []) + list(range(head, len(members), STREAM_LINES))
-    return [members[a:b] for a, b in zip(starts, starts[1:] + [len(members)])]
 
 
 def chunk_error_lines(lines: list, exc: BaseException) -> list[tuple[int, bool, str]]:
