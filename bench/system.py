@@ -603,6 +603,26 @@ def batch_run(port: int, model: str, texts: list[str], n: int, meter: CpuMeter, 
             "cpu_s": cpu}
 
 
+def forward_cpu(pid: int) -> float:
+    """CPU seconds so far of a process's device threads, the ones that run the forwards (named
+    `poolq-device...` in the OS by models/batcher.py); 0 where /proc has none."""
+    total = 0.0
+    try:
+        tids = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return total
+    for tid in tids:
+        try:
+            with open(f"/proc/{pid}/task/{tid}/comm") as f:
+                if not f.read().startswith("poolq-device"):
+                    continue
+            with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0]) / 1e9
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
 def fastest_of(runs: list[dict], rate_key: str, engine: dict | None) -> dict:
     """The fastest of several runs of the same phase (its breakdown and CPU), every run's seconds,
     and ratios to the engine like for like: the fastest run to the engine's fastest call, the
@@ -619,11 +639,16 @@ def fastest_of(runs: list[dict], rate_key: str, engine: dict | None) -> dict:
 
 
 def bulk_rounds(a: argparse.Namespace, shape: str, model_dir: pathlib.Path, texts: list[str], api: "Api", port: int,
-                meter: CpuMeter, dbc: psycopg.Connection, metrics_port: int, engine: dict | None) -> dict:
+                meter: CpuMeter, dbc: psycopg.Connection, metrics_port: int, engine: dict | None,
+                worker_pid: int) -> dict:
     """The bulk job and the batch, --bulk-runs rounds of each. Each round first times the engine in process
     on the same texts, here in the bench process while the stack idles, so each round's ratio compares runs
     seconds apart: on a shared 2-vCPU machine the speed of everything drifts by tens of percent from one
-    minute to the next, and a ratio of runs a minute apart measured the drift as much as the stack."""
+    minute to the next, and a ratio of runs a minute apart measured the drift as much as the stack.
+
+    Each run's wall time is also divided by its forwards' CPU (the device threads', from /proc):
+    the forwards are the same work in the engine and in the worker, so the ratio of those two
+    figures takes out most of what the machine's drift does to both between a round's runs."""
     n, rounds = bulk_n(a, shape), max(1, a.bulk_runs)
     kinds = [k for k in ("bulk", "batch") if k not in a.skip]
     if not kinds:
@@ -632,6 +657,9 @@ def bulk_rounds(a: argparse.Namespace, shape: str, model_dir: pathlib.Path, text
     runs: dict[str, list[dict]] = {k: [] for k in kinds}
     counters: dict[str, dict] = {}
     engine_s: list[float] = []
+    engine_fwd: list[float] = []
+    fwd: dict[str, list[float]] = {k: [] for k in kinds}
+    me = os.getpid()
     try:
         paired.classify(texts[:n])  # warm: shapes, allocator, tokenizer copies
         # The stack warmed as the engine is, by one untimed run of each kind on the same texts:
@@ -647,17 +675,19 @@ def bulk_rounds(a: argparse.Namespace, shape: str, model_dir: pathlib.Path, text
         for i in range(rounds):
             if GPU:
                 torch.cuda.synchronize()
-            t = time.perf_counter()
+            t, f0 = time.perf_counter(), forward_cpu(me)
             paired.classify(texts[:n])
             if GPU:
                 torch.cuda.synchronize()
                 torch.cuda.empty_cache()  # the stack's worker shares the device
             engine_s.append(time.perf_counter() - t)
+            engine_fwd.append(forward_cpu(me) - f0)
             for kind in kinds:
                 log(f"# {kind}: {shape}, n={n}, round {i + 1} of {rounds}")
-                before = phases.engine_counters(metrics_port)
+                before, f0 = phases.engine_counters(metrics_port), forward_cpu(worker_pid)
                 runs[kind].append(bulk(api, shape, texts, n, meter, a.bulk_poll_s) if kind == "bulk" else
                                   batch_run(port, shape, texts, n, meter, a.bulk_poll_s, dbc))
+                fwd[kind].append(forward_cpu(worker_pid) - f0)
                 counters[kind] = phases.counters_delta(before, phases.engine_counters(metrics_port), shape)
     finally:
         paired.close()
@@ -668,10 +698,26 @@ def bulk_rounds(a: argparse.Namespace, shape: str, model_dir: pathlib.Path, text
         ratios = [round(e / run["seconds"], 3) for e, run in zip(engine_s, runs[kind])]
         r.update(paired_engine_s=[round(e, 3) for e in engine_s], paired_ratios=ratios,
                  paired_ratio_median=round(statistics.median(ratios), 3),
+                 **per_forward_cpu(engine_s, engine_fwd, [run["seconds"] for run in runs[kind]], fwd[kind]),
                  engine_batches=counters[kind], loadavg_1m=loadavg())  # (engine batches: the last run)
         print(json.dumps({"phase": kind, "shape": shape, **r}), flush=True)
         out[kind] = r
     return out
+
+
+def per_forward_cpu(engine_s: list[float], engine_fwd: list[float], run_s: list[float],
+                    run_fwd: list[float]) -> dict:
+    """Wall seconds per second of the forwards' CPU, the engine's and the run's, each round; and
+    the engine's over the run's (1.0: the run adds no more wall time to its forwards than the
+    engine in process does). Empty where /proc shows no device thread (not Linux, an old worker)."""
+    if not all(engine_fwd) or not all(run_fwd):
+        return {}
+    engine = [e / f for e, f in zip(engine_s, engine_fwd)]
+    run = [r / f for r, f in zip(run_s, run_fwd)]
+    ratios = [round(e / r, 3) for e, r in zip(engine, run)]
+    return {"engine_wall_per_forward_cpu": [round(x, 3) for x in engine],
+            "wall_per_forward_cpu": [round(x, 3) for x in run],
+            "forward_cpu_ratios": ratios, "forward_cpu_ratio_median": round(statistics.median(ratios), 3)}
 
 
 def _batch_breakdown(conn: psycopg.Connection, batch_id: str, t0: float, t_uploaded: float, t1: float) -> dict:
@@ -838,7 +884,8 @@ def main() -> int:
         for s in a.shapes:
             res = report["shapes"].setdefault(s, {})
             engine = res.get("engine")
-            res.update(bulk_rounds(a, s, model_dirs[s], texts, api, port, meter, dbc, metrics_port, engine))
+            res.update(bulk_rounds(a, s, model_dirs[s], texts, api, port, meter, dbc, metrics_port, engine,
+                                   worker.p.pid))
             if "latency" not in a.skip:
                 log(f"# interactive, sequential: {s}")
                 since = time.time()
@@ -1078,7 +1125,11 @@ def targets_table(r: dict, g) -> str:
                  f"engine {g(v, 'engine', 'median_texts_per_s')}/s", g(v, kind, "ratio_vs_engine_median"), target, "-"),
                 ("  same, paired rounds: median of each round's ratio",
                  " / ".join(map(str, g(v, kind, "paired_ratios", default=[]))) or "-",
-                 "the engine timed before each round", g(v, kind, "paired_ratio_median"), target, "-")]
+                 "the engine timed before each round", g(v, kind, "paired_ratio_median"), target, "-"),
+                ("  same rounds, each run's wall time per second of its forwards' CPU (drift taken out)",
+                 " / ".join(map(str, g(v, kind, "wall_per_forward_cpu", default=[]))) or "-",
+                 "engine: " + (" / ".join(map(str, g(v, kind, "engine_wall_per_forward_cpu", default=[]))) or "-"),
+                 g(v, kind, "forward_cpu_ratio_median"), "(reported)", "-")]
 
     def loads(*ds) -> str:
         xs = [d.get("loadavg_1m") for d in ds if isinstance(d, dict) and d.get("loadavg_1m") is not None]

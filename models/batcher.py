@@ -153,16 +153,17 @@ class Batcher:
         # Written by the collator thread only; read for benchmarks and metrics.
         self.stats = {"batches": 0, "sequences": 0, "real_tokens": 0, "padded_tokens": 0}
         self._closed = False
-        self._collator = threading.Thread(target=self._collate_loop, name="poolq-collator", daemon=True)
-        self._worker = threading.Thread(target=self._device_loop, name="poolq-device", daemon=True)
+        self._collator = threading.Thread(target=_os_named(self._collate_loop), name="poolq-collator", daemon=True)
+        self._worker = threading.Thread(target=_os_named(self._device_loop), name="poolq-device", daemon=True)
         # On a CPU the interactive lane has a device thread of its own (see _interactive_loop),
         # and each device thread hands its rows back itself: only a GPU's copies are waited for
         # on a delivery thread.
         if interactive_thread is None:
             interactive_thread = device.type == "cpu"
-        self._interactive = (threading.Thread(target=self._interactive_loop, name="poolq-device-interactive",
-                                              daemon=True) if interactive_thread else None)
-        self._deliverer = (threading.Thread(target=self._delivery_loop, name="poolq-deliver", daemon=True)
+        self._interactive = (threading.Thread(target=_os_named(self._interactive_loop),
+                                              name="poolq-device-interactive", daemon=True)
+                             if interactive_thread else None)
+        self._deliverer = (threading.Thread(target=_os_named(self._delivery_loop), name="poolq-deliver", daemon=True)
                            if device.type != "cpu" else None)
         self._collator.start()
         self._worker.start()
@@ -579,6 +580,21 @@ def _copy_done_event(device: torch.device) -> torch.cuda.Event | None:
     event = torch.cuda.Event()
     event.record()  # after the copies, on the stream that ran them
     return event
+
+
+def _os_named(loop):
+    """`loop`, run under its thread's name in the OS too (Linux keeps the first 15 bytes), so
+    that `top -H`, `ps -L` and /proc tell a batcher's threads apart (bench/system.py reads its
+    device threads' CPU there): Python 3.11 names only its own Thread object."""
+    def run() -> None:
+        try:
+            with open(f"/proc/self/task/{threading.get_native_id()}/comm", "w") as comm:
+                comm.write(threading.current_thread().name[:15])
+        except OSError:  # no /proc (not Linux): the OS keeps the process's name for it
+            pass
+        loop()
+
+    return run
 
 
 def _fail_owners(window: _Window, rows: np.ndarray, exc: BaseException) -> None:

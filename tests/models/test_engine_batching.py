@@ -409,6 +409,31 @@ def test_on_a_cpu_each_device_thread_hands_its_rows_back_itself():
         batcher.close()
 
 
+def test_a_batcher_s_threads_carry_their_names_in_the_os():
+    """What `top -H` and /proc show (bench/system.py reads the device threads' CPU there)."""
+    import os
+
+    if not os.path.isdir("/proc/self/task"):
+        pytest.skip("thread names in /proc are Linux's")
+
+    class Runner:
+        def __call__(self, batch):
+            return torch.ones(batch.input_ids.shape[0], 2), None
+
+    batcher = Batcher(Runner(), torch.device("cpu"), max_batch_tokens=8, max_batch_seqs=1, max_wait_ms=0,
+                      max_len=8)
+    try:
+        batcher.submit(torch.full((8,), 7), [4, 4], token=False, priority=1).result(timeout=10)
+        names = {}
+        for thread in (batcher._collator, batcher._worker, batcher._interactive):
+            with open(f"/proc/self/task/{thread.native_id}/comm") as comm:
+                names[thread.name] = comm.read().strip()
+        assert names == {"poolq-collator": "poolq-collator", "poolq-device": "poolq-device",
+                         "poolq-device-interactive": "poolq-device-in"}
+    finally:
+        batcher.close()
+
+
 def test_a_lone_request_of_equal_lengths_runs_unpadded_as_the_general_path_would(bert, ner, model_dirs,
                                                                                  engine_factory):
     # Several prompts of one length (token ids): the lone-request path takes them as the
