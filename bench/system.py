@@ -709,7 +709,8 @@ def per_forward_cpu(engine_s: list[float], engine_fwd: list[float], run_s: list[
                     run_fwd: list[float]) -> dict:
     """Wall seconds per second of the forwards' CPU, the engine's and the run's, each round; and
     the engine's over the run's (1.0: the run adds no more wall time to its forwards than the
-    engine in process does). Empty where /proc shows no device thread (not Linux, an old worker)."""
+    engine in process does). Empty where /proc shows no device thread (not Linux, an old worker).
+    A CPU's figure: on a GPU the device threads' CPU is the kernels' launching, not the forward."""
     if not all(engine_fwd) or not all(run_fwd):
         return {}
     engine = [e / f for e, f in zip(engine_s, engine_fwd)]
