@@ -8,7 +8,9 @@ One invocation measures, in the same run and on the same texts:
      (the fastest run to the fastest call, the median to the median); the job and the batch run in
      rounds, each after the engine timed again on the same texts (the stack idle), and each round's
      ratio compares runs seconds apart; before the rounds, the engine and the stack each run the
-     same texts once untimed (warm tokenizer caches on both sides);
+     same texts once untimed (warm tokenizer caches on both sides); on a CPU each run's wall time
+     is also divided by its forwards' CPU (the device threads', from /proc), a figure the
+     machine's drift moves far less, reported beside the paired ratio;
   c. interactive: one-text requests on the synchronous route POST /classify, sequential
      on an idle worker and with C concurrent clients (target 3), plus the engine-only
      latency of one text in process;
