@@ -34,7 +34,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .word_cache import WordCache, word_cache
+from .word_cache import WordCache, put_texts, word_cache
 
 log = logging.getLogger(__name__)
 
@@ -154,9 +154,7 @@ def _in_order(count: int, *parts: tuple[list[int], tuple[np.ndarray, np.ndarray]
     starts = np.cumsum(lengths, dtype=np.int64) - lengths
     flat = np.empty(int(lengths.sum(dtype=np.int64)), dtype=np.int32)
     for rows, (part_flat, part_lengths) in parts:
-        # each id's place: its text's start among all the texts, plus its offset in that text
-        part_starts = np.cumsum(part_lengths, dtype=np.int64) - part_lengths
-        flat[np.arange(len(part_flat)) + np.repeat(starts[rows] - part_starts, part_lengths)] = part_flat
+        put_texts(flat, None, starts[rows], part_flat, part_lengths)
     return flat, lengths
 
 

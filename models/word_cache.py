@@ -100,9 +100,9 @@ class WordCache:
         types = np.empty_like(ids)
         at = np.cumsum(lengths) - lengths  # where each pair's next part begins
         at = _put_specials(ids, types, at, frame.prefix, frame.prefix_types)
-        at = _put_texts(ids, types, at, first, first_lengths, frame.first_type)
+        at = put_texts(ids, types, at, first, first_lengths, frame.first_type)
         at = _put_specials(ids, types, at, frame.middle, frame.middle_types)
-        at = _put_texts(ids, types, at, second, second_lengths, frame.second_type)
+        at = put_texts(ids, types, at, second, second_lengths, frame.second_type)
         _put_specials(ids, types, at, frame.suffix, frame.suffix_types)
         return ids, types, lengths
 
@@ -154,7 +154,7 @@ def _put_specials(ids: np.ndarray, types: np.ndarray | None, at: np.ndarray, tok
     return at + len(tokens)
 
 
-def _put_texts(ids: np.ndarray, types: np.ndarray | None, at: np.ndarray, content: np.ndarray,
+def put_texts(ids: np.ndarray, types: np.ndarray | None, at: np.ndarray, content: np.ndarray,
                lengths: np.ndarray, kind: int = 0) -> np.ndarray:
     """Each text's ids (`lengths` of them from `content`, in order) at its `at`."""
     where = np.arange(len(content)) + np.repeat(at - (np.cumsum(lengths) - lengths), lengths)
@@ -197,7 +197,7 @@ def _framed(content: np.ndarray, lengths: np.ndarray, room: int, side: str, pref
     out = np.empty(int(out_lengths.sum()), dtype=np.int32)
     at = np.cumsum(out_lengths) - out_lengths
     at = _put_specials(out, None, at, prefix)
-    at = _put_texts(out, None, at, content, lengths)
+    at = put_texts(out, None, at, content, lengths)
     _put_specials(out, None, at, suffix)
     return out, out_lengths
 
