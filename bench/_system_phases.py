@@ -336,29 +336,39 @@ def tenant_sequences(port: int | None) -> dict[str, float] | None:
     return out or None
 
 
-def tenant_texts_at_half(port: int | None, before: dict | None, per_tenant: int, cap_s: float = 600) -> list | None:
-    """Texts each of the two busiest tenants had run when, together, they had run half of both
-    backlogs (2 x per_tenant): [most, least]. None without the worker metric (older workers)."""
+def tenant_texts_at_half(port: int | None, before: dict | None, per_tenant: int, cap_s: float = 600) -> dict | None:
+    """Texts each tenant had run (by tenant id) when the two busiest, together, had run half of
+    both backlogs (2 x per_tenant). None without the worker metric (older workers)."""
     if before is None:
         return None
     deadline = time.monotonic() + cap_s
     while time.monotonic() < deadline:
-        delta = _busiest_two(tenant_sequences(port) or {}, before)
-        if sum(delta) >= per_tenant:
+        delta = _since(tenant_sequences(port) or {}, before)
+        if sum(sorted(delta.values(), reverse=True)[:2]) >= per_tenant:
             return delta
         time.sleep(0.05)
     return None
 
 
-def tenant_texts_since(port: int | None, before: dict | None) -> list | None:
-    """Texts each of the two busiest tenants ran since `before`: [most, least]."""
+def tenant_texts_since(port: int | None, before: dict | None) -> dict | None:
+    """Texts each tenant (by id) ran since `before`."""
     now = tenant_sequences(port) if before is not None else None
-    return None if now is None else _busiest_two(now, before)
+    return None if now is None else _since(now, before)
 
 
-def _busiest_two(now: dict, before: dict) -> list[int]:
-    delta = sorted((now.get(k, 0.0) - before.get(k, 0.0) for k in now), reverse=True)[:2]
-    return [int(x) for x in delta] + [0] * (2 - len(delta))
+def _since(now: dict, before: dict) -> dict[str, int]:
+    return {k: int(now.get(k, 0.0) - before.get(k, 0.0)) for k in now}
+
+
+def a_then_b(texts: dict | None, rows: list[dict], ids_a: list[str]) -> list[int] | None:
+    """`texts` (by tenant id) as [A's, B's], A's tenant read off its jobs' rows: sorted by size,
+    the two figures did not say which tenant ran more."""
+    if texts is None:
+        return None
+    set_a = set(ids_a)
+    tenant_a = next((r["tenant_id"] for r in rows if r["id"] in set_a), None)
+    tenant_b = next((r["tenant_id"] for r in rows if r["id"] not in set_a), None)
+    return [texts.get(tenant_a, 0), texts.get(tenant_b, 0)]
 
 
 def counters_delta(before, after, model: str) -> dict | None:
@@ -624,6 +634,7 @@ def tenants(ctx, a, model: str) -> dict:
                          "min_over_max": round(min(na, nb) / max(na, nb), 3) if max(na, nb) else None,
                          "a_last_finished_s": round(max((t for t, is_a in fin if is_a), default=t0) - t0, 3),
                          "b_last_finished_s": round(max((t for t, is_a in fin if not is_a), default=t0) - t0, 3)})
+        half_texts, from_start = a_then_b(half_texts, rows, ids_a), a_then_b(from_start, rows, ids_a)
         if half_texts:
             # Texts, not whole jobs: a scheduler that runs each tenant's jobs side by side finishes
             # them together at the end, so counting finished jobs says little about the share.

@@ -1175,10 +1175,10 @@ def targets_table(r: dict, g) -> str:
          g(ten, "fair", "min_over_max"), ">= 0.8", loads(g(ten, "fair", default={}))),
         ("  same, texts run by each tenant from when both were backlogged until they had run half of both "
          "backlogs (worker metric)",
-         " / ".join(str(x) for x in g(ten, "fair", "texts_run_by_tenant_at_half", default=[])) or "-",
+         "A {} / B {}".format(*g(ten, "fair", "texts_run_by_tenant_at_half", default=["-", "-"])),
          "max of the two", g(ten, "fair", "texts_min_over_max"), ">= 0.8", loads(g(ten, "fair", default={}))),
         ("  same moment, counted from A's first submission (A's head start included)",
-         " / ".join(str(x) for x in g(ten, "fair", "texts_run_by_tenant_from_a_start", default=[])) or "-",
+         "A {} / B {}".format(*g(ten, "fair", "texts_run_by_tenant_from_a_start", default=["-", "-"])),
          "max of the two", g(ten, "fair", "texts_from_a_start_min_over_max"), "-", "-"),
         *bulk_rows("batch", f"JSONL batch lines/s (N={g(v, 'batch', 'n')})", "lines_per_s", ">= 0.8"),
         *bulk_rows("bulk", f"one {g(v, 'bulk', 'n')}-text job (bulk), texts/s", "texts_per_s", ">= 0.9"),
