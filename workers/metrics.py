@@ -18,6 +18,10 @@ JOBS_RUN = Counter("poolq_worker_jobs_total", "Jobs this worker finished.", ["mo
 # The scheduler's fair share, visible: sequences run per tenant (a tenant id per label value).
 SEQUENCES_RUN = Counter("poolq_worker_sequences_total", "Sequences this worker ran through its engine, by tenant.",
                         ["model", "tenant"])
+# Tokens are the fair share's unit (scheduler/policy.py): a job's sequences run sorted by length,
+# so two tenants part-way through identical jobs can run equal tokens but unequal sequences.
+TOKENS_RUN = Counter("poolq_worker_tokens_total", "Prompt tokens this worker ran through its engine, by tenant.",
+                     ["model", "tenant"])
 # How much each group transaction covers: the scheduler's batching of bookkeeping.
 GROUP_JOBS = Histogram("poolq_worker_group_jobs", "Jobs per group transaction (claim, finish).", ["kind"],
                        buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 1024))

@@ -71,3 +71,32 @@ def test_worker_metrics_count_jobs_and_engine_batches(deployment_env, client):
     assert value(found, "poolq_engine_batches_total", model="tiny") >= 1
     assert value(found, "poolq_engine_padded_tokens_total", model="tiny") >= \
         value(found, "poolq_engine_real_tokens_total", model="tiny") > 0
+
+
+@pytest.mark.usefixtures("worker_process")
+def test_worker_metrics_count_each_tenants_sequences_and_tokens(deployment_env, other_client, db):
+    """The fair share's units, by tenant: sequences, and prompt tokens (the policy's unit) as the
+    job's own usage counts them."""
+    from sqlalchemy import select
+
+    from app.tenants.records import Tenant
+
+    with db() as session:
+        tenant = str(session.scalar(select(Tenant.id).where(Tenant.name == "beta")))
+    url = f"http://127.0.0.1:{deployment_env['POOLQ_WORKER_METRICS_PORT']}/metrics"
+
+    def counts() -> tuple[float, float]:
+        found = samples(requests.get(url, timeout=10).text)
+        return (value(found, "poolq_worker_sequences_total", model="tiny", tenant=tenant),
+                value(found, "poolq_worker_tokens_total", model="tiny", tenant=tenant))
+
+    before = counts()
+    texts = ["one tenant's text", "and another, somewhat longer than the first one", "a third"]
+    job = other_client.post("/v1/jobs", json={"task": "classify", "model": "tiny", "input": texts}).json()
+    done = other_client.wait_job(job["id"])
+    prompt_tokens = done["result"]["usage"]["prompt_tokens"]
+    deadline = time.monotonic() + 10
+    while (after := counts())[0] < before[0] + len(texts) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert prompt_tokens > len(texts)
+    assert (after[0] - before[0], after[1] - before[1]) == (len(texts), prompt_tokens)

@@ -16,7 +16,7 @@ import queue
 import threading
 from collections.abc import Callable
 
-from workers.metrics import SEQUENCES_RUN
+from workers.metrics import SEQUENCES_RUN, TOKENS_RUN
 from workers.scheduler.held import Held, State
 from workers.scheduler.policy import Policy, Slice, Unit, adjacent_merged
 
@@ -216,7 +216,9 @@ class Dispatcher:
         try:
             held.parts[index][s.begin] = future.result()
             held.remaining -= s.end - s.begin
-            SEQUENCES_RUN.labels(self.model, str(held.tenant)).inc(s.end - s.begin)
+            tenant = str(held.tenant)
+            SEQUENCES_RUN.labels(self.model, tenant).inc(s.end - s.begin)
+            TOKENS_RUN.labels(self.model, tenant).inc(s.tokens)
         except Exception as exc:  # noqa: BLE001 - the engine failed these sequences: the work fails
             if held.error is None:
                 log.warning("the engine failed a slice of %s %s: %r", held.kind, held.key, exc)
