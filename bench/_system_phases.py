@@ -322,32 +322,46 @@ def engine_counters(port: int | None) -> dict[str, dict[str, float]] | None:
 
 def tenant_sequences(port: int | None) -> dict[str, float] | None:
     """poolq_worker_sequences_total by tenant (summed over models); None where the worker has no such metric."""
+    return tenant_counts(port)[0]
+
+
+def tenant_counts(port: int | None) -> tuple[dict[str, float] | None, dict[str, float] | None]:
+    """One scrape's poolq_worker_sequences_total and poolq_worker_tokens_total by tenant (summed
+    over models); None for a metric the worker does not have (the tokens' came with run 26)."""
     if not port:
-        return None
+        return None, None
     try:
         text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     except OSError:
-        return None
+        return None, None
+    return _by_tenant(text, "sequences"), _by_tenant(text, "tokens")
+
+
+def _by_tenant(text: str, unit: str) -> dict[str, float] | None:
     out: dict[str, float] = {}
-    for m in re.finditer(r'^poolq_worker_sequences_total\{([^}]*)\}\s+(\S+)', text, re.M):
+    for m in re.finditer(rf'^poolq_worker_{unit}_total\{{([^}}]*)\}}\s+(\S+)', text, re.M):
         tenant = re.search(r'tenant="([^"]*)"', m.group(1))
         key = tenant.group(1) if tenant else ""
         out[key] = out.get(key, 0.0) + float(m.group(2))
     return out or None
 
 
-def tenant_texts_at_half(port: int | None, before: dict | None, per_tenant: int, cap_s: float = 600) -> dict | None:
-    """Texts each tenant had run (by tenant id) when the two busiest, together, had run half of
-    both backlogs (2 x per_tenant). None without the worker metric (older workers)."""
-    if before is None:
-        return None
+def tenant_counts_at_half(port: int | None, before: tuple, per_tenant: int,
+                          cap_s: float = 600) -> tuple[dict | None, dict | None]:
+    """Texts and tokens each tenant had run (by tenant id) since `before` (tenant_counts) when the
+    two busiest, together, had run half of both backlogs (2 x per_tenant texts). Nones without the
+    worker metric (older workers)."""
+    texts_before, tokens_before = before
+    if texts_before is None:
+        return None, None
     deadline = time.monotonic() + cap_s
     while time.monotonic() < deadline:
-        delta = _since(tenant_sequences(port) or {}, before)
+        texts, tokens = tenant_counts(port)
+        delta = _since(texts or {}, texts_before)
         if sum(sorted(delta.values(), reverse=True)[:2]) >= per_tenant:
-            return delta
+            return delta, (_since(tokens, tokens_before) if tokens and tokens_before else None)
         time.sleep(0.05)
-    return None
+    return None, None
 
 
 def tenant_texts_since(port: int | None, before: dict | None) -> dict | None:
@@ -612,8 +626,8 @@ def tenants(ctx, a, model: str) -> dict:
         # The share once both are backlogged: until B's jobs are all in, A's run alone (its head start,
         # 0.1-0.25 s of 2 vCPUs: ~600-1,200 texts, as much as the machine's load makes the submissions
         # take). From then, the next half of both backlogs (A still has more than its half left).
-        both_backlogged = tenant_sequences(ctx.metrics_port)
-        half_texts = tenant_texts_at_half(ctx.metrics_port, both_backlogged, a.fair_jobs * a.fair_n)
+        both_backlogged = tenant_counts(ctx.metrics_port)
+        half_texts, half_tokens = tenant_counts_at_half(ctx.metrics_port, both_backlogged, a.fair_jobs * a.fair_n)
         from_start = tenant_texts_since(ctx.metrics_port, before_tenants)
         ok = wait_all(ctx.dbc, ids_a + ids_b, time.monotonic() + a.tenant_cap_s, poll=0.1)
         rows = job_rows(ctx.dbc, ids_a + ids_b)
@@ -635,6 +649,7 @@ def tenants(ctx, a, model: str) -> dict:
                          "a_last_finished_s": round(max((t for t, is_a in fin if is_a), default=t0) - t0, 3),
                          "b_last_finished_s": round(max((t for t, is_a in fin if not is_a), default=t0) - t0, 3)})
         half_texts, from_start = a_then_b(half_texts, rows, ids_a), a_then_b(from_start, rows, ids_a)
+        half_tokens = a_then_b(half_tokens, rows, ids_a)
         if half_texts:
             # Texts, not whole jobs: a scheduler that runs each tenant's jobs side by side finishes
             # them together at the end, so counting finished jobs says little about the share.
@@ -645,6 +660,13 @@ def tenants(ctx, a, model: str) -> dict:
             fair["texts_run_by_tenant_from_a_start"] = from_start
             fair["texts_from_a_start_min_over_max"] = (round(min(from_start) / max(from_start), 3)
                                                        if from_start and max(from_start) else None)
+        if half_tokens and max(half_tokens):
+            # The same window in tokens, the policy's unit. Each job's sequences run sorted by length,
+            # short first, so a tenant further into its jobs runs fewer texts per token: in texts the
+            # share reads low (run 26: 0.75-0.87 with A's head start slow to submit) where the tokens
+            # run are equal but for B's first ~0.2 s (its jobs claimed, tokenized, behind A's window).
+            fair["tokens_run_by_tenant_at_half"] = half_tokens
+            fair["tokens_min_over_max"] = round(min(half_tokens) / max(half_tokens), 3)
         fair["loadavg_1m"] = ctx.loadavg()
         res["fair"] = fair
         return res
