@@ -33,7 +33,8 @@ jobs rows, the worker's /metrics, signals, so they run against any version of th
             submit the same identical jobs (A's first, B's right after) and, at the moment half of all
             of them have finished, the texts finished by each (min/max); and, from the worker's metric,
             the texts each ran from the moment B's jobs were all in (both backlogged) until the two had
-            run half of both backlogs (min/max), and the same moment counted from A's first submission;
+            run half of both backlogs (min/max; A's and B's named), the tokens each ran in that window
+            (the policy's unit), and the same moment counted from A's first submission;
   resend:   `poolq beat` running (from here on), 1,000 one-text jobs, no fault: messages sent more than
             once (the sweeper's "re-sent N job(s)" log lines; claims past the first; redeliveries the
             worker ignored); the phase lasts >= --resend-min-s so beat's schedule fires in it;
