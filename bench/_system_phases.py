@@ -374,15 +374,15 @@ def _since(now: dict, before: dict) -> dict[str, int]:
     return {k: int(now.get(k, 0.0) - before.get(k, 0.0)) for k in now}
 
 
-def a_then_b(texts: dict | None, rows: list[dict], ids_a: list[str]) -> list[int] | None:
-    """`texts` (by tenant id) as [A's, B's], A's tenant read off its jobs' rows: sorted by size,
-    the two figures did not say which tenant ran more."""
-    if texts is None:
+def a_then_b(by_tenant: dict | None, rows: list[dict], ids_a: list[str]) -> list[int] | None:
+    """Counts by tenant id (texts or tokens) as [A's, B's], A's tenant read off its jobs' rows:
+    sorted by size, the two figures did not say which tenant ran more."""
+    if by_tenant is None:
         return None
     set_a = set(ids_a)
     tenant_a = next((r["tenant_id"] for r in rows if r["id"] in set_a), None)
     tenant_b = next((r["tenant_id"] for r in rows if r["id"] not in set_a), None)
-    return [texts.get(tenant_a, 0), texts.get(tenant_b, 0)]
+    return [by_tenant.get(tenant_a, 0), by_tenant.get(tenant_b, 0)]
 
 
 def counters_delta(before, after, model: str) -> dict | None:

@@ -22,6 +22,14 @@ from workers.scheduler.policy import Policy, Slice, Unit, adjacent_merged
 
 log = logging.getLogger(__name__)
 
+# Batches' worth of tokens an engine request may hold (merged slices of one unit). A request's
+# completion is a future settled, its done callback and a wake-up of the dispatcher, on the
+# device thread: once per batch at one batch's tokens (~257 for a 5,000-text job, the engine in
+# process 20), ~150 at two, and the device thread's CPU for handing rows back fell from 0.071
+# to 0.063 s for that job (benchmarks.md run 26; eight saved no more). Work still comes back,
+# and room for more opens, every couple of batches of the 8-batch window.
+REQUEST_BATCHES = 2
+
 
 class Dispatcher:
     def __init__(self, model: str, engine, on_complete: Callable[[Held], None], slice_tokens: int,
@@ -182,12 +190,8 @@ class Dispatcher:
         # forwards, a share of each batch's delivery (its rows split by owner): a 5,000-text
         # job was ~800 requests of a quarter batch, ~4 owners a batch, and the device thread
         # idled 0.09 s between its forwards against 0.05 merged (docs/benchmarks.md, run 23).
-        # At most two batches' tokens each: a request's completion is a future settled, a
-        # callback and a wake-up of this thread on the device thread, once per batch at one
-        # batch's tokens (~257 for a 5,000-text job, the engine in process 20), ~150 at two:
-        # the device thread's delivery CPU 0.071 -> 0.063 s for that job (run 26). Work still
-        # comes back, and room for more opens, every couple of batches, in an 8-batch window.
-        for s in adjacent_merged(slices, 2 * self._batch_tokens):
+        # At most REQUEST_BATCHES batches' tokens each (below).
+        for s in adjacent_merged(slices, REQUEST_BATCHES * self._batch_tokens):
             held_key, index = s.unit.key
             held = self._held[held_key]
             unit = held.prepared.units[index]
