@@ -190,7 +190,7 @@ class Dispatcher:
         # forwards, a share of each batch's delivery (its rows split by owner): a 5,000-text
         # job was ~800 requests of a quarter batch, ~4 owners a batch, and the device thread
         # idled 0.09 s between its forwards against 0.05 merged (docs/benchmarks.md, run 23).
-        # At most REQUEST_BATCHES batches' tokens each (below).
+        # At most REQUEST_BATCHES batches' tokens each (why: at its definition, above).
         for s in adjacent_merged(slices, REQUEST_BATCHES * self._batch_tokens):
             held_key, index = s.unit.key
             held = self._held[held_key]
