@@ -32,7 +32,9 @@ def loads(raw: str | bytes, max_depth: int = MAX_DEPTH) -> Any:
         value = _DECODER.decode(raw)
     except RecursionError:
         raise TooDeep(f"JSON nested deeper than {max_depth} levels") from None
-    if not within_depth(value, max_depth):
+    # Containers nest no deeper than the text has opening brackets (those inside strings
+    # included): a body with few brackets, such as any batch line, needs no walk.
+    if raw.count("[") + raw.count("{") > max_depth and not within_depth(value, max_depth):
         raise TooDeep(f"JSON nested deeper than {max_depth} levels")
     return value
 

@@ -121,11 +121,11 @@ class Policy:
             lane.active.append(tenant)  # a newcomer takes its turn after the tenants already waiting
         tenant.add(unit)
 
-    def drop(self, key: Hashable) -> None:
+    def drop(self, key: Hashable) -> Unit | None:
         """Hand out nothing more of this unit (cancelled, or taken over by another worker)."""
         unit = self._units.pop(key, None)
         if unit is None:
-            return
+            return None
         lane = self._lanes[1 if unit.bulk else 0]
         tenant = lane.tenants[unit.tenant]
         flow = tenant.by_flow[unit.flow]
@@ -134,6 +134,7 @@ class Policy:
             tenant.forget(flow, unit.flow)
         if not tenant.flows:
             self._retire(lane, tenant)
+        return unit
 
     def next_slices(self, budget: int) -> list[Slice]:
         """Slices worth about `budget` tokens (at least one slice when any work waits), in order."""

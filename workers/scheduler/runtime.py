@@ -159,7 +159,7 @@ class Scheduler:
             engine.warm_tokenizers(self._tokenizing_threads)
             tokens = engine.max_batch_tokens
             self._dispatchers[spec.name] = Dispatcher(
-                spec.name, engine, self._complete,
+                spec.name, engine, self._complete, self._next_turn,
                 # A slice is a quarter of a batch: a big job takes several slices
                 # per batch, so others' work fits in the same batch beside it.
                 slice_tokens=max(1, tokens // 4), max_slice_seqs=engine.max_batch_seqs,
@@ -275,8 +275,12 @@ class Scheduler:
     def _prepare_loop(self) -> None:
         while not self._stopping.is_set():
             held = self._preparing.get(timeout=0.5)
-            if held is not None:
-                self._prepare_one(held)
+            if held is None:
+                continue
+            if (held.kind == "chunk" and not held.streaming and held.state is State.PREPARING
+                    and self._dispatchers[held.model].park_if_ahead(held)):
+                continue  # a later chunk of a batch whose earlier ones have a window ready: made when they run low
+            self._prepare_one(held)
 
     def _prepare_one(self, held: Held, ready: list[Held] | None = None) -> None:
         if held.streaming:
@@ -306,7 +310,8 @@ class Scheduler:
         held.sealed = False
         held.streaming = True
         dispatcher.add(held)
-        self._preparing.put(held.bulk, held.tenant, held, _preparation_rank(held))
+        if not dispatcher.park_if_ahead(held):
+            self._next_turn(held)
 
     def _prepare_next_unit(self, held: Held) -> None:
         """One more unit of a streamed job or chunk, then the next turn goes to whoever waits (round robin
@@ -325,6 +330,11 @@ class Scheduler:
             dispatcher.seal(held, error)
             return
         dispatcher.extend(held, unit)
+        if not dispatcher.park_if_ahead(held):
+            self._next_turn(held)
+
+    def _next_turn(self, held: Held) -> None:
+        """A preparation turn for streamed work's next unit (or a parked chunk's first)."""
         self._preparing.put(held.bulk, held.tenant, held, _preparation_rank(held))
 
     # -- finishing -------------------------------------------------------------
