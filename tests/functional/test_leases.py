@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import os
 import signal
+import threading
 import time
 import uuid
 
+import psycopg
 import pytest
 from sqlalchemy import func, select
 
@@ -195,6 +197,46 @@ def test_a_live_lease_is_not_taken_over(api, db):
         assert all(t.id != job_id for t in claims.take_over(session, "other", [MODEL], 30, 3))
         assert claims.renew(session, "live-worker", 30) == {job_id}
         session.rollback()
+
+
+def test_renewing_leases_locks_the_rows_in_id_order_as_the_group_write_does(api, db, pg_url):
+    """The heartbeat's renew and the writer's group finish lock the same rows. The finish locks
+    them in id order; a renew that went in table order could hold one and wait for another the
+    finish held while the finish waited for the first: a deadlock, found by Postgres only after
+    its deadlock_timeout (1 s), and a group of finished jobs held up that long."""
+    worker = f"renewer-{uuid.uuid4().hex[:8]}"
+    first, second = (uuid.UUID(submit(api, [text])) for text in ("one", "two"))
+    low, high = uuid.UUID(int=uuid.uuid4().int >> 1), uuid.UUID(int=(1 << 127) | uuid.uuid4().int)
+    with db() as session:
+        # New ids, updated high first: the rows now lie in the table in the opposite order of their ids.
+        session.execute(Job.__table__.update().where(Job.id == first).values(id=high))
+        session.execute(Job.__table__.update().where(Job.id == second).values(id=low))
+        session.commit()
+    with db() as session:
+        assert {c.id for c in claims.claim(session, [low, high], worker, lease_s=30, max_attempts=3)} == {low, high}
+        session.commit()
+    plain = pg_url.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(plain) as holder, psycopg.connect(plain, autocommit=True) as probe:
+        holder.execute("SELECT 1 FROM jobs WHERE id = %s FOR UPDATE", (low,))  # as the writer would
+        renewed: list = []
+
+        def renew() -> None:
+            with db() as session:
+                renewed.append(claims.renew(session, worker, 30))
+                session.commit()
+
+        thread = threading.Thread(target=renew)
+        thread.start()
+        deadline = time.monotonic() + 10
+        while not probe.execute("SELECT 1 FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND query LIKE %s",
+                                ("%lease_expires_at%",)).fetchone():
+            assert time.monotonic() < deadline, "the renew never waited for the held row"
+            time.sleep(0.01)
+        # Waiting for the lowest id, the renew holds no other row yet.
+        probe.execute("SELECT 1 FROM jobs WHERE id = %s FOR UPDATE NOWAIT", (high,))
+        holder.rollback()
+    thread.join(timeout=10)
+    assert renewed == [{low, high}]
 
 
 def stop_a_running_job(api, workers, db, stop) -> str:
