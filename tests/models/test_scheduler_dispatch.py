@@ -9,6 +9,8 @@ from __future__ import annotations
 import queue
 import time
 
+import pytest
+
 from workers.scheduler.dispatch import Dispatcher
 from workers.scheduler.held import Held
 from workers.scheduler.work import Plan
@@ -40,31 +42,32 @@ def parked_once_counted(d: Dispatcher, held: Held, seconds: float = 10) -> bool:
     return False
 
 
-def test_streamed_work_waits_while_its_flow_has_enough_ready_and_comes_back_when_it_runs_low(bert):
+@pytest.fixture
+def running(bert):
+    """A dispatcher over the engine, with what it hands back to `on_room` and `on_complete`."""
     rooms, completed = queue.Queue(), queue.Queue()
     d = dispatcher(bert, rooms.put, completed.put)
-    try:
-        held = streamed(bert, "big")
-        d.add(held)
-        assert parked_once_counted(d, held)  # 8,000 texts waiting against one batch's worth
-        assert rooms.get(timeout=60) is held  # handed back as the engine worked through them
-        assert not d.park_if_ahead(held)  # its flow is low now: its next unit goes at once
-        d.seal(held)
-        assert completed.get(timeout=60) is held and held.remaining == 0 and held.error is None
-    finally:
-        d.stop()
+    yield d, rooms, completed
+    d.stop()
 
 
-def test_a_dropped_flow_hands_its_parked_work_back(bert):
-    rooms, completed = queue.Queue(), queue.Queue()
-    d = dispatcher(bert, rooms.put, completed.put)
-    try:
-        held = streamed(bert, "cancelled")
-        d.add(held)
-        assert parked_once_counted(d, held)
-        d.drop(held)  # cancelled: its preparation must get its turn back, to see that and stop
-        assert rooms.get(timeout=60) is held
-        time.sleep(0.2)  # what was in the engine comes back; what was dropped never runs
-        assert held.remaining > 0  # so it was the drop, not the engine running it all, that handed it back
-    finally:
-        d.stop()
+def test_streamed_work_waits_while_its_flow_has_enough_ready_and_comes_back_when_it_runs_low(bert, running):
+    d, rooms, completed = running
+    held = streamed(bert, "big")
+    d.add(held)
+    assert parked_once_counted(d, held)  # 8,000 texts waiting against one batch's worth
+    assert rooms.get(timeout=60) is held  # handed back as the engine worked through them
+    assert not d.park_if_ahead(held)  # its flow is low now: its next unit goes at once
+    d.seal(held)
+    assert completed.get(timeout=60) is held and held.remaining == 0 and held.error is None
+
+
+def test_a_dropped_flow_hands_its_parked_work_back(bert, running):
+    d, rooms, _ = running
+    held = streamed(bert, "cancelled")
+    d.add(held)
+    assert parked_once_counted(d, held)
+    d.drop(held)  # cancelled: its preparation must get its turn back, to see that and stop
+    assert rooms.get(timeout=60) is held
+    time.sleep(0.2)  # what was in the engine comes back; what was dropped never runs
+    assert held.remaining > 0  # so it was the drop, not the engine running it all, that handed it back
