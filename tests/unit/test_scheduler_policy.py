@@ -215,3 +215,18 @@ def test_merged_slices_of_two_backlogged_tenants_cover_each_sequence_once():
         for s in merged:
             seen.update((s.unit.key, i) for i in range(s.begin, s.end))
     assert len(seen) == 800 and set(seen.values()) == {1}
+
+
+def test_a_flow_s_waiting_tokens_follow_its_units_in_and_its_slices_out():
+    policy = Policy(slice_tokens=100, max_slice_seqs=64)
+    policy.add(unit("c0", n=30, tokens=10, bulk=True, flow="batch"))
+    policy.add(unit("c1", n=30, tokens=10, bulk=True, flow="batch"))
+    policy.add(unit("job", n=5, tokens=10))
+    assert (policy.waiting_tokens("batch"), policy.waiting_tokens("job")) == (600, 50)
+    handed = policy.next_slices(250)  # the interactive job's 50, then two slices of the first chunk
+    assert [s.tokens for s in handed] == [50, 100, 100]
+    assert (policy.waiting_tokens("batch"), policy.waiting_tokens("job")) == (400, 0)
+    policy.drop("c1")  # cancelled: its 300 will never be handed out
+    assert policy.waiting_tokens("batch") == 100
+    drain(policy, budget=100)
+    assert policy.waiting_tokens("batch") == 0

@@ -45,10 +45,9 @@ class Dispatcher:
         self._held: dict[object, Held] = {}  # work with units in the policy or slices in the engine
         self._whole: list[Slice] = []  # small jobs admitted this turn, submitted together at its end
         self._events: queue.SimpleQueue = queue.SimpleQueue()
-        # Tokens of each flow (a job, or a batch) in the policy, not yet in the engine; only this
-        # thread writes it. Streamed work whose flow has a window's worth or more there is parked
-        # (park_if_ahead) and handed back to `on_room`, to make its next unit, once it runs low.
-        self._waiting: dict = {}
+        # Streamed work whose flow (a job, or a batch) has a window's worth or more of tokens in
+        # the policy, not yet in the engine, is parked (park_if_ahead) and handed back to
+        # `on_room`, to make its next unit, once the flow runs low.
         self._ahead = inflight_tokens
         self._parked: dict = {}  # flow -> its parked work
         self._parked_lock = threading.Lock()
@@ -90,7 +89,7 @@ class Dispatcher:
         the time of ~3)."""
         flow = _flow(held)
         with self._parked_lock:
-            if self._waiting.get(flow, 0) < self._ahead:
+            if self._policy.waiting_tokens(flow) < self._ahead:
                 return False
             self._parked.setdefault(flow, []).append(held)
             return True
@@ -124,7 +123,7 @@ class Dispatcher:
     def _unpark(self) -> None:
         """Hand back the parked work of flows that now have less than a window waiting."""
         with self._parked_lock:
-            ready = [flow for flow in self._parked if self._waiting.get(flow, 0) < self._ahead]
+            ready = [flow for flow in self._parked if self._policy.waiting_tokens(flow) < self._ahead]
             helds = [held for flow in ready for held in self._parked.pop(flow)]
         for held in helds:
             self._on_room(held)
@@ -162,20 +161,8 @@ class Dispatcher:
             return
         for i, unit in enumerate(units):
             if len(unit):
-                self._add_unit(held, i, unit)
+                self._policy.add(Unit((held.key, i), held.tenant, held.bulk, unit.starts, flow=_flow(held)))
         self._maybe_complete(held)
-
-    def _add_unit(self, held: Held, index: int, unit) -> None:
-        flow = _flow(held)
-        self._policy.add(Unit((held.key, index), held.tenant, held.bulk, unit.starts, flow=flow))
-        self._waiting[flow] = self._waiting.get(flow, 0) + unit.tokens()
-
-    def _less_waiting(self, flow, tokens: int) -> None:
-        left = self._waiting.get(flow, 0) - tokens
-        if left > 0:
-            self._waiting[flow] = left
-        else:
-            self._waiting.pop(flow, None)
 
     def _whole_small(self, held: Held) -> bool:
         units = held.prepared.units
@@ -190,7 +177,7 @@ class Dispatcher:
         held.parts.append({})
         held.remaining += len(unit)
         if len(unit):
-            self._add_unit(held, index, unit)
+            self._policy.add(Unit((held.key, index), held.tenant, held.bulk, unit.starts, flow=_flow(held)))
 
     def _seal(self, held: Held, error: BaseException | None) -> None:
         held.sealed = True
@@ -211,9 +198,7 @@ class Dispatcher:
 
     def _drop_units(self, held: Held) -> None:
         for i in range(len(held.parts)):
-            unit = self._policy.drop((held.key, i))
-            if unit is not None:
-                self._less_waiting(unit.flow, int(unit.starts[-1] - unit.starts[unit.next]))
+            self._policy.drop((held.key, i))
 
     def _fill(self) -> None:
         if self._whole:
@@ -253,8 +238,6 @@ class Dispatcher:
             whole = self._whole_small(held) and s.end - s.begin == len(unit)
             submits.append((unit, s.begin, s.end, 0 if whole else 1))
             owners.append((held, index, s))
-        for s in slices:
-            self._less_waiting(s.unit.flow, s.tokens)
         futures = self.engine.submit(submits)
         for future, (held, index, s) in zip(futures, owners):
             self._inflight += s.tokens

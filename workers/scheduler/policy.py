@@ -57,6 +57,10 @@ class Unit:
     def done(self) -> bool:
         return self.next >= self.size
 
+    @property
+    def tokens_left(self) -> int:
+        return int(self.starts[-1] - self.starts[self.next])
+
 
 @dataclass(frozen=True)
 class Slice:
@@ -102,6 +106,9 @@ class Policy:
         self.quantum = quantum or slice_tokens
         self._lanes = (_Lane(), _Lane())  # interactive, bulk
         self._units: dict[Hashable, Unit] = {}
+        # Tokens not yet handed out, per flow. Kept as they change, so that another thread can read
+        # a flow's with one dict lookup (the runtime's preparation: how far ahead to tokenize).
+        self._waiting: dict[Hashable, int] = {}
 
     def __len__(self) -> int:
         """Units with sequences not yet handed out."""
@@ -110,10 +117,22 @@ class Policy:
     def waiting(self, bulk: bool) -> bool:
         return bool(self._lanes[1 if bulk else 0].active)
 
+    def waiting_tokens(self, flow: Hashable) -> int:
+        """Tokens of the flow's units not yet handed out."""
+        return self._waiting.get(flow, 0)
+
+    def _count(self, flow: Hashable, tokens: int) -> None:
+        left = self._waiting.get(flow, 0) + tokens
+        if left > 0:
+            self._waiting[flow] = left
+        else:
+            self._waiting.pop(flow, None)
+
     def add(self, unit: Unit) -> None:
         if unit.done or unit.key in self._units:
             return
         self._units[unit.key] = unit
+        self._count(unit.flow, unit.tokens_left)
         lane = self._lanes[1 if unit.bulk else 0]
         tenant = lane.tenants.get(unit.tenant)
         if tenant is None:
@@ -121,11 +140,12 @@ class Policy:
             lane.active.append(tenant)  # a newcomer takes its turn after the tenants already waiting
         tenant.add(unit)
 
-    def drop(self, key: Hashable) -> Unit | None:
+    def drop(self, key: Hashable) -> None:
         """Hand out nothing more of this unit (cancelled, or taken over by another worker)."""
         unit = self._units.pop(key, None)
         if unit is None:
-            return None
+            return
+        self._count(unit.flow, -unit.tokens_left)
         lane = self._lanes[1 if unit.bulk else 0]
         tenant = lane.tenants[unit.tenant]
         flow = tenant.by_flow[unit.flow]
@@ -134,7 +154,6 @@ class Policy:
             tenant.forget(flow, unit.flow)
         if not tenant.flows:
             self._retire(lane, tenant)
-        return unit
 
     def next_slices(self, budget: int) -> list[Slice]:
         """Slices worth about `budget` tokens (at least one slice when any work waits), in order."""
@@ -156,6 +175,7 @@ class Policy:
             budget -= cost
             out.append(Slice(unit, unit.next, end, cost))
             unit.next = end
+            self._count(unit.flow, -cost)
             if unit.done:
                 del self._units[unit.key]
                 flow = tenant.flows[0]
