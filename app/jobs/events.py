@@ -9,6 +9,15 @@ message costs latency, never a wrong answer. A small succeeded result rides
 with its message (the JSON text stored, byte for byte), so the waiter
 answers without a read of it from the database.
 
+A cancel is announced twice (`publish_cancelled`): on the same channel, so a
+request waiting for the job answers at once, and on a channel of its own
+(`CANCELLED_CHANNEL`) that every worker listens to (`listen_for_cancels`), so
+the worker running the job stops it at its next slice. Workers do not take
+the completion channel: under small-job load it carries hundreds of messages
+a second, none of them for a worker. The announcement only says "look now":
+the worker asks the database whether it still holds the job, and a lost one
+costs the worker's heartbeat (lease/3) at most.
+
 A group write's completions go out as one message (`GROUP_MARK`, then one
 line per job): each API process's listener then wakes for a group, not for
 each of its jobs, and Redis fans out one message. A single completion keeps
@@ -31,6 +40,7 @@ from app.broker import BROKER_SOCKET_TIMEOUT_S
 log = logging.getLogger(__name__)
 
 CHANNEL = "poolq:jobs:finished"  # prefixed with the deployment's namespace
+CANCELLED_CHANNEL = "poolq:jobs:cancelled"  # one job id a line
 # A message of several completions starts with this line. Result JSON never holds a raw
 # newline (app.jsontext writes none), so the lines are the completions.
 GROUP_MARK = "group"
@@ -65,6 +75,7 @@ class RedisJobEvents:
     def __init__(self, url: str, namespace: str = ""):
         self._url = url
         self._channel = f"{namespace}{CHANNEL}"
+        self._cancelled_channel = f"{namespace}{CANCELLED_CHANNEL}"
         self._waiters: dict[str, Waiter] = {}
         self._lock = threading.Lock()
         self._subscribed = threading.Event()
@@ -92,6 +103,37 @@ class RedisJobEvents:
             pipe.execute()
         except Exception:  # waiters fall back to re-reading the job
             log.warning("could not publish completion of %d job(s)", len(finished), exc_info=True)
+
+    def publish_cancelled(self, job_id: str) -> None:
+        """A job was cancelled: its waiters answer, and the worker running it stops it, now.
+        Both in one round trip; if it fails, the waiters' rechecks and the worker's heartbeat
+        notice it instead."""
+        try:
+            if self._publisher is None:
+                import redis
+
+                self._publisher = redis.Redis.from_url(self._url, socket_timeout=2, socket_connect_timeout=2)
+            pipe = self._publisher.pipeline(transaction=False)
+            pipe.publish(self._channel, str(job_id))
+            pipe.publish(self._cancelled_channel, str(job_id))
+            pipe.execute()
+        except Exception:
+            log.warning("could not announce the cancel of job %s", job_id, exc_info=True)
+
+    def listen_for_cancels(self, on_cancelled: Callable[[list[str]], None]) -> threading.Thread:
+        """A worker's thread that calls `on_cancelled(job ids)` for each cancel announced."""
+        subscribed = threading.Event()
+
+        def on_message(data) -> None:
+            text = data.decode() if isinstance(data, bytes) else str(data)
+            on_cancelled([line for line in text.split("\n") if line])
+
+        thread = threading.Thread(target=listen_forever, args=(self._url, self._cancelled_channel, on_message,
+                                                               subscribed, "cancel"),
+                                  name="poolq-cancels", daemon=True)
+        thread.start()
+        subscribed.wait(timeout=1.0)
+        return thread
 
     @contextmanager
     def expect(self, job_id: str) -> Iterator[Waiter]:
@@ -122,48 +164,9 @@ class RedisJobEvents:
             if self._listener_pid != os.getpid():
                 self._listener_pid = os.getpid()
                 self._subscribed.clear()
-                threading.Thread(target=self._listen, name="poolq-job-events", daemon=True).start()
+                threading.Thread(target=listen_forever, name="poolq-job-events", daemon=True,
+                                 args=(self._url, self._channel, self._wake, self._subscribed, "job events")).start()
         self._subscribed.wait(timeout=1.0)
-
-    def _listen(self) -> None:
-        failures = 0
-        while True:
-            started = time.monotonic()
-            try:
-                self._listen_once()
-            except Exception as exc:
-                if time.monotonic() - started > LISTEN_CHECK_S:
-                    failures = 0  # it had been listening: a new outage
-                # The traceback once per outage, not once a second for as long as it lasts.
-                if failures == 0:
-                    log.warning("job events listener lost Redis; reconnecting", exc_info=True)
-                else:
-                    log.debug("job events listener still without Redis: %s", exc)
-                failures += 1
-                time.sleep(min(float(failures), 5.0))
-
-    def _listen_once(self) -> None:
-        pubsub = redis_client(self._url).pubsub(ignore_subscribe_messages=True)
-        try:
-            pubsub.subscribe(self._channel)
-            self._subscribed.set()
-            last_heard, pinged = time.monotonic(), False
-            while True:
-                message = pubsub.get_message(timeout=1.0)  # bounded: the checks below get their turn
-                now = time.monotonic()
-                if message is not None:
-                    last_heard, pinged = now, False
-                    if message.get("type") == "message":
-                        self._wake(message.get("data"))
-                    continue
-                silent = now - last_heard
-                if silent > LISTEN_CHECK_S + PONG_WAIT_S:
-                    raise TimeoutError(f"no answer from Redis for {silent:.0f} s")
-                if silent > LISTEN_CHECK_S and not pinged:
-                    pubsub.ping()  # its pong comes back as a message and resets the clock
-                    pinged = True
-        finally:
-            pubsub.close()
 
     def _wake(self, data) -> None:
         text = data.decode() if isinstance(data, bytes) else str(data)
@@ -172,6 +175,50 @@ class RedisJobEvents:
             waiter = self._waiters.get(key)
             if waiter is not None:
                 waiter.finished(result_json or None)
+
+
+def listen_forever(url: str, channel: str, on_message: Callable, subscribed: threading.Event, what: str) -> None:
+    """Subscribe to `channel` and hand each message's data to `on_message`, for as long as the
+    process lives: a lost connection is replaced (after 1, 2, ... up to 5 s), a silent one too."""
+    failures = 0
+    while True:
+        started = time.monotonic()
+        try:
+            _listen_once(url, channel, on_message, subscribed)
+        except Exception as exc:
+            if time.monotonic() - started > LISTEN_CHECK_S:
+                failures = 0  # it had been listening: a new outage
+            # The traceback once per outage, not once a second for as long as it lasts.
+            if failures == 0:
+                log.warning("%s listener lost Redis; reconnecting", what, exc_info=True)
+            else:
+                log.debug("%s listener still without Redis: %s", what, exc)
+            failures += 1
+            time.sleep(min(float(failures), 5.0))
+
+
+def _listen_once(url: str, channel: str, on_message: Callable, subscribed: threading.Event) -> None:
+    pubsub = redis_client(url).pubsub(ignore_subscribe_messages=True)
+    try:
+        pubsub.subscribe(channel)
+        subscribed.set()
+        last_heard, pinged = time.monotonic(), False
+        while True:
+            message = pubsub.get_message(timeout=1.0)  # bounded: the checks below get their turn
+            now = time.monotonic()
+            if message is not None:
+                last_heard, pinged = now, False
+                if message.get("type") == "message":
+                    on_message(message.get("data"))
+                continue
+            silent = now - last_heard
+            if silent > LISTEN_CHECK_S + PONG_WAIT_S:
+                raise TimeoutError(f"no answer from Redis for {silent:.0f} s")
+            if silent > LISTEN_CHECK_S and not pinged:
+                pubsub.ping()  # its pong comes back as a message and resets the clock
+                pinged = True
+    finally:
+        pubsub.close()
 
 
 def completion_messages(finished: list) -> list[str]:

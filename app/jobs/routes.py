@@ -91,7 +91,9 @@ def cancel_job(job_id: str):
     job = lifecycle.cancel_job(session, job_id, current_tenant_id())
     deliveries = job_event(session, job.id, "completed")
     session.commit()
-    send_deliveries(current_app.extensions["poolq"].celery, deliveries)
+    poolq = current_app.extensions["poolq"]
+    poolq.events.publish_cancelled(str(job.id))  # its worker stops it at its next slice
+    send_deliveries(poolq.celery, deliveries)
     return jsonify(services.job_resource(job, None))
 
 

@@ -268,6 +268,27 @@ def test_cancel_stops_a_running_job_at_its_next_slice(api, workers, db):
     assert job["status"] == "cancelled" and job["result"] is None
 
 
+def test_a_cancel_reaches_the_running_worker_at_once_not_at_its_next_heartbeat(api, workers, db):
+    """The API announces a cancel on Redis, and the worker running the job drops it at its next
+    slice. This worker's heartbeat, the only other way it learns of a cancel, comes every 30 s:
+    without the announcement the job would run to its end (its result then refused) first."""
+    worker = workers(POOLQ_LEASE_S="90")
+    worker.wait_ready()
+    job_id = submit(api, [f"a sentence to classify, number {i} " * 4 for i in range(20000)])
+    deadline = time.monotonic() + 60
+    while api.get(f"/v1/jobs/{job_id}").json["status"] != "running" and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)  # slices are in the engine
+    assert api.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
+    deadline = time.monotonic() + 20
+    while f"job {job_id} is no longer ours" not in worker.log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    log_text = worker.log.read_text()
+    assert f"job {job_id} is no longer ours" in log_text
+    assert f"job {job_id} was finished elsewhere" not in log_text  # it did not run to its end
+    assert results_per_job(db, [job_id]) == {}
+
+
 def test_a_running_job_whose_row_is_deleted_stops_at_its_next_slice(api, workers, db):
     """The API refuses to delete an unfinished job (cancel first), but its row can still go
     while it runs (its tenant removed: ON DELETE CASCADE): the worker stops and writes nothing."""

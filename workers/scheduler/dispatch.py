@@ -241,7 +241,6 @@ class Dispatcher:
         futures = self.engine.submit(submits)
         for future, (held, index, s) in zip(futures, owners):
             self._inflight += s.tokens
-            held.slices += 1
             held.outstanding += 1
             future.add_done_callback(lambda f, a=(held, index, s): self._events.put(("done", (*a, f))))
 

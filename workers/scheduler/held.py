@@ -40,7 +40,6 @@ class Held:
     answered: list = field(default_factory=list)  # chunk lines refused at preparation
     parts: list[dict[int, Any]] = field(default_factory=list)  # per unit: slice begin -> raw outputs
     remaining: int = 0  # sequences not yet back from the engine
-    slices: int = 0  # slices handed out so far (a job of many is checked for cancellation)
     outstanding: int = 0  # slices in the engine now
     sealed: bool = True  # False while a streamed job's further units are still being made
     streaming: bool = False  # its further units are made a turn at a time by the preparation threads

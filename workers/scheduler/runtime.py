@@ -4,7 +4,8 @@
         --> dispatcher per model (policy: fair slices) --> engine batcher --> device
         --> finisher (vLLM response shape) --> writer (one transaction for many jobs,
             one Redis round trip of completions, then the acks)
-    heartbeat: renew every lease in one statement; notice cancels; take over lapsed leases
+    heartbeat: renew every lease in one statement; take over lapsed leases
+    cancels: a job cancelled through the API is announced on Redis and dropped at its next slice
 
 No thread per job: a job in flight is a `Held` record passed between these
 stages, so the number in flight is bounded by the broker prefetch
@@ -122,7 +123,7 @@ def _drain(q: queue.SimpleQueue, first, limit: int = 10_000) -> list:
 
 class Scheduler:
     def __init__(self, poolq, engines, identity: str, lease_s: float, max_attempts: int,
-                 heartbeat_s: float | None = None, prepare_threads: int = 2, cancel_check_s: float = 0.5):
+                 heartbeat_s: float | None = None, prepare_threads: int = 2):
         self.poolq = poolq
         self.settings = poolq.settings
         self.engines = engines
@@ -130,7 +131,6 @@ class Scheduler:
         self.lease_s = lease_s
         self.max_attempts = max_attempts
         self.heartbeat_s = heartbeat_s or max(0.5, lease_s / 3)
-        self.cancel_check_s = cancel_check_s
         self._stopping = threading.Event()
         self._store = Store(_own_sessions(poolq))
         self._lock = threading.Lock()
@@ -170,6 +170,7 @@ class Scheduler:
                 inflight_tokens=engine.window_batches * tokens)
         for thread in self._threads:
             thread.start()
+        self.poolq.events.listen_for_cancels(self._on_cancelled)
         log.info("scheduler %s: lease %.0f s, renewed every %.1f s, at most %d attempts", self.identity,
                  self.lease_s, self.heartbeat_s, self.max_attempts)
 
@@ -474,23 +475,19 @@ class Scheduler:
         with self._lock:
             return bool(self._held)
 
-    # -- heartbeat: leases, cancels, take-overs ------------------------------------
+    # -- heartbeat: leases, take-overs -------------------------------------------
     def _heartbeat_loop(self) -> None:
-        next_beat = 0.0
-        while not self._stopping.wait(self.cancel_check_s):
+        while True:
             try:
-                if time.monotonic() >= next_beat:
-                    next_beat = time.monotonic() + self.heartbeat_s
-                    self._beat()
-                else:
-                    self._check_cancels()
+                self._beat()
             except Exception:  # noqa: BLE001 - a heartbeat missed is retried at the next one
                 log.warning("scheduler heartbeat failed", exc_info=True)
+            if self._stopping.wait(self.heartbeat_s):
+                return
 
-    def _running(self, kind: str, multi_slice: bool = False) -> list[Held]:
+    def _running(self, kind: str) -> list[Held]:
         with self._lock:
-            return [h for h in self._held.values() if h.kind == kind and h.state in (State.PREPARING, State.RUNNING)
-                    and (not multi_slice or h.slices > 1)]
+            return [h for h in self._held.values() if h.kind == kind and h.state in (State.PREPARING, State.RUNNING)]
 
     def _beat(self) -> None:
         models = [spec.name for spec in self.settings.models]
@@ -524,10 +521,13 @@ class Scheduler:
                         extra={"batch_id": str(c.batch_id), "model": c.model})
             self._hold(Held("chunk", (c.batch_id, c.index), c.model, c.tenant_id, True, c.attempt, c))
 
-    def _check_cancels(self) -> None:
-        """Between heartbeats, jobs that run for several slices are checked for a cancel or delete,
-        so one stops within about a slice instead of a heartbeat."""
-        held = [h for h in self._running("job", multi_slice=True)]
+    def _on_cancelled(self, job_ids: list[str]) -> None:
+        """Jobs cancelled through the API (app/jobs/events.py; on the listener's thread): those
+        running here are checked at once and dropped at their next slice. The message only says
+        where to look: the row decides, so a stale or repeated one stops nothing still ours. A
+        cancel whose message was lost is noticed by the next heartbeat's renew."""
+        named = set(job_ids)
+        held = [h for h in self._running("job") if str(h.key) in named]
         if not held:
             return
         still = self._store.transact("checking cancels", lambda s: claims.still_held(
