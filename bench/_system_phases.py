@@ -21,6 +21,7 @@ import re
 import signal
 import subprocess
 import sys
+import statistics
 import threading
 import time
 import urllib.request
@@ -529,6 +530,57 @@ def hol(ctx, a, model: str) -> dict:
             "background_seconds_after_accept": round(t_bg_done - t_accepted, 3), "idle_stages_p50_ms": idle_stages,
             "during_stages_p50_ms": stages,
             **info, "cpu_s": cpu}
+
+
+def cancel(ctx, a, model: str) -> dict:
+    """A big job cancelled while it runs, --cancel-rounds times: the texts the worker's engine still
+    took for it after the cancel's 200 (poolq_engine_sequences, scraped every 10 ms until it has not
+    moved for a second) and when the last of them was taken; the job's rate just before the cancel
+    turns those texts into seconds of its forwards. Then a one-text job, to show the worker goes on."""
+    big = [ctx.big_texts[i % len(ctx.big_texts)] for i in range(a.hol_job_n)]
+    h = Http(ctx.port)
+    rounds = []
+    for _ in range(max(1, a.cancel_rounds)):
+        status, job = h.request("POST", "/v1/jobs", job_body(model, big))
+        if status != 202:
+            raise RuntimeError(f"big job {status}: {str(job)[:300]}")
+        deadline = time.monotonic() + 120
+        while h.request("GET", f"/v1/jobs/{job['id']}")[1]["status"] != "running":
+            if time.monotonic() > deadline:
+                raise RuntimeError("the big job never started")
+            time.sleep(0.01)
+        t_run, seq_run = time.time(), _sequences(ctx.metrics_port, model)
+        time.sleep(0.5)  # running at its pace
+        t_before, seq_before = time.time(), _sequences(ctx.metrics_port, model)
+        status, body = h.request("POST", f"/v1/jobs/{job['id']}/cancel")
+        t_ok, seq_ok = time.time(), _sequences(ctx.metrics_port, model)
+        if status != 200:
+            raise RuntimeError(f"cancel {status}: {str(body)[:300]}")
+        last_t, last_seq = t_ok, seq_ok
+        while time.time() - last_t < 1.0 and time.time() - t_ok < 60:
+            time.sleep(0.01)
+            seq = _sequences(ctx.metrics_port, model)
+            if seq != last_seq:
+                last_t, last_seq = time.time(), seq
+        rate = (seq_before - seq_run) / max(t_before - t_run, 1e-9)
+        after = last_seq - seq_ok
+        rounds.append({"texts_before_cancel": int(seq_ok - seq_run), "texts_after_cancel": int(after),
+                       "last_text_after_s": round(last_t - t_ok, 3),
+                       "texts_per_s_before": round(rate, 1),
+                       "seconds_of_forwards_after": round(after / rate, 3) if rate else None,
+                       "status": h.request("GET", f"/v1/jobs/{job['id']}")[1]["status"]})
+    status, job = h.request("POST", "/v1/jobs", job_body(model, ["one text after the cancels"]))
+    follow_up = wait_job(h, job["id"], time.monotonic() + 60)["status"] if status == 202 else f"submit {status}"
+    h.close()
+    med = lambda key: statistics.median(r[key] for r in rounds if r[key] is not None)  # noqa: E731
+    return {"job_n": a.hol_job_n, "rounds": rounds, "texts_after_cancel_median": med("texts_after_cancel"),
+            "last_text_after_s_median": med("last_text_after_s"),
+            "seconds_of_forwards_after_median": med("seconds_of_forwards_after"), "follow_up_job": follow_up}
+
+
+def _sequences(port: int | None, model: str) -> float:
+    counters = engine_counters(port) or {}
+    return counters.get(model, {}).get("sequences", 0.0)
 
 
 def probe_stages(ctx, model: str, since: float, until: float, exclude_tokens_over: int) -> dict | None:

@@ -27,6 +27,9 @@ jobs rows, the worker's /metrics, signals, so they run against any version of th
             their idle p50 (--hol-job-n / --hol-batch-n scale it down, and the output says so); under
             load the requests arrive open loop (one every --probe-interval-s, 0.2 s), so every moment of
             the window is sampled alike, and a wait for a free client connection counts;
+  cancel:   a --hol-job-n-text job cancelled 0.5 s after it starts running, --cancel-rounds (3) times: the
+            texts the worker's engine took for it after the cancel's 200, when the last one was taken,
+            and those texts in seconds of the job's forwards (its rate just before the cancel);
   tenants:  a second API with POOLQ_AUTH=required and two keys (`poolq keys create`): tenant A floods
             with large jobs while B sends one-text sync requests (open loop as in hol; B's p50 / B's
             idle p50); then both
@@ -53,15 +56,15 @@ creates a fresh Postgres database, runs the migrations, flushes one Redis db, st
 
     .venv/bin/python bench/system.py                     # CPU: tiny + minilm, small sizes (~10 min on 2 cores)
     SHAPES=tiny .venv/bin/python bench/system.py         # CPU: the issue-11 run (tiny only)
-    SKIP=hol,tenants,resend,recovery .venv/bin/python bench/system.py   # the earlier phases only
+    SKIP=hol,cancel,tenants,resend,recovery .venv/bin/python bench/system.py   # the earlier phases only
     source .device/setup.sh && python bench/system.py    # GPU: minilm, N=100000, C=200
 Options (each also as an environment variable, upper case with '_'): --shapes, --small-shape,
 --bulk-n, --latency-n, --clients, --per-client, --small-clients, --small-k, --noop-k,
 --api-workers, --api-threads, --worker-threads (0: unset), --client-procs, --bulk-runs, --bulk-poll-s, --plain-n,
---probe-interval-s, --hol-job-n, --hol-batch-n, --hol-idle-n, --tenant-flood-jobs, --tenant-flood-n, --tenant-idle-n,
---fair-jobs, --fair-n, --resend-k, --resend-min-s, --recovery-small, --recovery-big, --recovery-big-n,
+--probe-interval-s, --hol-job-n, --hol-batch-n, --hol-idle-n, --cancel-rounds, --tenant-flood-jobs,
+--tenant-flood-n, --tenant-idle-n, --fair-jobs, --fair-n, --resend-k, --resend-min-s, --recovery-small, --recovery-big, --recovery-big-n,
 --recovery-kill-after-s, --recovery-cap-s, --skip (engine,plain,noop,bulk,batch,latency,concurrent,small,
-hol,tenants,resend,recovery).
+hol,cancel,tenants,resend,recovery).
 Writes $OUT/system.json (OUT default /tmp) and prints a markdown table.
 Postgres: the server of DATABASE_URL (default postgresql://postgres@127.0.0.1:5432);
 Redis: REDIS_URL (default redis://127.0.0.1:6379/11, a scratch db: it is flushed).
@@ -160,6 +163,8 @@ def options() -> argparse.Namespace:
     p.add_argument("--probe-interval-s", type=float, default=float(env("probe_interval_s", 0.2)),
                    help="one-text requests arrive this often while a background load runs (hol, tenants)")
     p.add_argument("--hol-idle-n", type=int, default=int(env("hol_idle_n", 50)), help="idle one-text requests (hol)")
+    p.add_argument("--cancel-rounds", type=int, default=int(env("cancel_rounds", 3)),
+                   help="big jobs cancelled while they run (cancel)")
     p.add_argument("--tenant-flood-jobs", type=int, default=int(env("tenant_flood_jobs", 8)),
                    help="tenant A's large jobs while B is interactive (tenants)")
     p.add_argument("--tenant-flood-n", type=int, default=int(env("tenant_flood_n", 2500)), help="texts per flood job")
@@ -182,7 +187,7 @@ def options() -> argparse.Namespace:
     p.add_argument("--recovery-cap-s", type=float, default=float(env("recovery_cap_s", 180)),
                    help="longest wait for the killed worker's jobs")
     p.add_argument("--skip", default=env("skip", ""), help="comma list of phases to skip: engine,plain,noop,bulk,"
-                   "batch,latency,concurrent,small,hol,tenants,resend,recovery")
+                   "batch,latency,concurrent,small,hol,cancel,tenants,resend,recovery")
     a = p.parse_args()
     a.shapes = [s for s in a.shapes.split(",") if s]
     a.skip = {s for s in a.skip.split(",") if s}
@@ -985,8 +990,8 @@ def main() -> int:
             free_port=free_port, lat_summary=lat_summary, pct=pct, loadavg=loadavg, log=log, texts=texts,
             big_texts=None, cleanup=cleanup, procs={}, root=ROOT, beat_info=None, metrics_port=metrics_port)
         s = a.small_shape
-        for name, fn in (("hol", phases.hol), ("tenants", phases.tenants), ("resend", phases.resend),
-                         ("recovery", phases.recovery)):
+        for name, fn in (("hol", phases.hol), ("cancel", phases.cancel), ("tenants", phases.tenants),
+                         ("resend", phases.resend), ("recovery", phases.recovery)):
             if name in a.skip:
                 continue
             if ctx.big_texts is None:
@@ -1116,6 +1121,7 @@ def targets_table(r: dict, g) -> str:
     shape = g(sj, "shape", default=None) or next(iter(r["shapes"]), None)
     v = r["shapes"].get(shape, {}) if shape else {}
     hol, ten, rs, rec = r.get("hol", {}), r.get("tenants", {}), r.get("resend", {}), r.get("recovery", {})
+    cancel = r.get("cancel", {})
     vp = g(v, "engine", "vs_plain_loop", default={})
     eb = g(v, "sync_concurrent", "engine_batches", default={}) or {}
 
@@ -1166,6 +1172,10 @@ def targets_table(r: dict, g) -> str:
         (f"one-text sync p50 during a {g(hol, 'job_n')}-text job + {g(hol, 'batch_n')}-line batch{hol_note}",
          f"{g(hol, 'during', 'p50_ms')} ms (n={g(hol, 'during', 'n')})", f"idle p50 {g(hol, 'idle', 'p50_ms')} ms",
          g(hol, "ratio_p50_vs_idle"), "<= 3", loads(hol)),
+        (f"a running {g(cancel, 'job_n')}-text job cancelled: texts its worker still ran after the cancel's 200 "
+         f"(median of {len(g(cancel, 'rounds', default=[]))})", g(cancel, "texts_after_cancel_median"),
+         f"the last {g(cancel, 'last_text_after_s_median')} s after it", g(cancel, "seconds_of_forwards_after_median"),
+         "reported (s of its forwards)", loads(cancel)),
         (f"tenant B one-text p50 while A floods ({g(ten, 'flood', 'a_jobs')} x {g(ten, 'flood', 'a_texts_per_job')} "
          "texts)", f"{g(ten, 'flood', 'b_during', 'p50_ms')} ms (n={g(ten, 'flood', 'b_during', 'n')})",
          f"B idle p50 {g(ten, 'flood', 'b_idle', 'p50_ms')} ms", g(ten, "flood", "ratio_p50_vs_idle"), "<= 3",
