@@ -93,11 +93,7 @@ class RedisJobEvents:
         database."""
         finished = list(finished)
         try:
-            if self._publisher is None:
-                import redis
-
-                self._publisher = redis.Redis.from_url(self._url, socket_timeout=2, socket_connect_timeout=2)
-            pipe = self._publisher.pipeline(transaction=False)
+            pipe = self._publishing().pipeline(transaction=False)
             for message in completion_messages(finished):
                 pipe.publish(self._channel, message)
             pipe.execute()
@@ -109,16 +105,19 @@ class RedisJobEvents:
         Both in one round trip; if it fails, the waiters' rechecks and the worker's heartbeat
         notice it instead."""
         try:
-            if self._publisher is None:
-                import redis
-
-                self._publisher = redis.Redis.from_url(self._url, socket_timeout=2, socket_connect_timeout=2)
-            pipe = self._publisher.pipeline(transaction=False)
+            pipe = self._publishing().pipeline(transaction=False)
             pipe.publish(self._channel, str(job_id))
             pipe.publish(self._cancelled_channel, str(job_id))
             pipe.execute()
         except Exception:
             log.warning("could not announce the cancel of job %s", job_id, exc_info=True)
+
+    def _publishing(self):
+        if self._publisher is None:
+            import redis
+
+            self._publisher = redis.Redis.from_url(self._url, socket_timeout=2, socket_connect_timeout=2)
+        return self._publisher
 
     def listen_for_cancels(self, on_cancelled: Callable[[list[str]], None]) -> threading.Thread:
         """A worker's thread that calls `on_cancelled(job ids)` for each cancel announced."""

@@ -239,16 +239,22 @@ def test_renewing_leases_locks_the_rows_in_id_order_as_the_group_write_does(api,
     assert renewed == [{low, high}]
 
 
-def stop_a_running_job(api, workers, db, stop) -> str:
-    """A big job running on a worker of its own; `stop(job_id)` takes it away; the worker must
-    drop it within seconds and go on serving. Returns the job id."""
-    worker = workers()
-    worker.wait_ready()
+def a_running_big_job(api) -> str:
+    """A 20k-text job, submitted and seen running with slices in the engine."""
     job_id = submit(api, [f"a sentence to classify, number {i} " * 4 for i in range(20000)])
     deadline = time.monotonic() + 60
     while api.get(f"/v1/jobs/{job_id}").json["status"] != "running" and time.monotonic() < deadline:
         time.sleep(0.02)
     time.sleep(0.3)  # slices are in the engine
+    return job_id
+
+
+def stop_a_running_job(api, workers, db, stop) -> str:
+    """A big job running on a worker of its own; `stop(job_id)` takes it away; the worker must
+    drop it within seconds and go on serving. Returns the job id."""
+    worker = workers()
+    worker.wait_ready()
+    job_id = a_running_big_job(api)
     stop(job_id)
     deadline = time.monotonic() + 10
     while f"job {job_id} is no longer ours" not in worker.log.read_text() and time.monotonic() < deadline:
@@ -274,11 +280,7 @@ def test_a_cancel_reaches_the_running_worker_at_once_not_at_its_next_heartbeat(a
     without the announcement the job would run to its end (its result then refused) first."""
     worker = workers(POOLQ_LEASE_S="90")
     worker.wait_ready()
-    job_id = submit(api, [f"a sentence to classify, number {i} " * 4 for i in range(20000)])
-    deadline = time.monotonic() + 60
-    while api.get(f"/v1/jobs/{job_id}").json["status"] != "running" and time.monotonic() < deadline:
-        time.sleep(0.02)
-    time.sleep(0.3)  # slices are in the engine
+    job_id = a_running_big_job(api)
     assert api.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
     deadline = time.monotonic() + 20
     while f"job {job_id} is no longer ours" not in worker.log.read_text() and time.monotonic() < deadline:

@@ -530,8 +530,12 @@ class Scheduler:
         held = [h for h in self._running("job") if str(h.key) in named]
         if not held:
             return
-        still = self._store.transact("checking cancels", lambda s: claims.still_held(
-            s, self.identity, [h.key for h in held]), give_up_after_s=1.0)
+        try:
+            still = self._store.transact("checking cancels", lambda s: claims.still_held(
+                s, self.identity, [h.key for h in held]), give_up_after_s=1.0)
+        except Exception:  # noqa: BLE001 - the database is away: the next heartbeat that reaches it decides
+            log.warning("could not check %d cancelled job(s) now; the heartbeat will", len(held), exc_info=True)
+            return
         self._abandon([h for h in held if h.key not in still])
 
     def _abandon(self, gone: list[Held]) -> None:
