@@ -142,3 +142,22 @@ def test_the_engine_scores_pairs_through_the_cache_as_through_transformers(cross
     for got, want in zip(fast, usual):
         assert [o.num_prompt_tokens for o in got] == [o.num_prompt_tokens for o in want]
         assert [o.score for o in got] == pytest.approx([o.score for o in want], abs=1e-6)
+
+
+def test_words_learned_in_one_encoding_get_the_ids_each_gets_alone(bert):
+    """New words are encoded a space apart in one call; each token goes to the word its
+    offsets start in. Printable ASCII of every kind: punctuation inside and around words,
+    pieces past WordPiece's 100 characters ([UNK]), one-character words."""
+    import string
+
+    rng = random.Random(3)
+    backend = copy.deepcopy(bert.backend_tokenizer)
+    backend.no_truncation()
+    backend.no_padding()
+    chars = string.ascii_letters + string.digits + string.punctuation
+    for _ in range(20):
+        words = sorted({"".join(rng.choice(chars) for _ in range(rng.choice([1, 2, 7, 30, 101, 140])))
+                        for _ in range(40)})
+        alone = [tuple(e.ids) for e in backend.encode_batch(words, add_special_tokens=False)]
+        assert word_cache._each_word_ids(backend, words) == alone
+    assert word_cache._each_word_ids(backend, ["don't"]) == [tuple(backend.encode("don't", add_special_tokens=False).ids)]
