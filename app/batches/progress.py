@@ -81,8 +81,18 @@ class Source:
 def lock_batches(session: Session, batch_ids) -> None:
     """The first lock of any transaction that changes a batch or its chunks (see the module's lock order)."""
     ids = sorted(set(batch_ids))
-    if ids:
+    if not ids:
+        return
+    connection = session.connection()
+    if connection.dialect.driver == "psycopg":
+        # Taken for every chunk stored, claimed or cut: as the ORM's statement it cost ~0.2 ms
+        # more of the caller's CPU than the statement itself.
+        connection.exec_driver_sql(_LOCK_BATCHES, {"ids": ids})
+    else:
         session.execute(select(Batch.id).where(Batch.id.in_(ids)).order_by(Batch.id).with_for_update())
+
+
+_LOCK_BATCHES = "SELECT id FROM batches WHERE id = ANY(%(ids)s) ORDER BY id FOR UPDATE"
 
 
 def _cutting(status: str, chunks_total: int | None) -> bool:
@@ -194,8 +204,8 @@ def store_step(session: Session, batch_id: str, step: Step, window: int) -> Vali
 
 
 def pump(session: Session, batch_id: str, window: int) -> list[ChunkKey]:
-    """Mark the next chunks as sent, up to `window` in flight; the caller sends them after commit."""
-    lock_batches(session, [batch_id])  # one pump at a time (a no-op if the caller holds it already)
+    """Mark the next chunks as sent, up to `window` in flight; the caller sends them after commit.
+    The caller holds the batch's lock (lock_batches): one pump at a time."""
     connection = session.connection()
     if connection.dialect.driver == "psycopg":
         rows = connection.exec_driver_sql(_PUMP, {"batch_id": batch_id, "window": window, "now": utcnow()}).all()

@@ -6,10 +6,9 @@ import logging
 
 from celery import Celery
 
-from app.broker import send_policy
 from app.jobs.records import Job
 from app.jobs.services import QueuedJob
-from app.task_messages import publisher_for
+from app.task_messages import publisher_for, send_task
 
 log = logging.getLogger(__name__)
 
@@ -26,11 +25,7 @@ def send_job(celery: Celery, job: Job | QueuedJob) -> bool:
     args, kwargs = [str(job.id)], {"model": job.model, "task": job.task}
     queue = celery.poolq.settings.queue_for(job.model)
     try:
-        publisher = publisher_for(celery)
-        if publisher is not None:
-            publisher.send(RUN_JOB, queue, args, kwargs)
-        else:
-            celery.send_task(RUN_JOB, args=args, kwargs=kwargs, queue=queue, retry=True, retry_policy=send_policy())
+        send_task(celery, RUN_JOB, queue, args, kwargs)
         return True
     except Exception:  # kombu and redis raise OperationalError, ConnectionError and friends: "not sent"
         log.warning("broker refused job %s; the sweeper will resend it", job.id, exc_info=True)

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import secrets
 
+import pytest
 import redis
 from celery import Celery
 
-from app.task_messages import TaskPublisher, publisher_for
+from app.task_messages import TaskPublisher, publisher_for, send_task
 
 
 def _celery(broker_url: str, **conf) -> Celery:
@@ -28,21 +29,25 @@ def _read(celery: Celery, queue: str):
             simple.close()
 
 
-def test_a_published_message_reads_as_send_tasks_does(redis_url, namespace):
+@pytest.mark.parametrize("task,args,kwargs", [
+    ("poolq.run_job", ["0b7e9d7c-3d7e-4a47-9d77-5a2a1f8c6c11"], {"model": "tiny", "task": "classify"}),
+    ("poolq.run_batch_chunk", ["batch_0123456789abcdef01234567", 3], {"model": "tiny"}),
+    ("poolq.validate_batch", ["batch_0123456789abcdef01234567"], {}),
+])
+def test_a_published_message_reads_as_send_tasks_does(redis_url, namespace, task, args, kwargs):
     celery = _celery(redis_url)
     queue = f"{namespace}messages.{secrets.token_hex(3)}"
-    args, kwargs = ["0b7e9d7c-3d7e-4a47-9d77-5a2a1f8c6c11"], {"model": "tiny", "task": "classify"}
     try:
-        publisher_for(celery).send("poolq.run_job", queue, args, kwargs)
+        send_task(celery, task, queue, args, kwargs)  # the publisher's path: a plain Redis broker
         ours = _read(celery, queue)
-        celery.send_task("poolq.run_job", args=args, kwargs=kwargs, queue=queue)
+        celery.send_task(task, args=args, kwargs=kwargs, queue=queue)
         theirs = _read(celery, queue)
     finally:
         redis.Redis.from_url(redis_url).delete(queue)
     assert ours.decode() == theirs.decode() == [args, kwargs, {"callbacks": None, "errbacks": None,
                                                                "chain": None, "chord": None}]
     assert set(ours.headers) == set(theirs.headers)
-    assert ours.headers["task"] == "poolq.run_job" and ours.headers["id"] == ours.properties["correlation_id"]
+    assert ours.headers["task"] == task and ours.headers["id"] == ours.properties["correlation_id"]
     assert ours.delivery_info["routing_key"] == theirs.delivery_info["routing_key"] == queue
     assert ours.content_type == theirs.content_type == "application/json"
 
