@@ -298,9 +298,11 @@ def complete_chunk(session: Session, claimed: ClaimedChunk, outputs: list[tuple[
 
 
 # On Postgres a chunk's store is one statement after the batch's lock: `done` for the attempt
-# that claimed it, its output lines from three arrays in psycopg's binary format (no row loop in
-# Python, as COPY's write_row was) and the batch's counters, all or nothing: where the chunk is
-# not this attempt's any more, `done` is empty and so is everything joined to it.
+# that claimed it, its output lines and the batch's counters, all or nothing: where the chunk is
+# not this attempt's any more, `done` is empty and so is everything joined to it. The lines go
+# as one text, a newline apart, split by the server: an output line is a JSONL line, with no
+# newline of its own (the output file joins them the same way). As a text[] in psycopg's binary
+# format each line cost a Python loop's turn: 0.6 ms of a 512-line chunk's CPU against 0.25.
 _STORE_CHUNK = """
 WITH done AS (
     UPDATE batch_chunks SET status = 'done', finished_at = %(now)s
@@ -309,7 +311,8 @@ WITH done AS (
 ), stored AS (
     INSERT INTO batch_outputs (batch_id, line_no, ok, line)
     SELECT %(batch_id)s, o.line_no, o.ok, o.line
-    FROM done, unnest(%(line_nos)b::integer[], %(oks)b::boolean[], %(lines)b::text[]) AS o(line_no, ok, line)
+    FROM done, unnest(string_to_array(%(line_nos)s, ',')::integer[], string_to_array(%(oks)s, ',')::boolean[],
+                      string_to_array(%(lines)s, E'\\n')) AS o(line_no, ok, line)
 )
 UPDATE batches SET completed = completed + %(good)s, failed = failed + %(bad)s, chunks_done = chunks_done + 1
 FROM done WHERE batches.id = %(batch_id)s
@@ -318,8 +321,10 @@ RETURNING batches.status, batches.chunks_done, batches.chunks_total
 
 
 def _store_in_one_statement(connection, claimed: ClaimedChunk, outputs: list[tuple[int, bool, str]]):
-    line_nos, oks, lines = (list(column) for column in zip(*outputs)) if outputs else ([], [], [])
+    line_nos, oks, lines = zip(*outputs) if outputs else ((), (), ())
     good = sum(oks)
     return connection.exec_driver_sql(_STORE_CHUNK, {
         "batch_id": claimed.batch_id, "index": claimed.index, "attempt": claimed.attempt, "now": utcnow(),
-        "line_nos": line_nos, "oks": oks, "lines": lines, "good": good, "bad": len(oks) - good}).one_or_none()
+        # NULL for none: string_to_array('') is an empty array, but so would be one empty line
+        "line_nos": ",".join(map(str, line_nos)) or None, "oks": ",".join("t" if ok else "f" for ok in oks) or None,
+        "lines": "\n".join(lines) if lines else None, "good": good, "bad": len(oks) - good}).one_or_none()
