@@ -153,6 +153,7 @@ class Settings:
     file_expiry_s: int = 30 * 24 * 3600
     # Schedules one tenant may hold (0: no limit).
     max_schedules_per_tenant: int = 100
+    # A batch's first chunk; later ones grow to four times this (app/batches/progress.chunk_size).
     batch_chunk_lines: int = 512
     # Four: the next chunks are claimed and tokenized while others run, so the device does
     # not wait between them (two left it idle between chunks: docs/benchmarks.md, run 8).

@@ -26,3 +26,14 @@ def validate_whole(session, batch_id: str, served, max_items: int, chunk_lines: 
         if validated.stop:
             return progress.Validated(send, validated.failed, validated.finalize, True)
     return progress.Validated(send, stop=True)
+
+
+def chunks_for(lines: int, chunk_lines: int) -> int:
+    """How many chunks `lines` valid lines of one model are cut into (their sizes grow)."""
+    from app.batches.progress import chunk_size
+
+    count = 0
+    while lines > 0:
+        lines -= chunk_size(count, chunk_lines)
+        count += 1
+    return count

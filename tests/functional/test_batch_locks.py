@@ -20,10 +20,10 @@ from app.batches import chunk_leases, closing, progress
 from app.batches.records import Batch, BatchChunk, BatchOutput, File
 from app.batches.retention import delete_orphan_files
 from app.config import Settings
-from tests_support import validate_whole
+from tests_support import chunks_for, validate_whole
 
-LINES = 48
-CHUNK = 2  # 24 chunks
+LINES = 2 + 4 + 8 * 22
+CHUNK = 2  # 24 chunks: 2 lines, 4, then 8 each
 WINDOW = 4
 
 
@@ -74,7 +74,8 @@ def run_at_once(count: int, work) -> list[BaseException]:
 def test_chunks_of_one_batch_complete_at_once_without_deadlock(api, db):
     for _ in range(3):  # the old lock order deadlocked in about half of such runs; three make it near certain
         batch_id = new_batch(api, db)
-        chunks = LINES // CHUNK
+        chunks = chunks_for(LINES, CHUNK)
+        assert chunks == 24
         claimed = []
         for index in range(chunks):
             with db() as session:

@@ -317,8 +317,8 @@ def test_a_validation_run_again_after_a_crash_stores_only_what_the_first_did_not
         assert validate_whole(session, whole, poolq.served, 1000, 3, window=0).stop
         session.commit()
     want_chunks, want_errors, done = _cut_rows(db, whole)
-    assert want_errors == sorted(bad) and len(want_chunks) == 6  # 17 valid lines, 3 a chunk
-    assert (done.status, done.total, done.failed, done.chunks_total) == ("in_progress", 20, 3, 6)
+    assert want_errors == sorted(bad) and len(want_chunks) == 3  # 17 valid lines: 3, then 6, then the last 8
+    assert (done.status, done.total, done.failed, done.chunks_total) == ("in_progress", 20, 3, 3)
 
     crashed = _created(db, client, lines)
     with db() as session:
@@ -330,14 +330,14 @@ def test_a_validation_run_again_after_a_crash_stores_only_what_the_first_did_not
             session.commit()
     chunks, errors, mid = _cut_rows(db, crashed)
     # Running already, the rest unknown: chunks_total stays NULL, so nothing can finalize it.
-    assert (mid.status, mid.chunks_total, mid.total, mid.validated_lines) == ("in_progress", None, 20, 8)
+    assert (mid.status, mid.chunks_total, mid.total, mid.validated_lines) == ("in_progress", None, 20, 11)
     assert chunks == want_chunks[:2] and errors == [1, 6] and mid.failed == 2
     with db() as session:  # the run again, from the top
         assert validate_whole(session, crashed, poolq.served, 1000, 3, window=0).stop
         session.commit()
     chunks, errors, after = _cut_rows(db, crashed)
     assert chunks == want_chunks and errors == want_errors
-    assert (after.total, after.failed, after.chunks_total, after.validated_lines) == (20, 3, 6, 20)
+    assert (after.total, after.failed, after.chunks_total, after.validated_lines) == (20, 3, 3, 20)
     with db() as session:  # and once more: it is cut, nothing to do
         assert validate_whole(session, crashed, poolq.served, 1000, 3, window=0) == progress.Validated([])
 
@@ -345,7 +345,7 @@ def test_a_validation_run_again_after_a_crash_stores_only_what_the_first_did_not
 def test_chunks_stored_before_the_cut_ends_finalize_only_with_its_last_step(client, db, poolq):
     """A chunk stored while the input is still being cut never finalizes the batch (the count is
     unknown); the last step, finding every chunk stored, does."""
-    batch_id = _created(db, client, _mixed_lines(7, {6}))  # 6 valid lines (2 chunks of 3), a bad one last
+    batch_id = _created(db, client, _mixed_lines(10, {9}))  # 9 valid lines (chunks of 3 and 6), a bad one last
     with db() as session:
         source = progress.validation_source(session, batch_id)
     steps = progress.cut(source, poolq.served, 1000, 3)
@@ -436,7 +436,7 @@ def test_a_batch_past_its_window_expires_and_keeps_what_finished(oai, client, db
     from app.batches.dispatch import EXPIRE_BATCHES, send_chunk
 
     batch_id = _validated(db, client, poolq.served, big_batch(12, per_line=1), chunk_lines=4)
-    with db() as session:  # one chunk of three finished in time
+    with db() as session:  # one chunk of two (4 lines, then 8) finished in time
         claimed = chunk_leases.claim(session, batch_id, 0, "test", lease_s=300)
         outputs = [(no, True, json.dumps({"custom_id": cid})) for no, cid, _ in claimed.lines]
         progress.complete_chunk(session, claimed, outputs, window=0)

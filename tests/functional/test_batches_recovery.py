@@ -22,9 +22,11 @@ from app.batches.dispatch import SWEEP_BATCHES
 from app.batches.records import Batch, BatchChunk, BatchOutput
 from app.config import Settings
 from test_recovery import Worker, own_model
+from tests_support import chunks_for
 
 LINES = 2400
 CHUNK = 50
+CHUNKS = chunks_for(LINES, CHUNK)  # 50 lines, 100, then 200 each: 14
 
 
 @pytest.fixture
@@ -78,7 +80,7 @@ def test_a_batch_survives_its_worker_killed_mid_batch(batch_env, api, db, tmp_pa
         done_at_kill = {i: attempts for i, (status, attempts) in at_kill.items() if status == "done"}
         # The input is cut as it is read, so the kill may land before its last chunk is stored: the
         # validation is run again and stores only the chunks and lines the first run did not.
-        assert len(at_kill) <= LINES // CHUNK and 2 <= len(done_at_kill) < len(at_kill), at_kill
+        assert len(at_kill) <= CHUNKS and 2 <= len(done_at_kill) < len(at_kill), at_kill
         running_at_kill = [i for i, (status, _) in at_kill.items() if status == "running"]
         assert running_at_kill, at_kill
 
@@ -101,13 +103,13 @@ def test_a_batch_survives_its_worker_killed_mid_batch(batch_env, api, db, tmp_pa
         assert batch["error_file_id"] is None
 
         after = chunk_states(db, batch_id)
-        assert len(after) == LINES // CHUNK and all(status == "done" for status, _ in after.values())
+        assert len(after) == CHUNKS and all(status == "done" for status, _ in after.values())
         # Finished before the kill: never claimed again. Running at the kill: claimed again and stored once.
         assert {i: after[i][1] for i in done_at_kill} == done_at_kill
         assert all(after[i][1] >= 2 for i in running_at_kill), (running_at_kill, after)
         with db() as session:
             assert session.scalar(select(func.count()).where(BatchOutput.batch_id == batch_id)) == LINES
-            assert session.get(Batch, batch_id).chunks_done == LINES // CHUNK
+            assert session.get(Batch, batch_id).chunks_done == CHUNKS
     finally:
         for worker in (first, second):
             if worker is not None:
