@@ -110,7 +110,8 @@ class Settings:
     # messages a dead worker received but never claimed wait.
     redeliver_after_s: int = 30
     # Fault tests only: the worker SIGKILLs itself at this step of the group
-    # path (claimed | computed | committed); empty in any real deployment.
+    # path (claimed | computed | committed), or stalls there 3 s (the step and
+    # ":pause"); empty in any real deployment.
     failpoint: str = ""
     # Big enough for a 100k-text bulk job in one request.
     max_request_bytes: int = 256 * 1024 * 1024

@@ -371,3 +371,25 @@ def test_no_job_is_sent_twice_without_a_fault(api, workers, db, lease_env):
     assert {j.status for j in jobs.values()} == {"succeeded"}
     assert {j.attempts for j in jobs.values()} == {1}
     assert "re-sent" not in worker.log.read_text()
+
+
+def test_a_cancel_announced_while_its_job_is_being_claimed_still_stops_it(api, workers, db):
+    """The claim has committed but the worker does not hold the job yet (stalled there 3 s by a
+    failpoint) when the cancel is announced: the listener finds nothing to stop. The claim then
+    checks the cancels heard since it began, so the job stops at its first slice instead of
+    running to its end (the heartbeat, the other way to learn of it, comes every 30 s here)."""
+    worker = workers(POOLQ_LEASE_S="90", POOLQ_FAILPOINT="claimed:pause")
+    worker.wait_ready()
+    job_id = submit(api, [f"a sentence to classify, number {i} " * 4 for i in range(20000)])
+    deadline = time.monotonic() + 30
+    while "failpoint claimed: pausing" not in worker.log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert api.get(f"/v1/jobs/{job_id}").json["status"] == "running"  # claimed, committed, not held yet
+    assert api.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
+    deadline = time.monotonic() + 20
+    while f"job {job_id} is no longer ours" not in worker.log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    log_text = worker.log.read_text()
+    assert f"job {job_id} is no longer ours" in log_text
+    assert f"job {job_id} was finished elsewhere" not in log_text  # it did not run to its end
+    assert results_per_job(db, [job_id]) == {}

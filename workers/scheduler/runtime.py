@@ -111,6 +111,13 @@ def _own_sessions(poolq):
                                             max_overflow=4))
 
 
+# How long, and how many, announced cancels are remembered for a claim they may have raced
+# (_on_cancelled): far longer than a claim takes.
+CANCELS_KEPT_S = 60.0
+CANCELS_KEPT = 10_000
+FAILPOINT_PAUSE_S = 3.0
+
+
 def _drain(q: queue.SimpleQueue, first, limit: int = 10_000) -> list:
     items = [first]
     while len(items) < limit:
@@ -135,6 +142,9 @@ class Scheduler:
         self._store = Store(_own_sessions(poolq))
         self._lock = threading.Lock()
         self._held: dict[object, Held] = {}
+        # Cancels announced lately (job id -> when heard, monotonic): one that names a job this
+        # worker is claiming right then finds it not held yet, so the claim checks them after.
+        self._cancels_heard: dict[str, float] = {}
         self._inbox: queue.SimpleQueue = queue.SimpleQueue()
         # Two write lanes: storing a 20k-text result or a batch chunk takes a while,
         # and a one-text job finished meanwhile must not wait behind it.
@@ -220,6 +230,7 @@ class Scheduler:
                        for d in job_event(session, c.id, "started")]
             return claimed, started
 
+        claiming_since = time.monotonic()
         claimed, started = self._store.transact("claiming jobs", claim)
         GROUP_JOBS.labels("claim").observe(len(jobs))
         if claimed:
@@ -233,6 +244,7 @@ class Scheduler:
             self._hold(Held("job", c.id, c.model, c.tenant_id, work.priority_of(c.request) > 0, c.attempt, c,
                             [d for d in jobs[c.id] if d is not None]), ready)
         self._add_all(ready)
+        self._check_cancels_heard_since(claiming_since, [str(c.id) for c in claimed])
 
     def _admit_chunks(self, chunks: dict[tuple[str, int], list[Delivery]]) -> None:
         """The chunks of one read, each with its batch's tenant, in one transaction (was two per
@@ -503,6 +515,7 @@ class Scheduler:
 
         held_jobs = self._running("job")
         held_chunks = self._running("chunk")
+        beating_since = time.monotonic()
         jobs, chunks, failed, deliveries, taken, taken_chunks = self._store.transact(
             "heartbeat", beat, give_up_after_s=self.lease_s / 2)
         self._abandon([h for h in held_jobs if h.key not in jobs] + [h for h in held_chunks if h.key not in chunks])
@@ -516,6 +529,7 @@ class Scheduler:
             log.warning("took over job %s (attempt %d): its worker stopped renewing its lease", c.id, c.attempt,
                         extra={"job_id": str(c.id), "model": c.model})
             self._hold(Held("job", c.id, c.model, c.tenant_id, work.priority_of(c.request) > 0, c.attempt, c))
+        self._check_cancels_heard_since(beating_since, [str(c.id) for c in taken])
         for c in taken_chunks:
             log.warning("took over batch %s chunk %d: its worker stopped renewing its lease", c.batch_id, c.index,
                         extra={"batch_id": str(c.batch_id), "model": c.model})
@@ -526,6 +540,26 @@ class Scheduler:
         running here are checked at once and dropped at their next slice. The message only says
         where to look: the row decides, so a stale or repeated one stops nothing still ours. A
         cancel whose message was lost is noticed by the next heartbeat's renew."""
+        now = time.monotonic()
+        with self._lock:
+            heard = self._cancels_heard  # oldest first
+            for job_id in job_ids:
+                heard.pop(job_id, None)
+                heard[job_id] = now
+            while heard and (len(heard) > CANCELS_KEPT or now - next(iter(heard.values())) > CANCELS_KEPT_S):
+                del heard[next(iter(heard))]
+        self._check_cancels(job_ids)
+
+    def _check_cancels_heard_since(self, since: float, job_ids: list[str]) -> None:
+        """A cancel can be committed, and announced, between a claim's commit and its jobs being
+        held here: the listener then found nothing to stop. A cancel committed before the claim
+        left the job unclaimable, so only those heard since the claim began can have been missed."""
+        with self._lock:
+            heard = [job_id for job_id in job_ids if self._cancels_heard.get(job_id, -1.0) >= since]
+        if heard:
+            self._check_cancels(heard)
+
+    def _check_cancels(self, job_ids: list[str]) -> None:
         named = set(job_ids)
         held = [h for h in self._running("job") if str(h.key) in named]
         if not held:
@@ -552,10 +586,14 @@ class Scheduler:
             self._settle(held)
 
     def _failpoint(self, step: str) -> None:
-        """Fault tests: die here as a kill -9 would (POOLQ_FAILPOINT)."""
+        """Fault tests: die here as a kill -9 would (POOLQ_FAILPOINT=step), or stall here for
+        FAILPOINT_PAUSE_S (POOLQ_FAILPOINT=step:pause), as a thread the OS did not run would."""
         if self.settings.failpoint == step:
             log.error("failpoint %s: killing this worker", step)
             os.kill(os.getpid(), signal.SIGKILL)
+        elif self.settings.failpoint == f"{step}:pause":
+            log.error("failpoint %s: pausing for %.0f s", step, FAILPOINT_PAUSE_S)
+            time.sleep(FAILPOINT_PAUSE_S)
 
     # -- shutdown ----------------------------------------------------------------
     def stop(self, grace_s: float) -> None:
