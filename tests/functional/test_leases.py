@@ -265,6 +265,19 @@ def stop_a_running_job(api, workers, db, stop) -> str:
     return job_id
 
 
+def cancel_and_see_it_stopped_before_its_end(api, worker, db, job_id: str) -> None:
+    """Cancel a big job through the API; its worker must drop it, not run it to its end (where
+    its write would be refused), and nothing of it is written."""
+    assert api.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
+    deadline = time.monotonic() + 20
+    while f"job {job_id} is no longer ours" not in worker.log.read_text() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    log_text = worker.log.read_text()
+    assert f"job {job_id} is no longer ours" in log_text
+    assert f"job {job_id} was finished elsewhere" not in log_text  # it did not run to its end
+    assert results_per_job(db, [job_id]) == {}
+
+
 def test_cancel_stops_a_running_job_at_its_next_slice(api, workers, db):
     def cancel(job_id: str) -> None:
         assert api.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
@@ -281,14 +294,7 @@ def test_a_cancel_reaches_the_running_worker_at_once_not_at_its_next_heartbeat(a
     worker = workers(POOLQ_LEASE_S="90")
     worker.wait_ready()
     job_id = a_running_big_job(api)
-    assert api.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
-    deadline = time.monotonic() + 20
-    while f"job {job_id} is no longer ours" not in worker.log.read_text() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    log_text = worker.log.read_text()
-    assert f"job {job_id} is no longer ours" in log_text
-    assert f"job {job_id} was finished elsewhere" not in log_text  # it did not run to its end
-    assert results_per_job(db, [job_id]) == {}
+    cancel_and_see_it_stopped_before_its_end(api, worker, db, job_id)
 
 
 def test_a_running_job_whose_row_is_deleted_stops_at_its_next_slice(api, workers, db):
@@ -385,11 +391,4 @@ def test_a_cancel_announced_while_its_job_is_being_claimed_still_stops_it(api, w
     while "failpoint claimed: pausing" not in worker.log.read_text() and time.monotonic() < deadline:
         time.sleep(0.02)
     assert api.get(f"/v1/jobs/{job_id}").json["status"] == "running"  # claimed, committed, not held yet
-    assert api.post(f"/v1/jobs/{job_id}/cancel").status_code == 200
-    deadline = time.monotonic() + 20
-    while f"job {job_id} is no longer ours" not in worker.log.read_text() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    log_text = worker.log.read_text()
-    assert f"job {job_id} is no longer ours" in log_text
-    assert f"job {job_id} was finished elsewhere" not in log_text  # it did not run to its end
-    assert results_per_job(db, [job_id]) == {}
+    cancel_and_see_it_stopped_before_its_end(api, worker, db, job_id)
