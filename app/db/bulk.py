@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-import psycopg
 from sqlalchemy import Table
-from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import Session
+
+from app.db.driver import as_sqlalchemy_raises
 
 
 def copy_rows(session: Session, table: Table, columns: Sequence[str], rows: Sequence[Sequence]) -> None:
@@ -26,18 +26,7 @@ def copy_rows(session: Session, table: Table, columns: Sequence[str], rows: Sequ
     if conn.dialect.driver != "psycopg":
         session.execute(table.insert(), [dict(zip(columns, row)) for row in rows])
         return
-    raw = conn.connection.driver_connection
     statement = f"COPY {table.name} ({', '.join(columns)}) FROM STDIN"
-    try:
-        with raw.cursor() as cursor, cursor.copy(statement) as copy:
-            for row in rows:
-                copy.write_row(row)
-    except psycopg.Error as exc:
-        # As SQLAlchemy raises it for its own statements: a lost connection is an
-        # OperationalError on an invalidated connection (the store retries the
-        # transaction on a fresh one), anything else the statement's own error.
-        gone = raw.broken or raw.closed
-        if gone:
-            conn.invalidate(exc)
-        raise DBAPIError.instance(statement, None, exc, psycopg.Error, connection_invalidated=gone,
-                                  dialect=conn.dialect) from exc
+    with as_sqlalchemy_raises(conn, statement) as raw, raw.cursor() as cursor, cursor.copy(statement) as copy:
+        for row in rows:
+            copy.write_row(row)

@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 
 from app import jsontext
 from app.db.base import utcnow
+from app.db.driver import driver_rows
 from app.jobs.records import JobResult
 from app.jobs.services import JOBS_TABLE
 
@@ -67,8 +68,9 @@ _RETURNED = (_c.id, _c.tenant_id, _c.task, _c.model, _c.request, _c.attempts, _c
 
 
 def _claimed(rows) -> list[ClaimedJob]:
-    return [ClaimedJob(r.id, r.tenant_id, r.task, r.model, r.request, r.attempts, r.webhook_url is not None)
-            for r in rows]
+    """Rows of `_RETURNED`'s columns, in its order."""
+    return [ClaimedJob(job_id, tenant_id, task, model, request, attempts, webhook_url is not None)
+            for job_id, tenant_id, task, model, request, attempts, webhook_url in rows]
 
 
 def _lapsed(now):
@@ -84,6 +86,17 @@ _CLAIM = (update(JOBS)
           .values(status="running", attempts=_c.attempts + 1, worker=bindparam("worker"),
                   lease_expires_at=bindparam("lease"), started_at=bindparam("now"))
           .returning(*_RETURNED))
+# `_CLAIM` on Postgres, as the driver's SQL (one text whatever the number of ids, where the expanding
+# IN is rendered anew for each count), run on the driver's own cursor (app/db/driver.py): built by
+# SQLAlchemy it cost a claim of nine one-text jobs ~0.4 ms more CPU on the admission thread.
+_CLAIM_ON_POSTGRES = """
+UPDATE jobs SET status = 'running', attempts = attempts + 1, worker = %(worker)s,
+                lease_expires_at = %(lease)s, started_at = %(now)s
+WHERE id = ANY(%(ids)s)
+  AND (status = 'queued' OR (status = 'running' AND (lease_expires_at IS NULL OR lease_expires_at < %(now)s)))
+  AND attempts < %(max_attempts)s
+RETURNING id, tenant_id, task, model, request, attempts, webhook_url
+"""
 _LOCK_HELD = (select(_c.id, _c.attempts)
               .where(_c.id.in_(bindparam("ids", expanding=True)), _c.status == "running",
                      _c.worker == bindparam("worker"))
@@ -102,10 +115,13 @@ def claim(session: Session, job_ids: Iterable[uuid.UUID], worker: str, lease_s: 
     if not ids:
         return []
     now = utcnow()
+    params = {"ids": ids, "now": now, "max_attempts": max_attempts, "worker": worker,
+              "lease": now + dt.timedelta(seconds=lease_s)}
     # Core statements on the transaction's connection: the Session's ORM layer would only add CPU.
-    rows = session.connection().execute(_CLAIM, {"ids": ids, "now": now, "max_attempts": max_attempts,
-                                                 "worker": worker, "lease": now + dt.timedelta(seconds=lease_s)}).all()
-    return _claimed(rows)
+    connection = session.connection()
+    if connection.dialect.driver == "psycopg":
+        return _claimed(driver_rows(connection, _CLAIM_ON_POSTGRES, params))
+    return _claimed(connection.execute(_CLAIM, params).all())
 
 
 def renew(session: Session, worker: str, lease_s: float) -> set[uuid.UUID]:
@@ -202,13 +218,13 @@ SELECT id FROM written
 
 def _finish_in_one_statement(connection, worker: str, outcomes: list[Outcome]) -> list[Outcome]:
     outcomes = list({o.job_id: o for o in outcomes}.values())  # one row each, as `by_id` above
-    rows = connection.exec_driver_sql(_FINISH_ONE_STATEMENT, {
+    rows = driver_rows(connection, _FINISH_ONE_STATEMENT, {
         "ids": [o.job_id for o in outcomes], "attempts": [o.attempt for o in outcomes],
         "statuses": [o.status for o in outcomes], "tokens": [o.prompt_tokens for o in outcomes],
         "errors": [None if o.error is None else jsontext.dumps(o.error) for o in outcomes],
         "bodies": [None if o.body is None else jsontext.dumps(o.body) for o in outcomes],
-        "worker": worker, "now": utcnow()}).all()
-    written = {r.id for r in rows}
+        "worker": worker, "now": utcnow()})
+    written = {job_id for job_id, in rows}
     return [o for o in outcomes if o.job_id in written]
 
 

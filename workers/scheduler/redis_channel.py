@@ -34,6 +34,7 @@ from queue import Empty
 from time import time
 from typing import Callable
 
+import orjson
 from kombu.transport import redis as kombu_redis
 from kombu.transport.virtual import base as kombu_virtual
 from kombu.utils.encoding import bytes_to_str
@@ -82,6 +83,20 @@ for _, raw in ipairs(out) do
 end
 return reply
 """
+
+
+def _envelope(raw: bytes | str) -> dict:
+    """A message's envelope, read as kombu reads it. kombu's JSON loads runs a Python hook on
+    every object, for its `__type__` markers (~22 us a run_job message, on the consumer's
+    thread, the worker's busiest); text with no such marker is plain JSON (orjson: ~5 us)."""
+    if isinstance(raw, str):
+        raw = raw.encode()
+    if b'"__type__"' not in raw:
+        try:
+            return orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            pass  # what orjson refuses and Python's json takes (NaN, integers past 64 bits)
+    return loads(bytes_to_str(raw))
 
 
 def _is_redis(channel) -> bool:
@@ -156,11 +171,11 @@ def batch_reads(channel, begin: Callable[[], None], end: Callable[[], None]) -> 
                 log.warning("batched reads unavailable on this Redis; one message per read", exc_info=True)
                 channel.handlers["BRPOP"] = channel._brpop_read
                 qos.append = kombu_append
-            channel.connection._deliver(loads(bytes_to_str(first)), queue)
+            channel.connection._deliver(_envelope(first), queue)
             return True
         payloads = []
         for raw, wrote in zip(reply[::2], reply[1::2]):
-            payload = loads(bytes_to_str(raw))
+            payload = _envelope(raw)
             if wrote:
                 recorded.add(payload["properties"]["delivery_tag"])
             payloads.append(payload)

@@ -99,16 +99,16 @@ def _ids(held: Held) -> dict[str, str]:
     return {"batch_id": str(held.key[0]), "model": held.model}
 
 
-def _own_sessions(poolq):
-    """The scheduler's sessions: its own pool, without a ping per checkout. Every transaction
+def _own_engine(poolq):
+    """The scheduler's connections: its own pool, without a ping per checkout. Every transaction
     is retried on a connection error anyway (store.py), on a fresh connection, so a ping
-    would only add a round trip to each of them."""
-    from app.db import make_engine, make_session_factory
+    would only add a round trip to each of them. Each thread that writes keeps one (store.py):
+    admission, two writers, the heartbeat, the cancel check and a stopping worker's release."""
+    from app.db import make_engine
 
     if poolq.settings.embedded_database:
-        return poolq.session_factory  # one SQLite file: one engine per process
-    return make_session_factory(make_engine(poolq.settings.database_url, pool_pre_ping=False, pool_size=6,
-                                            max_overflow=4))
+        return poolq.db_engine  # one SQLite file: one engine per process
+    return make_engine(poolq.settings.database_url, pool_pre_ping=False, pool_size=6, max_overflow=4)
 
 
 # How long, and how many, announced cancels are remembered for a claim they may have raced
@@ -139,7 +139,7 @@ class Scheduler:
         self.max_attempts = max_attempts
         self.heartbeat_s = heartbeat_s or max(0.5, lease_s / 3)
         self._stopping = threading.Event()
-        self._store = Store(_own_sessions(poolq))
+        self._store = Store(_own_engine(poolq))
         self._lock = threading.Lock()
         self._held: dict[object, Held] = {}
         # Cancels announced lately (job id -> when heard, monotonic): one that names a job this
