@@ -17,6 +17,9 @@ PING_WITHIN_S = 2.0
 # A statement with no server-side bound may run long (a batch's output file, a
 # sweep): a worker waits for it rather than fail it, but not forever.
 ANSWER_WITHIN_S = 300.0
+# A pooled connection older than this is replaced at its next checkout (and one a thread keeps,
+# workers/scheduler/store.py, goes back to the pool at that age).
+POOL_RECYCLE_S = 1800
 # A host that vanished (no RST) is noticed on an idle connection after
 # 15 + 3 x 5 s of unanswered keepalives, and on one with data in flight after
 # 30 s unacknowledged; a statement the client gave up on is cancelled by the
@@ -69,7 +72,7 @@ def make_engine(url: str, statement_timeout_ms: int | None = None, lock_timeout_
     # is back succeeds (without it, each stale connection failed one request
     # or task with a 503 or a retry). It costs one round trip per checkout.
     kwargs.setdefault("pool_pre_ping", True)
-    kwargs.setdefault("pool_recycle", 1800)
+    kwargs.setdefault("pool_recycle", POOL_RECYCLE_S)
     kwargs.setdefault("pool_size", 10)
     kwargs.setdefault("max_overflow", 20)
     # JSON columns (requests, results, batch lines) are written by orjson (app/jsontext.py).

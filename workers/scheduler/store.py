@@ -9,12 +9,13 @@ Each thread that writes (admission, the writers, the heartbeat, the cancel
 check) keeps one connection of the pool for all its transactions, and a
 transaction makes a Session only if its statements need one (`_Transaction`).
 A Session of its own sessionmaker per transaction, checking a connection out
-of the pool and back in (a rollback on the way back), cost a claim of nine
-one-text jobs 0.8-1.1 ms of CPU more than the claim itself on a kept
-connection (0.5-0.7 ms; 2 vCPUs), and the scheduler runs one claim and one
-group write per turn of its stages. A kept connection found broken is thrown away
-and the transaction retried on a new one, as a pooled one was; one older than
-the pool's recycle age goes back to the pool, which replaces it.
+of the pool and back in (a rollback on the way back), made a claim of nine
+one-text jobs cost 1.0-1.6 ms of CPU, against 0.55-0.75 on a kept connection
+with the statement on the driver's cursor (one process, 2 vCPUs), and the
+scheduler runs one claim and one group write per turn of its stages. A kept
+connection found broken is thrown away and the transaction retried on a new
+one, as a pooled one was; one older than the pool's recycle age goes back to
+the pool, which replaces it.
 """
 from __future__ import annotations
 
@@ -28,13 +29,11 @@ from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError, OperationalError
 from sqlalchemy.orm import Session
 
+from app.db.session import POOL_RECYCLE_S
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-
-# A kept connection is handed back to the pool and replaced after this long (the pool's own
-# recycle age, app/db/session.py), so a server-side change of settings reaches it in time.
-RECYCLE_S = 1800.0
 
 
 def transient(exc: BaseException) -> bool:
@@ -123,7 +122,7 @@ class Store:
         if connection is not None and (connection.invalidated or connection.closed):
             self._discard()
             connection = None
-        elif connection is not None and time.monotonic() - kept.since > RECYCLE_S:
+        elif connection is not None and time.monotonic() - kept.since > POOL_RECYCLE_S:
             connection.close()  # back to the pool, which replaces it: it is past the pool's recycle age
             connection = None
         if connection is None:
