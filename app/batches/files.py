@@ -19,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from app.batches.records import BatchOutput, File
 from app.db.base import as_utc, utcnow
+from app.db.driver import as_sqlalchemy_raises
 from app.errors import APIError, bad_request, not_found
 
 PURPOSES = ("batch",)  # what clients may upload; outputs are "batch_output"
@@ -98,7 +99,9 @@ def read_content(session: Session, file_id: str) -> bytes | None:
                                                                 BatchOutput.ok == row.batch_ok)
                                 .order_by(BatchOutput.line_no))
         return "".join(line + "\n" for line in lines).encode()
-    with connection.connection.driver_connection.cursor(binary=True) as cursor:
+    # On the driver's cursor (binary results), its errors raised as SQLAlchemy's: a lost connection
+    # is a 503 in the API and a retry in a task, as for any other statement.
+    with as_sqlalchemy_raises(connection, _CONTENT) as raw, raw.cursor(binary=True) as cursor:
         row = cursor.execute(_CONTENT, {"id": file_id}).fetchone()
     return None if row is None else bytes(row[0] or b"")
 

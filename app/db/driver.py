@@ -1,7 +1,8 @@
 """Postgres statements on the driver's own cursor, inside the caller's SQLAlchemy transaction.
 
 For the few statements where SQLAlchemy's own execution costs more than the work: a COPY
-(bulk.py), the worker's group claims and writes (app/jobs/claims.py). Their errors are
+(bulk.py), the worker's group claims and writes (app/jobs/claims.py), a file's bytes in binary
+(app/batches/files.py). Their errors are
 raised as SQLAlchemy raises them for its own statements, so callers (the worker's store,
 which retries a lost connection's transaction) see one kind.
 """
